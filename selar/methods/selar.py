@@ -1,0 +1,83 @@
+"""SeLaR: entropy-gated soft inputs with a contrastive push away from the dominant token.
+
+Per row and step (spec: shared/spec/methods.md):
+  p^ = p_t renormalised on its k most probable tokens V_k,  H^ = H(p^) / log k.
+  H^ <= tau: feed E(y_t).  Otherwise feed e~ = e + lambda * H^ * (e - E(v*)) with
+  e = sum p^(v) E(v) and v* = argmax p_t, i.e. the mixture
+  w(v) = (1 + lambda H^) p^(v) - lambda H^ [v = v*]   over V_k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError, check_range
+from .base import StepContext, StepOutput, VocabInfo, token_or_mixture, topk_entropy
+
+GATE_SCOPES = ("row", "batch")
+
+
+@dataclass
+class SeLaROptions:
+    tau: float = 0.5             # gate threshold on the normalised top-k entropy
+    k: int = 3                   # size of the soft top-k
+    push_weight: float = 1.0     # lambda of the contrastive push; 0 turns it off
+    protect_symbols: bool = True  # never soft when the emitted token is a math symbol (ref)
+    gate: bool = True            # False: soft at every reasoning step (ablation "no gate")
+    gate_scope: str = "row"      # "batch": reference code's batch-wide gate, for comparison
+
+    def __post_init__(self) -> None:
+        check_range("tau", self.tau, 0.0, 1.0)
+        check_range("k", self.k, 2, kind=int)
+        check_range("push_weight", self.push_weight, 0.0)
+        if self.gate_scope not in GATE_SCOPES:
+            raise ConfigError(f"gate_scope must be one of {', '.join(GATE_SCOPES)}, got {self.gate_scope!r}")
+        for name in ("protect_symbols", "gate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+
+def selar_weights(p_hat: torch.Tensor, h_norm: torch.Tensor, push_weight: float) -> torch.Tensor:
+    """Mixture weights over V_k (most probable first, so v* is column 0)."""
+    c = push_weight * h_norm[:, None]
+    w = (1.0 + c) * p_hat
+    w[:, 0] -= c[:, 0]
+    return w
+
+
+class SeLaR:
+    name = "selar"
+
+    def __init__(self, options: SeLaROptions, vocab: VocabInfo):
+        self.o = options
+        if options.k > vocab.size:
+            raise ConfigError(f"k must be at most the vocabulary size {vocab.size}, got {options.k}")
+        self.num_candidates = options.k
+        self.symbols = None
+        if options.protect_symbols:
+            from ..symbols import symbol_mask
+            self.symbols = vocab.symbol_mask if vocab.symbol_mask is not None else symbol_mask(vocab.tokenizer, vocab.size)
+
+    def start(self, batch_size: int, device: torch.device) -> None:
+        if self.symbols is not None:
+            self.symbols = self.symbols.to(device)
+
+    def step(self, ctx: StepContext) -> StepOutput:
+        k = self.o.k
+        p = ctx.cand_probs[:, :k]
+        p_hat = p / p.sum(-1, keepdim=True)
+        h_norm = topk_entropy(ctx.cand_probs, k)
+        uncertain = (h_norm > self.o.tau) if self.o.gate else torch.ones_like(ctx.reasoning)
+        if self.o.gate_scope == "batch":
+            uncertain = uncertain.any().expand_as(uncertain)
+        soft = uncertain & ctx.reasoning
+        if self.symbols is not None:
+            soft = soft & ~self.symbols[ctx.sampled]
+        w = selar_weights(p_hat, h_norm, self.o.push_weight)
+        inputs = token_or_mixture(soft, ctx.sampled, ctx.cand_ids[:, :k], w)
+        return StepOutput(tokens=ctx.sampled, inputs=inputs, soft=soft, entropy=h_norm)
+
+    def select(self, keep: torch.Tensor) -> None:
+        pass

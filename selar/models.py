@@ -1,0 +1,188 @@
+"""Loading a model: a catalog name, a local folder, a GGUF file or a hub id, in that order."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .errors import ConfigError, ModelLoadError, OfflineError
+from .methods.base import VocabInfo
+
+DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+          "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+THINK_TOKENS = ("<think>", "</think>")
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover
+        return False
+    if "AVX512" not in cap:
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    if DTYPES[dtype] is not None:
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+@dataclass
+class Model:
+    """A loaded model with its tokenizer and what the decoder needs to know of it."""
+
+    hf_model: object
+    tokenizer: object
+    name: str
+    source: str  # "catalog", "folder", "gguf", "hub" or "object"
+    load_seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        tok = self.tokenizer
+        vocab = tok.get_vocab()
+        self.think_start, self.think_end = (vocab.get(t) for t in THINK_TOKENS)
+        emb = self.hf_model.get_input_embeddings()
+        self.vocab_size = int(emb.weight.shape[0])
+        cfg = getattr(self.hf_model, "generation_config", None)
+        eos = getattr(cfg, "eos_token_id", None)
+        if eos is None:
+            eos = tok.eos_token_id
+        ids = [eos] if isinstance(eos, int) else list(eos or [])
+        self.stop_ids = sorted({int(i) for i in ids if i is not None})
+        mc = self.hf_model.config
+        self.max_positions = getattr(mc, "max_position_embeddings", None)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (self.stop_ids or [0])[0]
+
+    @property
+    def is_thinking(self) -> bool:
+        return self.think_end is not None
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf_model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hf_model.get_input_embeddings().weight.dtype
+
+    def vocab_info(self) -> VocabInfo:
+        return VocabInfo(size=self.vocab_size, think_start=self.think_start, think_end=self.think_end,
+                         tokenizer=self.tokenizer)
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith((".", "/", "~")) or s.endswith(".gguf") or s.count("/") > 1 or "\\" in s
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def _from_pretrained(path: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool,
+                     gguf_file: Optional[str] = None, local_only: bool = True):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+    model.to(device).eval()
+    return model, tok
+
+
+def load_model(name_or_path: str, dtype="auto", device: str = "auto", trust_remote_code: bool = False) -> Model:
+    """Load a causal LM. Resolution order: catalog name (pulled on first use), local folder,
+    GGUF file, hub id. dtype "auto": bf16 on GPUs and on CPUs with bf16 support, else float32."""
+    from . import catalog
+
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ConfigError("the model must be a catalog name, a folder, a GGUF file or a hub id")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    t0 = time.perf_counter()
+    name = name_or_path
+    path = Path(os.path.expanduser(name))
+    try:
+        if name in catalog.CATALOG:
+            entry = catalog.CATALOG[name]
+            if not catalog.is_pulled(entry):
+                print(f"selar: {name} is not pulled yet; pulling it now (once)", flush=True)
+            folder = catalog.pull(name)
+            model, tok = _from_pretrained(str(folder), dt, dev, trust_remote_code)
+            source = "catalog"
+        elif path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(f"{path} has no config.json, so it is not a transformers model folder")
+            model, tok = _from_pretrained(str(path), dt, dev, trust_remote_code)
+            source = "folder"
+        elif path.is_file():
+            if path.suffix != ".gguf":
+                raise ModelLoadError(f"{path} is a file but not a .gguf file; give a GGUF file or a model folder")
+            model, tok = _from_pretrained(str(path.parent), dt, dev, trust_remote_code, gguf_file=path.name)
+            source = "gguf"
+        elif _looks_like_path(name):
+            raise ModelLoadError(f"no such model file or folder: {name}")
+        else:
+            model, tok = _load_hub(name, dt, dev, trust_remote_code)
+            source = "hub"
+    except (ModelLoadError, ConfigError):
+        raise
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load {name}: {msg}") from e
+    return Model(model, tok, name=name, source=source, load_seconds=time.perf_counter() - t0)
+
+
+def _load_hub(name: str, dt, dev, trust_remote_code: bool):
+    if name.count("/") != 1:
+        from . import catalog
+        raise ModelLoadError(f"{name!r} is not a catalog model ({', '.join(catalog.CATALOG)}), "
+                             f"a folder, a GGUF file or a hub id of the form org/name")
+    try:  # a model already in the local hub cache works offline
+        return _from_pretrained(name, dt, dev, trust_remote_code, local_only=True)
+    except OSError:
+        pass
+    if _hub_offline():
+        raise OfflineError(f"{name} is not in the local Hugging Face cache and the hub is offline "
+                           f"(HF_HUB_OFFLINE is set); use a catalog model, a folder or a GGUF file")
+    try:
+        return _from_pretrained(name, dt, dev, trust_remote_code, local_only=False)
+    except OSError as e:
+        text = str(e)
+        if any(s in text for s in ("connect", "Connection", "resolve", "offline", "Max retries", "timed out")):
+            raise OfflineError(f"cannot reach the Hugging Face hub to download {name}; "
+                               f"use a catalog model (`selar models list`), a folder or a GGUF file") from None
+        raise ModelLoadError(f"could not load {name} from the hub: {text.strip().splitlines()[0]}") from None
+
+
+def wrap(hf_model, tokenizer, name: str = "model") -> Model:
+    """Use an already loaded transformers model and tokenizer."""
+    return Model(hf_model, tokenizer, name=name, source="object")

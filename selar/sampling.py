@@ -1,0 +1,72 @@
+"""The sampling distribution p_t on a truncated candidate set, and a batch-independent,
+seeded sampler.
+
+Filters follow Hugging Face: temperature, top-k, top-p, min-p, renormalised. Top-k is applied
+first with `torch.topk`, so top-p, min-p and the draw work on C candidates instead of the whole
+vocabulary (with top_k = 0 the candidates are the full vocabulary, sorted: exact but slow).
+The draw is a Gumbel-max over the candidates with noise hashed from (row seed, step, rank), so a
+row's tokens depend only on its own seed and logits, never on the other rows of the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import SamplingConfig
+
+
+def candidates(logits: Tensor, cfg: SamplingConfig, need: int = 1) -> tuple[Tensor, Tensor]:
+    """(ids, probs), each (B, C), most probable first; probs are p_t (0 where filtered)."""
+    vocab = logits.shape[-1]
+    top_k = cfg.top_k if 0 < cfg.top_k < vocab else vocab
+    c = min(max(top_k, need), vocab)
+    temperature = cfg.temperature if cfg.temperature > 0 else 1.0
+    vals, ids = torch.topk(logits, c, dim=-1, sorted=True)
+    scaled = vals.float() / temperature
+    if c > top_k:
+        scaled[:, top_k:] = float("-inf")
+    probs = torch.softmax(scaled, dim=-1)
+    if cfg.top_p < 1.0:
+        before = probs.cumsum(-1) - probs  # mass of the more probable candidates
+        probs = torch.where(before < cfg.top_p, probs, torch.zeros_like(probs))  # keeps the top-1
+    if cfg.min_p > 0.0:
+        probs = torch.where(probs >= cfg.min_p * probs[:, :1], probs, torch.zeros_like(probs))
+    probs = probs / probs.sum(-1, keepdim=True)
+    return ids, probs
+
+
+_M64 = (1 << 64) - 1
+
+
+def _i64(x: int) -> int:
+    x &= _M64
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_C1, _C2, _C3 = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
+_GOLD_STEP = _i64(0xD1B54A32D192ED03)
+
+
+def _srl(x: Tensor, n: int) -> Tensor:
+    """Logical right shift of int64 values."""
+    return (x >> n) & ((1 << (64 - n)) - 1)
+
+
+def hash_uniform(seeds: Tensor, step: int, n: int) -> Tensor:
+    """(B, n) uniforms in (0, 1) from a splitmix64 hash of (seed, step, column)."""
+    cols = torch.arange(n, dtype=torch.long, device=seeds.device)
+    step_t = torch.tensor(step + 1, dtype=torch.long, device=seeds.device)
+    x = seeds[:, None] * _C1 + step_t * _GOLD_STEP + cols[None, :] * _C3 + _C2
+    x = (x ^ _srl(x, 30)) * _C2
+    x = (x ^ _srl(x, 27)) * _C3
+    x = x ^ _srl(x, 31)
+    return (_srl(x, 40).double() + 0.5) / float(1 << 24)
+
+
+def sample(ids: Tensor, probs: Tensor, seeds: Tensor, step: int) -> Tensor:
+    """Draw one token per row from (ids, probs) with per-row seeds."""
+    u = hash_uniform(seeds, step, probs.shape[1])
+    gumbel = -torch.log(-torch.log(u))
+    score = torch.log(probs.double()) + gumbel
+    return ids.gather(1, score.argmax(-1, keepdim=True))[:, 0]

