@@ -111,6 +111,8 @@ def generate(prompts, model, method, compare, tau, k, push_weight, temperature, 
             "soft_scope": soft_scope, "stop": tuple(stop) or None}
     opts = {key: v for key, v in flat.items() if v is not None}
     opts.update(parse_sets(sets))
+    if any(not p.strip() for p in prompts):
+        _fail("the prompt is empty")
     methods = [m.strip() for m in compare.split(",") if m.strip()] if compare else [method]
     # validate everything before the (slow) model load
     configs = {}

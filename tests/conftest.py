@@ -86,3 +86,15 @@ def smollm2(tmp_path_factory):
     if "SELAR_CACHE" not in os.environ:
         os.environ["SELAR_CACHE"] = str(tmp_path_factory.mktemp("selar-cache"))
     return selar.load_model("smollm2-135m", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def peaked():
+    """A tiny model with a scaled output head: its top-k entropies spread over [0.4, 1]."""
+    import selar
+
+    tok = make_tokenizer()
+    model = make_model(tok)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(12.0)
+    return selar.wrap(model, tok, name="peaked")

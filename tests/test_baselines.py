@@ -1,0 +1,107 @@
+"""Soft Thinking's cold stop and </think> rule; SwiR's switching, window and switch-count
+rules, on crafted logit sequences through the real decode loop."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fake import peaked_logits, run, vocab
+from selar.methods.soft_thinking import SoftThinking, SoftThinkingOptions
+from selar.methods.swir import SwiR, SwiROptions
+
+V, THINK, END = 40, 30, 31
+
+
+def seq(*steps):
+    return torch.stack([torch.stack(list(steps))])
+
+
+def test_soft_thinking_end_on_top1_think_end():
+    uncertain = peaked_logits(V, 5, m=4)  # top-1 is token 5 (ties broken by index)
+    steps = [uncertain, uncertain, peaked_logits(V, END), uncertain, uncertain]
+    m = SoftThinking(SoftThinkingOptions(cold_stop=False), vocab(V, THINK, END))
+    (row,), eng = run(m, seq(*steps), think_end=END, temperature=0.0)
+    assert row.token_ids == [5, 5, END, 5, 5]
+    assert row.soft == [True, True, False, False, False]
+    mix = eng.fed[0][1]  # first input: the renormalised top tokens, uniform over 4
+    assert sorted(mix.ids[0].tolist()[:4]) == [5, 6, 7, 8]
+    assert torch.allclose(mix.weights[0][:4], torch.full((4,), 0.25))
+
+
+def test_soft_thinking_min_p_and_max_topk():
+    z = torch.full((V,), -30.0)
+    z[:12] = torch.linspace(0, -5, 12)  # 12 candidates, decreasing
+    m = SoftThinking(SoftThinkingOptions(max_topk=5, min_p=0.1, cold_stop=False), vocab(V, THINK, END))
+    (row,), eng = run(m, seq(z, z), think_end=END)
+    mix = eng.fed[0][1]
+    p = torch.softmax(z, -1)[:5]
+    p = torch.where(p >= 0.1 * p[0], p, torch.zeros_like(p))
+    assert mix.ids[0].tolist() == [0, 1, 2, 3, 4]
+    assert torch.allclose(mix.weights[0], p / p.sum(), atol=1e-6)
+
+
+def test_soft_thinking_cold_stop_after_patience():
+    certain = peaked_logits(V, 3)  # entropy ~ 0
+    uncertain = peaked_logits(V, 5, m=4)
+    steps = [uncertain, certain, certain, uncertain, certain, certain, certain, uncertain, uncertain]
+    m = SoftThinking(SoftThinkingOptions(cold_stop_entropy=0.01, patience=3), vocab(V, THINK, END))
+    (row,), _ = run(m, seq(*steps), think_end=END)
+    # the streak of 2 is broken; the streak of 3 ends reasoning on its third step
+    assert row.token_ids[:7] == [5, 3, 3, 5, 3, 3, END]
+    assert row.soft[:7] == [True] * 6 + [False]
+    assert not any(row.soft[7:])
+
+
+def swir_run(entropies, window, **opts):
+    """One row whose step t has entropy log(m_t) (uniform over m_t tokens)."""
+    steps = [peaked_logits(V, 5, m=m) for m in entropies]
+    m = SwiR(SwiROptions(window=window, protect_symbols=False, **opts), vocab(V, THINK, END, tokenizer=_Tok()))
+    return run(m, seq(*steps), think_end=END, temperature=0.0)
+
+
+def test_swir_switching_and_window():
+    # H: 8 (ref) -> 4 (lower: to explicit) -> 6 (higher, but inside the window) -> 6 -> 8 (window passed: to latent)
+    ms = [8, 4, 6, 6, 8, 2, 2]
+    (row,), eng = swir_run(ms, window=3)
+    assert row.soft == [True, False, False, False, True, False, False]
+    # latent input: the dense softmax; at the switch to explicit: a E(y) + (1 - a) E(</think>)
+    dense0 = eng.fed[0][1].weights[0]
+    assert torch.allclose(dense0, torch.softmax(peaked_logits(V, 5, m=8), -1), atol=1e-6)
+    w1 = eng.fed[1][1].weights[0]
+    a = 0.6 + 0.4 * 1 / 7
+    assert math.isclose(float(w1[5]), a, rel_tol=1e-5) and math.isclose(float(w1[END]), 1 - a, rel_tol=1e-5)
+    # at the switch back to latent (step 4): b * softmax + (1 - b) E(<think>)
+    w4 = eng.fed[4][1].weights[0]
+    b = 0.7 + 0.3 * 4 / 7
+    assert math.isclose(float(w4[THINK]), 1 - b, rel_tol=1e-5)
+    assert torch.allclose(w4[5:13], torch.full((8,), b / 8), atol=1e-6)
+
+
+def test_swir_window_blocks_early_return_to_latent():
+    (row,), _ = swir_run([8, 4, 6, 6, 8], window=10)
+    assert row.soft == [True, False, False, False, False]
+
+
+def test_swir_switch_count_injects_think_end():
+    (row,), _ = swir_run([8, 4, 8, 2, 8, 8], window=1, max_switch_count=2)
+    # switches at t=1 (to explicit) and t=2 (to latent): the second switch injects </think>
+    assert row.token_ids[2] == END
+    assert not any(row.soft[2:])  # reasoning is over: explicit from then on
+
+
+class _Tok:
+    def encode(self, text, add_special_tokens=False):
+        return [20, 21, 22]
+
+
+def test_swir_2c_injects_answer_and_stops():
+    steps = [peaked_logits(V, 5, m=m) for m in [8, 4, 8, 2, 8, 2, 8, 8, 8, 8, 8, 8, 8, 8]]
+    m = SwiR(SwiROptions(window=1, protect_symbols=False, max_switch_count=2, answer_tokens=2),
+             vocab(V, None, None, tokenizer=_Tok()))  # no think tokens: reasoning never closes
+    (row,), _ = run(m, seq(*steps), think_end=None, temperature=0.0)
+    # 4th switch (2C) at t=4: inject the answer prefix, then 2 more tokens, then stop
+    assert row.token_ids[4:7] == [20, 21, 22]
+    assert len(row.token_ids) == 4 + 3 + 2
+    assert row.finish_reason == "method"

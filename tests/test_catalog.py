@@ -1,0 +1,88 @@
+"""Catalog: assembly in numeric order with checksum, atomic writes, corruption and recovery."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+import selar
+from selar import catalog
+
+
+def fake_entry(tmp_path: Path, n: int = 11, corrupt: bool = False):
+    """n part files whose correct order is numeric (part10 after part9), and a matching entry."""
+    parts = []
+    for i in range(1, n + 1):
+        p = tmp_path / f"part{i:d}.bin"
+        p.write_bytes(bytes([i]) * (1000 + i))
+        parts.append(p)
+    whole = b"".join(p.read_bytes() for p in parts)
+    sha = hashlib.sha256(whole + (b"x" if corrupt else b"")).hexdigest()
+    entry = catalog.CatalogEntry(name="fake", upstream="none", license="none", packages=(), pattern="",
+                                 filename="fake.gguf", sha256=sha, size=len(whole))
+    return entry, parts
+
+
+def test_natural_order():
+    names = [f"pkg/data/part{i}.bin" for i in (1, 10, 2, 9, 11)]
+    assert sorted(names, key=catalog._natural_key) == [f"pkg/data/part{i}.bin" for i in (1, 2, 9, 10, 11)]
+
+
+def test_assemble_verifies_and_is_atomic(tmp_path, monkeypatch):
+    entry, parts = fake_entry(tmp_path)
+    monkeypatch.setattr(catalog, "part_files", lambda e: parts)
+    out = catalog.assemble(entry, tmp_path / "out")
+    assert out.read_bytes() == b"".join(p.read_bytes() for p in parts)
+
+    bad, _ = fake_entry(tmp_path, corrupt=True)
+    with pytest.raises(selar.ChecksumError, match="expected"):
+        catalog.assemble(bad, tmp_path / "bad")
+    assert list((tmp_path / "bad").iterdir()) == []  # nothing half-written left behind
+
+
+def test_full_disk_leaves_nothing(tmp_path, monkeypatch):
+    entry, parts = fake_entry(tmp_path)
+    monkeypatch.setattr(catalog, "part_files", lambda e: parts)
+    real_fdopen = catalog.os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    monkeypatch.setattr(catalog.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    with pytest.raises(selar.ModelLoadError, match="No space left"):
+        catalog.assemble(entry, tmp_path / "full")
+    assert list((tmp_path / "full").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_corrupt_cache_is_detected_and_repaired(smollm2, capsys):
+    entry = catalog.get_entry("smollm2-135m")
+    folder = catalog.model_dir(entry)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip one byte in the middle of the weights
+    weights.write_bytes(bytes(data))
+    with pytest.raises(selar.ChecksumError, match="corrupt.*selar models pull smollm2-135m --force"):
+        selar.load_model("smollm2-135m")
+    catalog.pull("smollm2-135m", force=True)  # the recovery
+    catalog.verify_folder(folder, full=True)
+    t0 = time.perf_counter()
+    m = selar.load_model("smollm2-135m", dtype="float32")
+    assert time.perf_counter() - t0 < 30
+    r = selar.generate(m, "Hello", "cot", temperature=0, max_new_tokens=4)[0]
+    ref = selar.generate(smollm2, "Hello", "cot", temperature=0, max_new_tokens=4)[0]
+    assert r.token_ids == ref.token_ids
