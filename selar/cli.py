@@ -35,6 +35,9 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="selar")
 def main() -> None:
     """Selective latent reasoning (SeLaR) and its baselines for open-weight LLMs."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep the terminal for our output
 
 
 def _parse_value(v: str):
