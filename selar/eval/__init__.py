@@ -1,0 +1,1 @@
+"""Evaluation: benchmark registry, grading, resumable runs, metrics and reports."""

@@ -1,0 +1,115 @@
+"""Metrics of the papers: avg@N accuracy with a 95% interval, mean tokens (all / correct /
+wrong), TPCA, share of soft steps, time and tokens/s, and a paired test against `cot`."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class Summary:
+    dataset: str
+    method: str
+    problems: int
+    samples: int              # generations per problem (N of avg@N)
+    accuracy: float           # avg@N
+    ci_low: float
+    ci_high: float
+    tokens: float             # mean generated tokens, all answers
+    tokens_correct: Optional[float]
+    tokens_wrong: Optional[float]
+    tpca: Optional[float]     # total generated tokens / number of correct answers
+    soft_share: float         # soft steps / generated tokens
+    seconds: Optional[float]
+    tokens_per_s: Optional[float]
+    delta_vs_cot: Optional[float] = None
+    p_vs_cot: Optional[float] = None
+    test_vs_cot: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 0.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_bootstrap(diffs: np.ndarray, n_boot: int = 10000, seed: int = 0) -> float:
+    """Two-sided p-value that the mean paired difference is 0."""
+    if len(diffs) == 0 or np.all(diffs == 0):
+        return 1.0
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(n_boot, len(diffs)))].mean(1)
+    p = 2 * min((means <= 0).mean(), (means >= 0).mean())
+    return float(min(1.0, p))
+
+
+def per_problem(records: list[dict]) -> dict[str, float]:
+    acc = defaultdict(list)
+    for r in records:
+        acc[r["problem_id"]].append(1.0 if r["correct"] else 0.0)
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def summarize(records: list[dict], timings: list[dict], baseline: str = "cot") -> list[Summary]:
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["method"])].append(r)
+    time_of: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for t in timings:
+        acc = time_of[(t["dataset"], t["method"])]
+        acc[0] += t["seconds"]
+        acc[1] += t["tokens"]
+    out = []
+    for (dataset, method), recs in sorted(groups.items()):
+        pp = per_problem(recs)
+        vals = np.array(list(pp.values()))
+        samples = max(1, round(len(recs) / max(len(pp), 1)))
+        acc = float(vals.mean())
+        if samples == 1:
+            lo, hi = wilson(int(vals.sum()), len(vals))
+        else:
+            half = 1.96 * float(vals.std(ddof=1)) / math.sqrt(len(vals)) if len(vals) > 1 else 0.0
+            lo, hi = max(0.0, acc - half), min(1.0, acc + half)
+        toks = np.array([r["num_tokens"] for r in recs], dtype=float)
+        ok = np.array([bool(r["correct"]) for r in recs])
+        soft = sum(r["num_soft_steps"] for r in recs)
+        secs, ttoks = time_of.get((dataset, method), (0.0, 0.0))
+        s = Summary(dataset, method, len(pp), samples, acc, lo, hi, float(toks.mean()),
+                    float(toks[ok].mean()) if ok.any() else None, float(toks[~ok].mean()) if (~ok).any() else None,
+                    float(toks.sum() / ok.sum()) if ok.any() else None, soft / max(toks.sum(), 1),
+                    secs or None, (ttoks / secs) if secs else None)
+        base = groups.get((dataset, baseline))
+        if base is not None and method != baseline:
+            bp = per_problem(base)
+            shared = sorted(set(pp) & set(bp))
+            diffs = np.array([pp[k] - bp[k] for k in shared])
+            s.delta_vs_cot = float(diffs.mean()) if len(diffs) else None
+            if samples == 1:
+                b = int(sum(1 for k in shared if pp[k] > bp[k]))
+                c = int(sum(1 for k in shared if pp[k] < bp[k]))
+                s.p_vs_cot, s.test_vs_cot = mcnemar_exact(b, c), f"McNemar b={b} c={c}"
+            else:
+                s.p_vs_cot, s.test_vs_cot = paired_bootstrap(diffs), "paired bootstrap"
+        out.append(s)
+    return out

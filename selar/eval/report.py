@@ -1,0 +1,165 @@
+"""`selar report`: merge result files (several runs or shards), write report.md, report.csv and
+PNG plots, and print the paper-style table (methods as rows, datasets and their average as columns)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+from ..errors import SelarError
+from .metrics import Summary, summarize
+from .runner import read_results
+
+DATASET_ORDER = ["gsm8k", "math500", "gpqa", "aime2024", "aime2025"]
+
+
+def collect(dirs: list[str]) -> tuple[list[dict], list[dict]]:
+    """All records (deduplicated by (dataset, problem, method, sample)) and timings of the dirs."""
+    records: dict[tuple, dict] = {}
+    timings: list[dict] = []
+    for d in dirs:
+        p = Path(d)
+        files = sorted(p.glob("results*.jsonl")) if p.is_dir() else [p]
+        if not files:
+            raise SelarError(f"{d} holds no results*.jsonl")
+        for f in files:
+            for r in read_results(f):
+                key = (r["dataset"], r["problem_id"], r["method"], r["sample"])
+                if key in records and records[key]["correct"] != r["correct"]:
+                    warnings.warn(f"conflicting results for {key}; keeping the first")
+                records.setdefault(key, r)
+        if p.is_dir():
+            for f in sorted(p.glob("timing*.jsonl")):
+                timings += read_results(f)
+    return list(records.values()), timings
+
+
+def _order(names, preferred):
+    return [n for n in preferred if n in names] + sorted(n for n in names if n not in preferred)
+
+
+def table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
+    datasets = _order({s.dataset for s in summaries}, DATASET_ORDER)
+    methods = _order({s.method for s in summaries}, ["cot", "soft-thinking", "swir", "selar"])
+    by = {(s.dataset, s.method): s for s in summaries}
+    header = ["method"] + datasets + (["avg"] if len(datasets) > 1 else []) + ["tokens", "TPCA", "soft %"]
+    rows = []
+    for m in methods:
+        cells, accs, toks, tpcas, softs = [m], [], [], [], []
+        for d in datasets:
+            s = by.get((d, m))
+            if s is None:
+                cells.append("-")
+                continue
+            sig = ""
+            if s.p_vs_cot is not None:
+                sig = f" ({s.delta_vs_cot * 100:+.1f}, p={s.p_vs_cot:.2f})"
+            cells.append(f"{s.accuracy * 100:.1f} [{s.ci_low * 100:.1f}, {s.ci_high * 100:.1f}]{sig}")
+            accs.append(s.accuracy)
+            toks.append(s.tokens)
+            softs.append(s.soft_share)
+            if s.tpca is not None:
+                tpcas.append(s.tpca)
+        if len(datasets) > 1:
+            cells.append(f"{sum(accs) / len(accs) * 100:.1f}" if len(accs) == len(datasets) else "-")
+        cells.append(f"{sum(toks) / len(toks):.0f}" if toks else "-")
+        cells.append(f"{sum(tpcas) / len(tpcas):.0f}" if tpcas else "-")
+        cells.append(f"{sum(softs) / len(softs) * 100:.1f}" if softs else "-")
+        rows.append(cells)
+    return header, rows
+
+
+def markdown(header, rows) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def plots(summaries: list[Summary], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    datasets = _order({s.dataset for s in summaries}, DATASET_ORDER)
+    methods = _order({s.method for s in summaries}, ["cot", "soft-thinking", "swir", "selar"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    markers = "osD^v<>p*h"
+    for j, d in enumerate(datasets):
+        for i, m in enumerate(methods):
+            s = next((x for x in summaries if x.dataset == d and x.method == m), None)
+            if s is None:
+                continue
+            ax.errorbar(s.tokens, s.accuracy * 100, yerr=[[(s.accuracy - s.ci_low) * 100], [(s.ci_high - s.accuracy) * 100]],
+                        fmt=markers[j % len(markers)], color=f"C{i}", capsize=3,
+                        label=m if j == 0 else None)
+    ax.set_xlabel("mean generated tokens")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy vs tokens (" + ", ".join(f"{markers[j % len(markers)]}={d}" for j, d in enumerate(datasets)) + ")")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    p = out / "accuracy_vs_tokens.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(datasets) + 2), 4.5))
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        xs, ys, errs = [], [], [[], []]
+        for j, d in enumerate(datasets):
+            s = next((x for x in summaries if x.dataset == d and x.method == m), None)
+            if s is None:
+                continue
+            xs.append(j + (i - (len(methods) - 1) / 2) * width)
+            ys.append(s.accuracy * 100)
+            errs[0].append((s.accuracy - s.ci_low) * 100)
+            errs[1].append((s.ci_high - s.accuracy) * 100)
+        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=m, color=f"C{i}")
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy per dataset (95% interval)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    p = out / "accuracy_by_dataset.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool = True) -> dict:
+    records, timings = collect(dirs)
+    if not records:
+        raise SelarError("no results to report")
+    summaries = summarize(records, timings)
+    out = Path(out_dir or dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
+    header, rows = table(summaries)
+    md = ["# selar report", "", f"Runs: {', '.join(dirs)}", "",
+          "Accuracy (%) as avg@N with a 95% interval; against `cot`: (difference, p-value of a paired test).", "",
+          markdown(header, rows), "", "## Details", ""]
+    detail_cols = ["dataset", "method", "problems", "samples", "accuracy", "tokens", "tokens_correct", "tokens_wrong",
+                   "tpca", "soft_share", "seconds", "tokens_per_s", "delta_vs_cot", "p_vs_cot", "test_vs_cot"]
+
+    def fmt(v):
+        if v is None:
+            return "-"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    md.append(markdown(detail_cols, [[fmt(s.to_dict()[c]) for c in detail_cols] for s in summaries]))
+    images = plots(summaries, out) if make_plots else []
+    md += [""] + [f"![{p.stem}]({p.name})" for p in images]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    with open(out / "report.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(summaries[0].to_dict()))
+        w.writeheader()
+        for s in summaries:
+            w.writerow(s.to_dict())
+    (out / "report.json").write_text(json.dumps([s.to_dict() for s in summaries], indent=1))
+    return {"header": header, "rows": rows, "summaries": summaries, "out": out, "images": images}
