@@ -267,9 +267,11 @@ class _Progress:
     """Problems done, accuracy so far, tokens/s and ETA."""
 
     def __init__(self, total: int, done: int, enabled: bool = True):
-        self.total, self.enabled = total, enabled
+        self.total, self.done, self.enabled = total, done, enabled
+        self.t0 = time.perf_counter()
+        self.start_done = done
         self.bar = None
-        if enabled:
+        if enabled and sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
             self.bar = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn())
@@ -285,8 +287,13 @@ class _Progress:
             self.bar.__exit__(*a)
 
     def update(self, n: int, s: dict) -> None:
-        if not self.bar:
-            return
+        self.done += n
         acc = s["correct"] / s["n"] if s["n"] else 0.0
         tps = s["tokens"] / s["seconds"] if s["seconds"] else 0.0
-        self.bar.update(self.task, advance=n, info=f"acc {acc:.1%} | {tps:.1f} tok/s")
+        if self.bar:
+            self.bar.update(self.task, advance=n, info=f"acc {acc:.1%} | {tps:.1f} tok/s")
+        elif self.enabled:  # a log, not a terminal: one line per batch
+            rate = (self.done - self.start_done) / max(time.perf_counter() - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate else 0.0
+            print(f"eval {self.done}/{self.total} | acc {acc:.1%} | {tps:.1f} tok/s | ETA {eta / 60:.1f} min",
+                  file=sys.stderr, flush=True)

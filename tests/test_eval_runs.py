@@ -1,0 +1,112 @@
+"""Eval runs: SIGKILL mid-way + --resume gives exactly the results file of an uninterrupted run;
+shards merge; a run directory of another config is refused; torn lines are skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import make_model, make_tokenizer
+from selar.cli import main
+from selar.eval.runner import read_results
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval")
+    tok = make_tokenizer()
+    make_model(tok).save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    data = d / "mini.jsonl"
+    with open(data, "w") as f:
+        for i in range(10):
+            f.write(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i), "id": f"q{i}"}) + "\n")
+    return d
+
+
+def eval_args(setup, out, *extra):
+    return ["eval", "--model", str(setup / "model"), "--data", str(setup / "mini.jsonl"), "--methods", "cot,selar",
+            "--samples", "2", "-n", "24", "--batch-size", "3", "--dtype", "float32", "--out", str(out), *extra]
+
+
+def cli(args):
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_sigkill_and_resume_equals_uninterrupted(setup, tmp_path):
+    full = tmp_path / "full"
+    cli(eval_args(setup, full))
+    expected = (full / "results.jsonl").read_bytes()
+    assert expected.count(b"\n") == 10 * 2 * 2
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "selar.cli", *eval_args(setup, killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = killed / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if results.is_file() and results.read_bytes().count(b"\n") >= 7:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = results.read_bytes()
+    assert 0 < partial.count(b"\n") < 40, "the run was not killed mid-way"
+    with open(results, "ab") as f:  # as if killed in the middle of a write
+        f.write(b'{"dataset": "mini", "problem_id": "q9", "met')
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert len(read_results(results)) == partial.count(b"\n")
+    refused = CliRunner().invoke(main, eval_args(setup, killed))
+    assert refused.exit_code == 2 and "--resume" in refused.output
+    cli(eval_args(setup, killed, "--resume"))
+    assert results.read_bytes() == expected
+
+
+def test_refuses_a_different_config(setup, tmp_path):
+    out = tmp_path / "run"
+    cli(eval_args(setup, out))
+    res = CliRunner().invoke(main, eval_args(setup, out, "--resume", "--set", "selar.tau=0.2"))
+    assert res.exit_code == 2 and "different config" in res.output
+    cli(eval_args(setup, out, "--set", "selar.tau=0.2", "--force"))
+
+
+def test_shards_merge_into_the_single_run(setup, tmp_path):
+    single = tmp_path / "single"
+    cli(eval_args(setup, single))
+    shards = tmp_path / "sharded"
+    procs = [subprocess.Popen([sys.executable, "-m", "selar.cli", *eval_args(setup, shards, "--num-shards", "2",
+                                                                              "--shard-index", str(i))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read().decode()
+    assert {f.name for f in shards.glob("results*.jsonl")} == {"results-0-of-2.jsonl", "results-1-of-2.jsonl"}
+    key = lambda r: (r["problem_id"], r["method"], r["sample"])  # noqa: E731
+    merged = sorted(read_results(shards / "results-0-of-2.jsonl") + read_results(shards / "results-1-of-2.jsonl"), key=key)
+    assert merged == sorted(read_results(single / "results.jsonl"), key=key)
+    res = cli(["report", str(shards), "--out", str(tmp_path / "rep")])
+    assert "cot" in res.output and "selar" in res.output
+    rep = tmp_path / "rep"
+    assert (rep / "report.md").is_file() and (rep / "report.csv").is_file()
+    assert (rep / "accuracy_vs_tokens.png").stat().st_size > 1000
+    rows = (rep / "report.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("mini,cot,10,2,")
+
+
+def test_bad_eval_input(setup, tmp_path):
+    res = CliRunner().invoke(main, ["eval", "--datasets", "mmlu", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "unknown dataset 'mmlu'" in res.output
+    res = CliRunner().invoke(main, ["eval", "--data", str(setup / "mini.jsonl"), "--fields", "question=prompt",
+                                    "--model", str(setup / "model"), "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "question=prompt" in res.output and "not found" in res.output
+    res = CliRunner().invoke(main, ["eval", "--datasets", "gsm8k", "--set", "nosuch=1", "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "nosuch" in res.output
