@@ -1,6 +1,9 @@
 """The decode loop. It knows nothing of any method: each step it builds p_t, draws a token,
 asks the method for the emitted tokens and next inputs, records them, and drops finished rows
-from the batch and the cache (only on steps where some row finished)."""
+from the batch and the cache (only on steps where some row finished).
+
+`DecodeSession` is the loop as an object, so that rows can join between steps (continuous
+batching in the server); `decode` runs one batch to the end."""
 
 from __future__ import annotations
 
@@ -14,96 +17,161 @@ from . import sampling
 from .config import SamplingConfig
 from .methods.base import Method, StepContext
 
-FINISH_REASONS = ("stop", "length", "stop_string", "method")
+FINISH_REASONS = ("stop", "length", "stop_string", "method", "cancelled")
 
 
 @dataclass
 class RowOutput:
+    id: int
     token_ids: list[int]
     finish_reason: str
-    soft: Optional[list[bool]] = None
-    entropy: Optional[list[float]] = None
+    soft: list[bool]
+    entropy: list[float]
 
 
-@torch.no_grad()
-def decode(engine, prompts: Sequence[Sequence[int]], method: Method, cfg: SamplingConfig, *,
-           seeds: Sequence[int], stop_ids: Sequence[int], think_end: Optional[int],
-           reasoning_scope: bool, max_positions: Optional[int] = None,
-           stop_check: Optional[Callable[[int, list[int]], bool]] = None,
-           on_step: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None) -> list[RowOutput]:
-    """Decode a batch. `reasoning_scope`: soft inputs only until the row emits `think_end`.
-    `stop_check(row, tokens)` (optional, per row) implements user stop strings.
-    `on_step(rows, tokens, soft)` is called every step with the original row indices."""
-    b0, t_max = len(prompts), cfg.max_new_tokens
-    logits = engine.prefill([list(p) for p in prompts])
-    device = logits.device
-    active = torch.arange(b0, device=device)
-    out_tok = torch.full((b0, t_max), -1, dtype=torch.long, device=device)
-    out_soft = torch.zeros((b0, t_max), dtype=torch.bool, device=device)
-    out_ent = torch.zeros((b0, t_max), dtype=torch.float32, device=device)
-    lengths = torch.full((b0,), t_max, dtype=torch.long, device=device)
-    reasons = torch.full((b0,), 1, dtype=torch.long, device=device)  # "length" unless told
-    seeds_t = torch.tensor(list(seeds), dtype=torch.long, device=device)
-    stop_t = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
-    reasoning = torch.ones(b0, dtype=torch.bool, device=device)
-    # rows stop when their position reaches the model's context
-    room = None
-    if max_positions is not None:
-        room = torch.tensor([max_positions - len(p) for p in prompts], device=device)
-    method.start(b0, device)
-    need = method.num_candidates
+class DecodeSession:
+    """Rows decoding together with one method and one sampling config.
 
-    for t in range(t_max):
-        ids, probs = sampling.candidates(logits, cfg, need)
+    `stop_check(row_id, tokens) -> bool` (optional) implements stop strings;
+    `on_step(row_ids, tokens, soft)` is called every step with the rows' ids."""
+
+    def __init__(self, engine, method: Method, cfg: SamplingConfig, *, stop_ids: Sequence[int],
+                 think_end: Optional[int], reasoning_scope: bool, max_positions: Optional[int] = None,
+                 stop_check: Optional[Callable[[int, list[int]], bool]] = None,
+                 on_step: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None):
+        self.engine, self.method, self.cfg = engine, method, cfg
+        self.think_end = think_end if reasoning_scope else None
+        self.max_positions, self.stop_check, self.on_step = max_positions, stop_check, on_step
+        self.stop_ids = sorted(set(stop_ids))
+        self.need = method.num_candidates
+        self.logits: Optional[Tensor] = None
+        self.rows: dict[str, Tensor] = {}   # per-row tensors, pruned and joined together
+        self.state: dict[str, Tensor] = {}  # the method's per-row state, likewise
+        self.cancelled: set[int] = set()
+
+    @property
+    def size(self) -> int:
+        return 0 if self.logits is None else self.logits.shape[0]
+
+    def add(self, prompts: Sequence[Sequence[int]], ids: Sequence[int], seeds: Sequence[int],
+            max_new_tokens: Optional[Sequence[int]] = None) -> None:
+        """Prefill new rows; they take part from the next step on."""
+        logits = self.engine.add([list(p) for p in prompts])
+        dev, n = logits.device, len(prompts)
+        limit = max_new_tokens or [self.cfg.max_new_tokens] * n
+        if self.max_positions is not None:  # a row also stops at the model's context
+            limit = [min(m, self.max_positions - len(p)) for m, p in zip(limit, prompts)]
+        width = max(limit)
+        new = {
+            "id": torch.tensor(list(ids), dtype=torch.long, device=dev),
+            "seed": torch.tensor(list(seeds), dtype=torch.long, device=dev),
+            "limit": torch.tensor(limit, dtype=torch.long, device=dev),
+            "step": torch.zeros(n, dtype=torch.long, device=dev),
+            "reasoning": torch.ones(n, dtype=torch.bool, device=dev),
+            "tokens": torch.full((n, width), -1, dtype=torch.long, device=dev),
+            "soft": torch.zeros((n, width), dtype=torch.bool, device=dev),
+            "entropy": torch.zeros((n, width), dtype=torch.float32, device=dev),
+        }
+        state = self.method.init_state(n, dev)
+        if self.logits is None:
+            self.logits, self.rows, self.state = logits, new, state
+            return
+        self.logits = torch.cat([self.logits, logits])
+        self.rows = {k: _cat(self.rows[k], new[k]) for k in self.rows}
+        self.state = {k: _cat(self.state[k], state[k]) for k in self.state}
+
+    def cancel(self, row_id: int) -> None:
+        """Finish a row at the next step (e.g. its client went away)."""
+        self.cancelled.add(row_id)
+
+    @torch.no_grad()
+    def step(self) -> list[RowOutput]:
+        """Emit one token for every row; returns the rows that finished."""
+        cfg, r = self.cfg, self.rows
+        ids, probs = sampling.candidates(self.logits, cfg, self.need)
         if cfg.greedy:
-            drawn = logits.argmax(-1)
+            drawn = self.logits.argmax(-1)
         else:
-            drawn = sampling.sample(ids, probs, seeds_t, t)
-        ctx = StepContext(logits=logits, cand_ids=ids, cand_probs=probs, sampled=drawn,
-                          reasoning=reasoning, step=t,
-                          temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
-                          max_new_tokens=t_max)
-        res = method.step(ctx)
-        tok = res.tokens
-        out_tok[active, t] = tok
-        out_soft[active, t] = res.soft
-        if res.entropy is not None:
-            out_ent[active, t] = res.entropy.float()
-        if on_step is not None:
-            on_step(active, tok, res.soft)
-        if reasoning_scope and think_end is not None:
-            reasoning = reasoning & (tok != think_end)
+            drawn = sampling.sample(ids, probs, r["seed"], r["step"])
+        ctx = StepContext(logits=self.logits, cand_ids=ids, cand_probs=probs, sampled=drawn,
+                          reasoning=r["reasoning"], step=r["step"], max_new_tokens=r["limit"],
+                          temperature=cfg.temperature if cfg.temperature > 0 else 1.0)
+        out = self.method.step(ctx, self.state)
+        self.state = out.state if out.state is not None else self.state
+        tok, at = out.tokens, r["step"][:, None]
+        r["tokens"].scatter_(1, at, tok[:, None])
+        r["soft"].scatter_(1, at, out.soft[:, None])
+        if out.entropy is not None:
+            r["entropy"].scatter_(1, at, out.entropy.float()[:, None])
+        if self.on_step is not None:
+            self.on_step(r["id"], tok, out.soft)
+        if self.think_end is not None:
+            r["reasoning"] = r["reasoning"] & (tok != self.think_end)
+        r["step"] = r["step"] + 1
 
-        code = torch.full_like(tok, -1)
-        if res.stop is not None:
-            code = torch.where(res.stop, 3, code)
-        if stop_check is not None:
-            rows = active.tolist()
-            hit = [stop_check(r, out_tok[r, : t + 1].tolist()) for r in rows]
-            code = torch.where(torch.tensor(hit, device=device), 2, code)
-        code = torch.where(torch.isin(tok, stop_t), 0, code)
-        if room is not None:
-            code = torch.where((room[active] <= t + 1) & (code < 0), 1, code)
+        code = torch.where(r["step"] >= r["limit"], 1, -1)
+        if out.stop is not None:
+            code = torch.where(out.stop, 3, code)
+        if self.stop_check is not None:
+            hit = [self.stop_check(i, t[:n]) for i, t, n in zip(r["id"].tolist(), r["tokens"].tolist(), r["step"].tolist())]
+            code = torch.where(torch.tensor(hit, device=code.device), 2, code)
+        if self.cancelled:
+            gone = torch.tensor([i in self.cancelled for i in r["id"].tolist()], device=code.device)
+            code = torch.where(gone, 4, code)
+        code = torch.where(torch.isin(tok, torch.tensor(self.stop_ids, device=tok.device)), 0, code)
         done = code >= 0
-        if t + 1 == t_max or not bool(done.any()):
-            if t + 1 == t_max:
-                reasons[active] = torch.where(done, code, 1)
-                break
-            logits = engine.step(res.inputs)
-            continue
-        fin = active[done]
-        lengths[fin] = t + 1
-        reasons[fin] = code[done]
-        keep = (~done).nonzero()[:, 0]
-        if keep.numel() == 0:
-            break
-        active, reasoning, seeds_t = active[keep], reasoning[keep], seeds_t[keep]
-        method.select(keep)
-        engine.select(keep)
-        logits = engine.step(res.inputs.select(keep))
+        finished: list[RowOutput] = []
+        if bool(done.any()):  # one host sync per step, and a cache copy only on these steps
+            finished = self._collect(done, code)
+            keep = (~done).nonzero()[:, 0]
+            self.rows = {k: v[keep] for k, v in r.items()}
+            self.state = {k: v[keep] for k, v in self.state.items()}
+            if keep.numel() == 0:
+                self.logits = None
+                self.engine.reset()
+                return finished
+            self.engine.select(keep)
+            inputs = out.inputs.select(keep)
+        else:
+            inputs = out.inputs
+        self.logits = self.engine.step(inputs)
+        return finished
 
-    lengths_l, reasons_l = lengths.tolist(), reasons.tolist()
-    toks, softs, ents = out_tok.tolist(), out_soft.tolist(), out_ent.tolist()
-    return [RowOutput(token_ids=toks[i][: lengths_l[i]], finish_reason=FINISH_REASONS[reasons_l[i]],
-                      soft=softs[i][: lengths_l[i]], entropy=ents[i][: lengths_l[i]])
-            for i in range(b0)]
+    def _collect(self, done: Tensor, code: Tensor) -> list[RowOutput]:
+        r = self.rows
+        idx = done.nonzero()[:, 0]
+        n = r["step"][idx].tolist()
+        toks, soft, ent = r["tokens"][idx].tolist(), r["soft"][idx].tolist(), r["entropy"][idx].tolist()
+        out = []
+        for j, (rid, c) in enumerate(zip(r["id"][idx].tolist(), code[idx].tolist())):
+            self.cancelled.discard(rid)
+            out.append(RowOutput(rid, toks[j][: n[j]], FINISH_REASONS[c], soft[j][: n[j]], ent[j][: n[j]]))
+        return out
+
+
+def _cat(a: Tensor, b: Tensor) -> Tensor:
+    """Concatenate per-row tensors along the batch, padding trailing dims of the narrower one."""
+    if a.dim() > 1 and a.shape[1:] != b.shape[1:]:
+        width = max(a.shape[1], b.shape[1])
+        fill = -1 if a.dtype == torch.long else 0
+
+        def pad(x):
+            extra = width - x.shape[1]
+            if extra == 0:
+                return x
+            return torch.cat([x, torch.full((x.shape[0], extra, *x.shape[2:]), fill, dtype=x.dtype, device=x.device)], 1)
+
+        a, b = pad(a), pad(b)
+    return torch.cat([a, b])
+
+
+def decode(engine, prompts: Sequence[Sequence[int]], method: Method, cfg: SamplingConfig, *,
+           seeds: Sequence[int], **kw) -> list[RowOutput]:
+    """Decode one batch to the end; outputs in prompt order."""
+    session = DecodeSession(engine, method, cfg, **kw)
+    session.add(prompts, range(len(prompts)), seeds)
+    results: dict[int, RowOutput] = {}
+    while session.size:
+        for row in session.step():
+            results[row.id] = row
+    return [results[i] for i in range(len(prompts))]

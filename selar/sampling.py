@@ -53,20 +53,21 @@ def _srl(x: Tensor, n: int) -> Tensor:
     return (x >> n) & ((1 << (64 - n)) - 1)
 
 
-def hash_uniform(seeds: Tensor, step: int, n: int) -> Tensor:
-    """(B, n) uniforms in (0, 1) from a splitmix64 hash of (seed, step, column)."""
+def hash_uniform(seeds: Tensor, steps, n: int) -> Tensor:
+    """(B, n) uniforms in (0, 1) from a splitmix64 hash of (seed, step, column); `steps` is an
+    int or a (B,) tensor (rows that joined later have their own step counts)."""
     cols = torch.arange(n, dtype=torch.long, device=seeds.device)
-    step_t = torch.tensor(step + 1, dtype=torch.long, device=seeds.device)
-    x = seeds[:, None] * _C1 + step_t * _GOLD_STEP + cols[None, :] * _C3 + _C2
+    steps_t = torch.as_tensor(steps, dtype=torch.long, device=seeds.device).expand(seeds.shape[0])
+    x = seeds[:, None] * _C1 + (steps_t[:, None] + 1) * _GOLD_STEP + cols[None, :] * _C3 + _C2
     x = (x ^ _srl(x, 30)) * _C2
     x = (x ^ _srl(x, 27)) * _C3
     x = x ^ _srl(x, 31)
     return (_srl(x, 40).double() + 0.5) / float(1 << 24)
 
 
-def sample(ids: Tensor, probs: Tensor, seeds: Tensor, step: int) -> Tensor:
-    """Draw one token per row from (ids, probs) with per-row seeds."""
-    u = hash_uniform(seeds, step, probs.shape[1])
+def sample(ids: Tensor, probs: Tensor, seeds: Tensor, steps) -> Tensor:
+    """Draw one token per row from (ids, probs) with per-row seeds and steps."""
+    u = hash_uniform(seeds, steps, probs.shape[1])
     gumbel = -torch.log(-torch.log(u))
     score = torch.log(probs.double()) + gumbel
     return ids.gather(1, score.argmax(-1, keepdim=True))[:, 0]

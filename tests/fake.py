@@ -18,8 +18,11 @@ class ScriptedEngine:
         self.t = 0
         self.fed = []  # per step: (original rows, Mixture)
 
-    def prefill(self, prompts):
+    def add(self, prompts):
         return self.logits[self.rows, 0]
+
+    def reset(self):
+        self.rows = self.rows[:0]
 
     def step(self, mix):
         self.fed.append((self.rows.clone(), mix))

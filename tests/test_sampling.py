@@ -41,10 +41,10 @@ def test_candidates_keep_extra_for_methods_but_zero_them():
 def test_seeded_sampling_follows_distribution():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]]).repeat(20000, 1)
     ids = torch.arange(5).repeat(20000, 1)
-    draws = sample(ids, probs, torch.arange(20000), step=3)
+    draws = sample(ids, probs, torch.arange(20000), steps=3)
     freq = torch.bincount(draws, minlength=5).double() / 20000
     assert torch.allclose(freq, probs[0].double(), atol=0.015)
     assert freq[4] == 0
-    again = sample(ids, probs, torch.arange(20000), step=3)
+    again = sample(ids, probs, torch.arange(20000), steps=3)
     assert torch.equal(draws, again)
-    assert not torch.equal(draws, sample(ids, probs, torch.arange(20000), step=4))
+    assert not torch.equal(draws, sample(ids, probs, torch.arange(20000), steps=4))

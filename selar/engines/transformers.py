@@ -61,7 +61,8 @@ class TransformersEngine:
         return logits
 
     @torch.no_grad()
-    def prefill(self, prompts: list[list[int]]) -> Tensor:
+    def add(self, prompts: list[list[int]]) -> Tensor:
+        """Prefill new rows (left-padded) and append them to the batch; their last logits."""
         from transformers import DynamicCache
 
         n = max(len(p) for p in prompts)
@@ -70,11 +71,35 @@ class TransformersEngine:
         for i, p in enumerate(prompts):
             ids[i, n - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[i, n - len(p):] = 1
-        ids, self.mask = ids.to(self.device), mask.to(self.device)
-        pos = (self.mask.cumsum(-1) - 1).clamp_min(0)
-        self.next_pos = pos[:, -1] + 1
-        self.cache = DynamicCache()
-        return self._forward(self.embed(ids), pos)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        old = (self.cache, self.mask, self.next_pos)
+        self.cache, self.mask, self.next_pos = DynamicCache(), mask, pos[:, -1] + 1
+        logits = self._forward(self.embed(ids), pos)
+        if old[0] is not None:  # join the running rows: left-pad the shorter side to one length
+            self._join(*old)
+        return logits
+
+    def _join(self, cache, mask: Tensor, next_pos: Tensor) -> None:
+        width = max(mask.shape[1], self.mask.shape[1])
+
+        def lpad(x: Tensor, dim: int) -> Tensor:
+            extra = width - x.shape[dim]
+            if extra == 0:
+                return x
+            shape = list(x.shape)
+            shape[dim] = extra
+            return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+        for old_layer, new_layer in zip(cache.layers, self.cache.layers):
+            new_layer.keys = torch.cat([lpad(old_layer.keys, 2), lpad(new_layer.keys, 2)])
+            new_layer.values = torch.cat([lpad(old_layer.values, 2), lpad(new_layer.values, 2)])
+        self.mask = torch.cat([lpad(mask, 1), lpad(self.mask, 1)])
+        self.next_pos = torch.cat([next_pos, self.next_pos])
+
+    def reset(self) -> None:
+        """Drop every row (and the cache)."""
+        self.cache = self.mask = self.next_pos = None
 
     @torch.no_grad()
     def step(self, inputs: Mixture) -> Tensor:

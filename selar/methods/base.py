@@ -1,10 +1,11 @@
 """The one protocol every decoding method implements.
 
-A method sees, per step, the raw logits and the sampling distribution of the still-running
-rows, and answers with the token each row emits and the next input of each row, described as
-a mixture of token embeddings (`Mixture`). It never touches the model, the cache or the
-embedding table: the engine embeds the mixture. Per-row state lives in tensors that the
-loop prunes through `select` when rows finish.
+A method sees, per step, the raw logits and the sampling distribution of the running rows,
+and answers with the token each row emits and the next input of each row, described as a
+mixture of token embeddings (`Mixture`). It never touches the model, the cache or the
+embedding table: the engine embeds the mixture. Its per-row state is a dict of tensors with
+the batch first, created by `init_state` and returned by `step`; the loop prunes finished rows
+from it and appends rows that join, without knowing what it holds.
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ class StepContext:
     cand_probs: Tensor    # (B, C) p_t on them (0 where filtered out); each row sums to 1
     sampled: Tensor       # (B,) token drawn from p_t (its argmax when greedy)
     reasoning: Tensor     # (B,) bool: the row is inside the soft scope (reasoning phase)
-    step: int             # 0-based index of the token being emitted
+    step: Tensor          # (B,) long: 0-based index of the token each row is emitting
+    max_new_tokens: Tensor  # (B,) long: each row's token budget
     temperature: float    # temperature of p_t (1.0 when greedy)
-    max_new_tokens: int
 
 
 @dataclass
@@ -71,17 +72,17 @@ class StepOutput:
     soft: Tensor                      # (B,) bool: the input is not a plain token
     entropy: Optional[Tensor] = None  # (B,) the method's uncertainty signal, for traces
     stop: Optional[Tensor] = None     # (B,) bool: the method ends these rows
+    state: Optional[dict] = None      # the new per-row state (None: unchanged)
 
 
 class Method(Protocol):
-    """One decoding strategy. Instances are made per `generate` call."""
+    """One decoding strategy with fixed options; stateless itself (state lives in the dict)."""
 
     name: str
     num_candidates: int  # how many candidates of p_t the method reads
 
-    def start(self, batch_size: int, device: torch.device) -> None: ...
-    def step(self, ctx: StepContext) -> StepOutput: ...
-    def select(self, keep: Tensor) -> None: ...
+    def init_state(self, n: int, device: torch.device) -> dict[str, Tensor]: ...
+    def step(self, ctx: StepContext, state: dict[str, Tensor]) -> StepOutput: ...
 
 
 def topk_entropy(cand_probs: Tensor, k: int) -> Tensor:

@@ -25,13 +25,10 @@ class CoT:
         self.o = options
         self.num_candidates = options.k
 
-    def start(self, batch_size: int, device: torch.device) -> None:
-        pass
+    def init_state(self, n: int, device: torch.device) -> dict:
+        return {}
 
-    def step(self, ctx: StepContext) -> StepOutput:
+    def step(self, ctx: StepContext, state: dict) -> StepOutput:
         return StepOutput(tokens=ctx.sampled, inputs=Mixture.of_tokens(ctx.sampled),
                           soft=torch.zeros_like(ctx.reasoning),
                           entropy=topk_entropy(ctx.cand_probs, self.o.k))
-
-    def select(self, keep: torch.Tensor) -> None:
-        pass

@@ -60,11 +60,12 @@ class SeLaR:
             from ..symbols import symbol_mask
             self.symbols = vocab.symbol_mask if vocab.symbol_mask is not None else symbol_mask(vocab.tokenizer, vocab.size)
 
-    def start(self, batch_size: int, device: torch.device) -> None:
+    def init_state(self, n: int, device: torch.device) -> dict:
         if self.symbols is not None:
             self.symbols = self.symbols.to(device)
+        return {}
 
-    def step(self, ctx: StepContext) -> StepOutput:
+    def step(self, ctx: StepContext, state: dict) -> StepOutput:
         k = self.o.k
         p = ctx.cand_probs[:, :k]
         p_hat = p / p.sum(-1, keepdim=True)
@@ -78,6 +79,3 @@ class SeLaR:
         w = selar_weights(p_hat, h_norm, self.o.push_weight)
         inputs = token_or_mixture(soft, ctx.sampled, ctx.cand_ids[:, :k], w)
         return StepOutput(tokens=ctx.sampled, inputs=inputs, soft=soft, entropy=h_norm)
-
-    def select(self, keep: torch.Tensor) -> None:
-        pass

@@ -39,12 +39,11 @@ class SoftThinking:
         self.o = options
         self.think_end = vocab.think_end
         self.num_candidates = max(options.max_topk, 3)
-        self.streak: torch.Tensor | None = None
 
-    def start(self, batch_size: int, device: torch.device) -> None:
-        self.streak = torch.zeros(batch_size, dtype=torch.long, device=device)
+    def init_state(self, n: int, device: torch.device) -> dict:
+        return {"streak": torch.zeros(n, dtype=torch.long, device=device)}  # consecutive cold steps
 
-    def step(self, ctx: StepContext) -> StepOutput:
+    def step(self, ctx: StepContext, state: dict) -> StepOutput:
         o = self.o
         p = ctx.cand_probs[:, : o.max_topk]
         ids = ctx.cand_ids[:, : o.max_topk]
@@ -53,15 +52,13 @@ class SoftThinking:
         top1 = ids[:, 0]
         r = ctx.reasoning
         tokens = torch.where(r, top1, ctx.sampled)
+        streak = state["streak"]
         if self.think_end is not None and o.cold_stop:
             cold = full_entropy(ctx.logits, ctx.temperature) < o.cold_stop_entropy
-            self.streak = torch.where(cold & r, self.streak + 1, torch.zeros_like(self.streak))
-            tokens = torch.where(r & (self.streak >= o.patience), torch.full_like(tokens, self.think_end), tokens)
+            streak = torch.where(cold & r, streak + 1, torch.zeros_like(streak))
+            tokens = torch.where(r & (streak >= o.patience), torch.full_like(tokens, self.think_end), tokens)
         soft = r & (tokens == top1)
         if self.think_end is not None:
             soft = soft & (tokens != self.think_end)
         return StepOutput(tokens=tokens, inputs=token_or_mixture(soft, tokens, ids, p), soft=soft,
-                          entropy=topk_entropy(ctx.cand_probs, 3))
-
-    def select(self, keep: torch.Tensor) -> None:
-        self.streak = self.streak[keep]
+                          entropy=topk_entropy(ctx.cand_probs, 3), state={"streak": streak})

@@ -55,81 +55,74 @@ class SwiR:
         self.close_seq = end
         self.answer_seq = end + (vocab.encode(options.answer_prefix) if options.answer_prefix else [])
 
-    def start(self, batch_size: int, device: torch.device) -> None:
-        z = lambda dt: torch.zeros(batch_size, dtype=dt, device=device)  # noqa: E731
-        self.latent = z(torch.bool)
-        self.h_ref = z(torch.float32)
-        self.last_switch = z(torch.long)
-        self.switches = z(torch.long)
-        self.deadline = torch.full((batch_size,), -1, dtype=torch.long, device=device)
-        q = max(len(self.answer_seq), 1)
-        self.queue = torch.zeros(batch_size, q, dtype=torch.long, device=device)
-        self.q_pos = z(torch.long)
-        self.q_len = z(torch.long)
+    def init_state(self, n: int, device: torch.device) -> dict:
         if self.symbols is not None:
             self.symbols = self.symbols.to(device)
 
-    def _inject(self, rows: torch.Tensor, seq: list[int]) -> None:
+        def z(dt):
+            return torch.zeros(n, dtype=dt, device=device)
+
+        return {"latent": z(torch.bool), "h_ref": z(torch.float32), "last_switch": z(torch.long),
+                "switches": z(torch.long), "deadline": torch.full((n,), -1, dtype=torch.long, device=device),
+                "queue": torch.zeros(n, max(len(self.answer_seq), 1), dtype=torch.long, device=device),
+                "q_pos": z(torch.long), "q_len": z(torch.long)}
+
+    @staticmethod
+    def _inject(st: dict, rows: torch.Tensor, seq: list[int]) -> None:
+        """Queue `seq` as the next emitted tokens of `rows` (a (B,) bool mask)."""
         if not seq:
             return
-        seq_t = torch.tensor(seq, dtype=torch.long, device=rows.device)
-        self.queue[rows, : len(seq)] = seq_t
-        self.q_pos[rows] = 0
-        self.q_len[rows] = len(seq)
+        row = torch.zeros(st["queue"].shape[1], dtype=torch.long, device=rows.device)
+        row[: len(seq)] = torch.tensor(seq, dtype=torch.long, device=rows.device)
+        st["queue"] = torch.where(rows[:, None], row, st["queue"])
+        st["q_pos"] = torch.where(rows, 0, st["q_pos"])
+        st["q_len"] = torch.where(rows, len(seq), st["q_len"])
 
-    def step(self, ctx: StepContext) -> StepOutput:
+    def step(self, ctx: StepContext, state: dict) -> StepOutput:
         o, t, r = self.o, ctx.step, ctx.reasoning
+        st = dict(state)
         h = full_entropy(ctx.logits)
-        if t == 0:
-            self.h_ref = h.clone()
-            self.latent = r.clone()
-            to_exp = to_lat = torch.zeros_like(r)
-        else:
-            to_exp = self.latent & (h < self.h_ref)
-            to_lat = ~self.latent & r & (h > self.h_ref) & (t - self.last_switch >= o.window)
-            switch = to_exp | to_lat
-            self.h_ref = torch.where(switch, h, self.h_ref)
-            self.last_switch = torch.where(switch, torch.full_like(self.last_switch, t), self.last_switch)
-            self.switches = self.switches + switch.long()
-            self.latent = self.latent ^ switch
-            if o.max_switch_count is not None:
-                c = o.max_switch_count
-                self._inject(switch & (self.switches == c), self.close_seq)
-                at_2c = switch & (self.switches == 2 * c)
-                self._inject(at_2c, self.answer_seq)
-                self.deadline = torch.where(at_2c, t + len(self.answer_seq) + o.answer_tokens, self.deadline)
-        self.latent = self.latent & r
-        # tokens: injected ones first, else the sampled token
-        forced = self.q_pos < self.q_len
-        queued = self.queue.gather(1, self.q_pos.clamp(max=self.queue.shape[1] - 1)[:, None])[:, 0]
+        first = t == 0
+        # the first step sets the reference; later steps may switch
+        to_exp = ~first & st["latent"] & (h < st["h_ref"])
+        to_lat = ~first & ~st["latent"] & r & (h > st["h_ref"]) & (t - st["last_switch"] >= o.window)
+        switch = to_exp | to_lat
+        st["h_ref"] = torch.where(first | switch, h, st["h_ref"])
+        st["last_switch"] = torch.where(switch, t, st["last_switch"])
+        st["switches"] = st["switches"] + switch.long()
+        st["latent"] = torch.where(first, r, st["latent"] ^ switch) & r
+        if o.max_switch_count is not None:
+            c = o.max_switch_count
+            self._inject(st, switch & (st["switches"] == c), self.close_seq)
+            at_2c = switch & (st["switches"] == 2 * c)
+            self._inject(st, at_2c, self.answer_seq)
+            st["deadline"] = torch.where(at_2c, t + len(self.answer_seq) + o.answer_tokens, st["deadline"])
+        # emitted tokens: injected ones first, else the sampled token
+        forced = st["q_pos"] < st["q_len"]
+        queued = st["queue"].gather(1, st["q_pos"].clamp(max=st["queue"].shape[1] - 1)[:, None])[:, 0]
         tokens = torch.where(forced, queued, ctx.sampled)
-        self.q_pos = self.q_pos + forced.long()
+        st["q_pos"] = st["q_pos"] + forced.long()
+        stop = (st["deadline"] >= 0) & (t + 1 >= st["deadline"])
 
-        latent_in = self.latent & ~forced
+        latent_in = st["latent"] & ~forced
         if self.symbols is not None:
             latent_in = latent_in & ~self.symbols[tokens]
         if not bool((latent_in | to_exp | to_lat).any()):  # one sync per step: all rows explicit
             return StepOutput(tokens=tokens, inputs=Mixture.of_tokens(tokens), soft=latent_in, entropy=h,
-                              stop=(self.deadline >= 0) & (t + 1 >= self.deadline))
-        frac = min(t / max(ctx.max_new_tokens, 1), 1.0)
+                              stop=stop, state=st)
+        frac = (t.float() / ctx.max_new_tokens.clamp_min(1).float()).clamp(max=1.0)
         a = o.alpha0 + (1 - o.alpha0) * frac
         b = o.beta0 + (1 - o.beta0) * frac
         w = torch.softmax(ctx.logits, dim=-1)
         w = torch.where(latent_in[:, None], w, torch.zeros_like(w))
-        onehot_w = torch.where(latent_in, 0.0, 1.0)
-        w.scatter_add_(1, tokens[:, None], onehot_w[:, None])
+        w.scatter_add_(1, tokens[:, None], torch.where(latent_in, 0.0, 1.0)[:, None])
         v = self.vocab
-        if v.think_end is not None:
-            blend_e = to_exp & ~forced
-            w = torch.where(blend_e[:, None], w * a, w)
-            w[:, v.think_end] += torch.where(blend_e, 1 - a, 0.0)
-        if v.think_start is not None:
-            blend_l = to_lat & latent_in
-            w = torch.where(blend_l[:, None], w * b, w)
-            w[:, v.think_start] += torch.where(blend_l, 1 - b, 0.0)
-        stop = (self.deadline >= 0) & (t + 1 >= self.deadline)
-        return StepOutput(tokens=tokens, inputs=Mixture(None, w), soft=latent_in, entropy=h, stop=stop)
-
-    def select(self, keep: torch.Tensor) -> None:
-        for name in ("latent", "h_ref", "last_switch", "switches", "deadline", "queue", "q_pos", "q_len"):
-            setattr(self, name, getattr(self, name)[keep])
+        if v.think_end is not None:  # switching to explicit: a E(y) + (1 - a) E(</think>)
+            blend = to_exp & ~forced
+            w = torch.where(blend[:, None], w * a[:, None], w)
+            w[:, v.think_end] += torch.where(blend, 1 - a, 0.0)
+        if v.think_start is not None:  # switching to latent: b soft + (1 - b) E(<think>)
+            blend = to_lat & latent_in
+            w = torch.where(blend[:, None], w * b[:, None], w)
+            w[:, v.think_start] += torch.where(blend, 1 - b, 0.0)
+        return StepOutput(tokens=tokens, inputs=Mixture(None, w), soft=latent_in, entropy=h, stop=stop, state=st)
