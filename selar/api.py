@@ -68,7 +68,7 @@ def _stop_checker(tokenizer, stops: Sequence[str]) -> Callable[[int, list[int]],
     return check
 
 
-def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
     return text if cut < 0 else text[:cut]
 
@@ -129,7 +129,7 @@ def generate(model: Union[Model, str], prompts: Union[str, Sequence[str]], metho
         for i, row in zip(idx, rows):
             text = model.tokenizer.decode(row.token_ids, skip_special_tokens=True)
             if row.finish_reason == "stop_string":
-                text = _cut_at_stop(text, s.stop)
+                text = cut_at_stop(text, s.stop)
             tr = None
             if trace:
                 pieces = model.tokenizer.convert_ids_to_tokens(row.token_ids)

@@ -285,6 +285,58 @@ def report_cmd(dirs, out_dir, no_plots):
     click.echo(f"wrote {rep['out'] / 'report.md'}, report.csv" + "".join(f", {p.name}" for p in rep["images"]))
 
 
+@main.command()
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="bind address (0.0.0.0 exposes it to the network)")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set SELAR_API_KEY)")
+@click.option("--max-batch", type=int, default=32, show_default=True, help="rows decoded at once")
+@click.option("--max-queue", type=int, default=256, show_default=True, help="waiting requests before 503")
+@click.option("--method", default="selar", show_default=True, help="default method of requests without one")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="server-wide option default, e.g. tau=0.4")
+@click.option("--max-tokens", type=int, default=4096, show_default=True, help="largest max_tokens a request may ask")
+@click.option("--max-prompt-tokens", type=int, default=8192, show_default=True)
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="seconds per request")
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_tokens, max_prompt_tokens,
+          max_body_bytes, timeout, dtype, device):
+    """Serve an OpenAI-compatible API (chat and completions, streaming) with SeLaR decoding.
+
+    Example: selar serve --model smollm2-135m --port 8000
+    """
+    import os
+
+    import uvicorn
+
+    from .config import make_config
+    from .models import load_model
+    from .server import Settings, build
+
+    defaults = parse_sets(sets)
+    from .server.app import _method_fields
+    from .config import SAMPLING_FIELDS as _SF
+    bad = sorted(set(defaults) - _method_fields() - set(_SF))
+    if bad:
+        _fail(f"unknown option(s) {', '.join(bad)}")
+    make_config(method, **{k: v for k, v in defaults.items() if k in options_for(method, defaults, False)})
+    for name, v in (("max_batch", max_batch), ("max_queue", max_queue), ("max_tokens", max_tokens)):
+        if v < 1:
+            _fail(f"{name} must be at least 1, got {v}")
+    mdl = load_model(model, dtype=dtype, device=device)
+    settings = Settings(model_name=model, api_key=api_key or os.environ.get("SELAR_API_KEY"),
+                        max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens,
+                        default_max_tokens=min(1024, max_tokens), max_body_bytes=max_body_bytes,
+                        timeout=timeout, default_method=method, defaults=defaults)
+    app, scheduler = build(mdl, settings, max_batch=max_batch, max_queue=max_queue)
+    click.echo(f"selar: serving {model} on http://{host}:{port}/v1 (method {method}, max batch {max_batch})", err=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        scheduler.stop()
+
+
 @main.group()
 def models() -> None:
     """The catalog of real models that install from PyPI."""

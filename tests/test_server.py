@@ -1,0 +1,162 @@
+"""The OpenAI-compatible server, driven with the official `openai` client, and fuzzed."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+
+import pytest
+
+openai = pytest.importorskip("openai", reason="the server tests need the openai client (pip install openai)")
+httpx = pytest.importorskip("httpx")
+
+import selar  # noqa: E402
+from selar.server import Settings, start_in_thread  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tiny_thinking):
+    srv = start_in_thread(tiny_thinking, Settings(model_name="tiny", api_key="sekret", max_tokens=64,
+                                                  default_max_tokens=16, max_body_bytes=64 * 1024, timeout=60),
+                          max_batch=8, max_queue=64)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="sekret", max_retries=0)
+
+
+def test_chat_matches_the_api(client, tiny_thinking):
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "How many clips?"}],
+                                       max_tokens=12, temperature=0, extra_body={"method": "selar", "tau": 0.3})
+    ref = selar.generate(tiny_thinking, "How many clips?", "selar", tau=0.3, temperature=0, max_new_tokens=12)[0]
+    assert r.usage.completion_tokens == ref.num_tokens
+    assert r.usage.model_extra["soft_steps"] == ref.num_soft_steps
+    msg = r.choices[0].message
+    if "</think>" in ref.text:
+        assert (msg.content.strip(), msg.model_extra["reasoning_content"]) == (ref.answer, ref.reasoning)
+    else:  # reasoning never closed: all of it is reasoning, as reasoning servers report it
+        assert msg.content == "" and msg.model_extra["reasoning_content"] == ref.text.replace("<think>", "").strip()
+
+
+def test_completion_and_models(client):
+    r = client.completions.create(model="tiny", prompt="2 + 3 =", max_tokens=5, temperature=0,
+                                  extra_body={"method": "cot"})
+    assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens <= 5
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+
+def test_streaming_chat_equals_non_streaming(client):
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "Weng earns $12 an hour."}], max_tokens=14,
+              temperature=0.8, seed=3, extra_body={"method": "swir"})
+    full = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks
+                        if c.choices)
+    assert content == full.choices[0].message.content
+    assert reasoning.strip() == full.choices[0].message.model_extra["reasoning_content"]
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == full.choices[0].finish_reason
+
+
+def test_streaming_completion(client):
+    chunks = list(client.completions.create(model="tiny", prompt="First, 48 / 2 = 24.", max_tokens=8, stream=True,
+                                            temperature=0, extra_body={"method": "soft-thinking"}))
+    assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+@pytest.mark.parametrize("kw,status,match", [
+    (dict(extra_body={"method": "beam"}), 400, "unknown method"),
+    (dict(extra_body={"tau": 3}), 400, "tau must be in"),
+    (dict(extra_body={"tau": "high"}), 400, "tau must be a number"),
+    (dict(extra_body={"tua": 0.3}), 400, "unknown field"),
+    (dict(extra_body={"method": "cot", "tau": 0.3}), 400, "has no option"),
+    (dict(max_tokens=10_000), 400, "max_tokens"),
+    (dict(temperature=-1), 400, "temperature"),
+    (dict(model="gpt-4"), 404, "not served"),
+])
+def test_errors(client, kw, status, match):
+    args = dict(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    args.update(kw)
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(**args)
+    assert e.value.status_code == status and match in e.value.message
+
+
+def test_empty_messages_and_auth(server, client):
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny", messages=[])
+    with pytest.raises(openai.BadRequestError, match="empty"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "  "}])
+    bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_queue_full_answers_503(tiny):
+    srv = start_in_thread(tiny, Settings(model_name="tiny", max_tokens=400), max_batch=1, max_queue=1)
+    try:
+        import concurrent.futures as cf
+        body = {"model": "tiny", "prompt": "clips", "max_tokens": 400, "temperature": 0, "method": "cot"}
+        with cf.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: httpx.post(srv.url + "/v1/completions", json=body, timeout=120),
+                                  range(8)))
+        statuses = sorted(r.status_code for r in codes)
+        assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}
+        busy = next(r for r in codes if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and busy.json()["error"]["type"] == "server_error"
+    finally:
+        srv.stop()
+
+
+def _hostile_requests(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    paths = ["/v1/chat/completions", "/v1/completions"]
+    good = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    values = [None, True, -1, 0, 1e308, float("inf"), "", "x" * 50, [], {}, [1, 2], {"a": {"b": []}}, "\u0000",
+              2 ** 70, -0.0, "selar", [{"role": "user"}], [{"role": 5, "content": "x"}]]
+    keys = ["messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "tau", "k", "method", "stream",
+            "seed", "stop", "model", "push_weight", "n", "stream_options", "raw", "gate_scope", "window", "zzz"]
+    for i in range(n):
+        kind = i % 6
+        path = rng.choice(paths)
+        if kind == 0:  # broken JSON
+            body = json.dumps(good)[: rng.randint(0, 40)] + rng.choice(["", "}", "]]", "\x00", "{{"])
+            yield path, body.encode(), {"content-type": "application/json"}
+        elif kind == 1:  # random bytes
+            yield path, bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 200))), {}
+        elif kind == 2:  # wrong types or values in known fields
+            body = dict(good)
+            for _ in range(rng.randint(1, 3)):
+                body[rng.choice(keys)] = rng.choice(values)
+            body["max_tokens"] = rng.choice([0, -1, "2", 2.5, 10 ** 9, True])  # always one invalid value
+            yield path, json.dumps(body, allow_nan=True).encode(), {"content-type": "application/json"}
+        elif kind == 3:  # not an object
+            yield path, json.dumps(rng.choice([[], "str", 1, None, [good]])).encode(), {}
+        elif kind == 4:  # deep nesting and oversize
+            depth = rng.choice([50, 5000])
+            yield path, ("[" * depth + "]" * depth).encode() if rng.random() < 0.5 else b"{" + b'"a":' * 3 + b"1" + b"}", {}
+        else:  # unknown extra fields / bad auth / huge body
+            if rng.random() < 0.3:
+                yield path, b'{"model": "tiny", "prompt": "' + b"a" * (70 * 1024) + b'"}', {}
+            else:
+                body = dict(good, **{"".join(rng.choices(string.ascii_letters, k=6)): rng.choice(values[:6])})
+                yield path, json.dumps(body).encode(), {"authorization": rng.choice(["", "Bearer x", "Basic y"])}
+
+
+def test_fuzz_1000_hostile_requests(server):
+    statuses = {}
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for path, body, headers in _hostile_requests(1000):
+            headers = {"authorization": "Bearer sekret", **headers}
+            r = http.post(path, content=body, headers=headers)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            assert 400 <= r.status_code < 500, (r.status_code, body[:200], r.text[:200])
+            err = r.json()["error"]
+            assert isinstance(err["message"], str) and err["message"]
+        assert http.get("/health").json()["status"] == "ok"
+    assert sum(statuses.values()) == 1000
