@@ -1,0 +1,1 @@
+"""Analyses behind the paper's argument: entropy distribution, threshold sweeps, logit lens."""
