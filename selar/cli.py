@@ -273,16 +273,18 @@ def _print_table(rep) -> None:
 @click.argument("dirs", nargs=-1, required=True)
 @click.option("--out", "out_dir", default=None, help="where to write (default: the first DIR)")
 @click.option("--no-plots", is_flag=True)
-def report_cmd(dirs, out_dir, no_plots):
+@click.option("--html", "as_html", is_flag=True, help="also write a self-contained report.html")
+def report_cmd(dirs, out_dir, no_plots, as_html):
     """Merge runs or shards and write report.md, report.csv and PNG plots; print the table.
 
-    Example: selar report runs/gsm8k
+    Example: selar report runs/gsm8k --html
     """
     from .eval.report import write_report
 
-    rep = write_report(list(dirs), out_dir, make_plots=not no_plots)
+    rep = write_report(list(dirs), out_dir, make_plots=not no_plots, html=as_html)
     _print_table(rep)
-    click.echo(f"wrote {rep['out'] / 'report.md'}, report.csv" + "".join(f", {p.name}" for p in rep["images"]))
+    extra = [p.name for p in rep["images"]] + (["report.html"] if as_html else [])
+    click.echo(f"wrote {rep['out'] / 'report.md'}, report.csv" + "".join(f", {n}" for n in extra))
 
 
 @main.command()

@@ -133,7 +133,7 @@ def plots(summaries: list[Summary], out: Path) -> list[Path]:
     return paths
 
 
-def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool = True) -> dict:
+def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool = True, html: bool = False) -> dict:
     records, timings = collect(dirs)
     if not records:
         raise SelarError("no results to report")
@@ -162,4 +162,9 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
         for s in summaries:
             w.writerow(s.to_dict())
     (out / "report.json").write_text(json.dumps([s.to_dict() for s in summaries], indent=1))
-    return {"header": header, "rows": rows, "summaries": summaries, "out": out, "images": images}
+    rep = {"header": header, "rows": rows, "summaries": summaries, "out": out, "images": images}
+    if html:
+        from .html import write_html
+
+        rep["html"] = write_html(rep, dirs, out)
+    return rep
