@@ -42,7 +42,7 @@ class DecodeSession:
         self.engine, self.method, self.cfg = engine, method, cfg
         self.think_end = think_end if reasoning_scope else None
         self.max_positions, self.stop_check, self.on_step = max_positions, stop_check, on_step
-        self.stop_ids = sorted(set(stop_ids))
+        self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
         self.need = method.num_candidates
         self.logits: Optional[Tensor] = None
         self.rows: dict[str, Tensor] = {}   # per-row tensors, pruned and joined together
@@ -58,6 +58,7 @@ class DecodeSession:
         """Prefill new rows; they take part from the next step on."""
         logits = self.engine.add([list(p) for p in prompts])
         dev, n = logits.device, len(prompts)
+        self.stop_ids = self.stop_ids.to(dev)
         limit = max_new_tokens or [self.cfg.max_new_tokens] * n
         if self.max_positions is not None:  # a row also stops at the model's context
             limit = [min(m, self.max_positions - len(p)) for m, p in zip(limit, prompts)]
@@ -118,7 +119,7 @@ class DecodeSession:
         if self.cancelled:
             gone = torch.tensor([i in self.cancelled for i in r["id"].tolist()], device=code.device)
             code = torch.where(gone, 4, code)
-        code = torch.where(torch.isin(tok, torch.tensor(self.stop_ids, device=tok.device)), 0, code)
+        code = torch.where(torch.isin(tok, self.stop_ids), 0, code)
         done = code >= 0
         finished: list[RowOutput] = []
         if bool(done.any()):  # one host sync per step, and a cache copy only on these steps
