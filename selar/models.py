@@ -105,6 +105,20 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the hub (HF_ENDPOINT or huggingface.co), instead of minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _from_pretrained(path: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool,
                      gguf_file: Optional[str] = None, local_only: bool = True):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -173,6 +187,9 @@ def _load_hub(name: str, dt, dev, trust_remote_code: bool):
     if _hub_offline():
         raise OfflineError(f"{name} is not in the local Hugging Face cache and the hub is offline "
                            f"(HF_HUB_OFFLINE is set); use a catalog model, a folder or a GGUF file")
+    if not _hub_reachable():
+        raise OfflineError(f"cannot reach the Hugging Face hub to download {name} (offline?); "
+                           f"use a catalog model (`selar models list`), a folder or a GGUF file")
     try:
         return _from_pretrained(name, dt, dev, trust_remote_code, local_only=False)
     except OSError as e:
