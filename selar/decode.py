@@ -54,14 +54,15 @@ class DecodeSession:
         return 0 if self.logits is None else self.logits.shape[0]
 
     def add(self, prompts: Sequence[Sequence[int]], ids: Sequence[int], seeds: Sequence[int],
-            max_new_tokens: Optional[Sequence[int]] = None) -> None:
-        """Prefill new rows; they take part from the next step on."""
+            max_new_tokens: Optional[Sequence[int]] = None, check_stops: Optional[Sequence[bool]] = None) -> None:
+        """Prefill new rows; they take part from the next step on. `check_stops[i]`: run
+        `stop_check` on row i (default: every row, when the session has a stop_check)."""
         logits = self.engine.add([list(p) for p in prompts])
         dev, n = logits.device, len(prompts)
         self.stop_ids = self.stop_ids.to(dev)
         limit = max_new_tokens or [self.cfg.max_new_tokens] * n
         if self.max_positions is not None:  # a row also stops at the model's context
-            limit = [min(m, self.max_positions - len(p)) for m, p in zip(limit, prompts)]
+            limit = [max(1, min(m, self.max_positions - len(p))) for m, p in zip(limit, prompts)]
         width = max(limit)
         new = {
             "id": torch.tensor(list(ids), dtype=torch.long, device=dev),
@@ -69,6 +70,8 @@ class DecodeSession:
             "limit": torch.tensor(limit, dtype=torch.long, device=dev),
             "step": torch.zeros(n, dtype=torch.long, device=dev),
             "reasoning": torch.ones(n, dtype=torch.bool, device=dev),
+            "check": torch.tensor(list(check_stops) if check_stops is not None else [self.stop_check is not None] * n,
+                                  dtype=torch.bool, device=dev),
             "tokens": torch.full((n, width), -1, dtype=torch.long, device=dev),
             "soft": torch.zeros((n, width), dtype=torch.bool, device=dev),
             "entropy": torch.zeros((n, width), dtype=torch.float32, device=dev),
@@ -113,9 +116,12 @@ class DecodeSession:
         code = torch.where(r["step"] >= r["limit"], 1, -1)
         if out.stop is not None:
             code = torch.where(out.stop, 3, code)
-        if self.stop_check is not None:
-            hit = [self.stop_check(i, t[:n]) for i, t, n in zip(r["id"].tolist(), r["tokens"].tolist(), r["step"].tolist())]
-            code = torch.where(torch.tensor(hit, device=code.device), 2, code)
+        if self.stop_check is not None:  # stop strings: a per-row check, only on rows that have them
+            sel = r["check"].nonzero()[:, 0]
+            if sel.numel():
+                hit = [self.stop_check(i, t[:n]) for i, t, n in
+                       zip(r["id"][sel].tolist(), r["tokens"][sel].tolist(), r["step"][sel].tolist())]
+                code[sel] = torch.where(torch.tensor(hit, device=code.device), 2, code[sel])
         if self.cancelled:
             gone = torch.tensor([i in self.cancelled for i in r["id"].tolist()], device=code.device)
             code = torch.where(gone, 4, code)

@@ -98,3 +98,14 @@ def test_seed_reproducible_and_varies(tiny):
     c = selar.generate(tiny, PROMPTS[:2], "selar", temperature=1.0, max_new_tokens=20, seed=2)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
     assert [r.token_ids for r in a] != [r.token_ids for r in c]
+
+
+def test_stop_strings_cut_the_text(tiny):
+    full = selar.generate(tiny, PROMPTS[:2], "cot", temperature=0, max_new_tokens=24)
+    stop = full[0].text[len(full[0].text) // 2:][:3]
+    cut = selar.generate(tiny, PROMPTS[:2], "cot", temperature=0, max_new_tokens=24, stop=[stop])
+    assert cut[0].finish_reason == "stop_string" and stop not in cut[0].text
+    assert full[0].text.startswith(cut[0].text) and len(cut[0].token_ids) < len(full[0].token_ids)
+    assert cut[0].token_ids == full[0].token_ids[: len(cut[0].token_ids)]
+    if stop not in full[1].text:  # the other row is untouched
+        assert cut[1].token_ids == full[1].token_ids

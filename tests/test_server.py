@@ -160,3 +160,19 @@ def test_fuzz_1000_hostile_requests(server):
             assert isinstance(err["message"], str) and err["message"]
         assert http.get("/health").json()["status"] == "ok"
     assert sum(statuses.values()) == 1000
+
+
+def test_stop_strings_in_requests(tiny):
+    srv = start_in_thread(tiny, Settings(model_name="tiny"))
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        base = dict(model="tiny", prompt="How many clips?", max_tokens=20, temperature=0, extra_body={"method": "cot"})
+        full = client.completions.create(**base).choices[0].text
+        stop = full[len(full) // 2:][:3]
+        cut = client.completions.create(stop=[stop], **base).choices[0]
+        assert cut.finish_reason == "stop" and stop not in cut.text and full.startswith(cut.text)
+        assert len(cut.text) < len(full)
+        streamed = "".join(c.choices[0].text for c in client.completions.create(stream=True, stop=[stop], **base))
+        assert streamed == cut.text
+    finally:
+        srv.stop()

@@ -132,6 +132,9 @@ def parse_request(body: Any, kind: str, model, settings: Settings):
             prompt_ids = format_prompt(model, prompt, raw=raw)
         except SelarError as e:
             raise APIError(400, str(e), "prompt") from None
+    if model.max_positions and len(prompt_ids) >= model.max_positions:
+        raise APIError(400, f"the prompt has {len(prompt_ids)} tokens, more than the model's context of "
+                            f"{model.max_positions}", "messages" if kind == "chat" else "prompt")
     if len(prompt_ids) > settings.max_prompt_tokens:
         raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; this server allows "
                             f"{settings.max_prompt_tokens}", "messages" if kind == "chat" else "prompt")
@@ -248,7 +251,8 @@ def create_app(model, scheduler: Scheduler, settings: Settings):
             self.in_reasoning = thinking
             self.sent = {"reasoning": "", "answer": ""}
 
-        def add(self, ids: list[int]) -> dict:
+        def add(self, ids: list[int], final: bool = False) -> dict:
+            """New text of each part. The answer holds back a tail that may begin a stop string."""
             for t in ids:
                 if t == model.think_end:
                     self.in_reasoning = False
@@ -258,14 +262,26 @@ def create_app(model, scheduler: Scheduler, settings: Settings):
             out = {}
             for part, toks in (("reasoning", self.reasoning_ids), ("answer", self.answer_ids)):
                 text = model.tokenizer.decode(toks, skip_special_tokens=True)
-                if text.endswith("\ufffd"):
+                if text.endswith("\ufffd") and not final:
                     continue
                 if part == "answer":
                     text = cut_at_stop(text, self.stops)
+                    if not final:
+                        text = text[: len(text) - self._held(text)]
                 if len(text) > len(self.sent[part]):
                     out[part] = text[len(self.sent[part]):]
                     self.sent[part] = text
             return out
+
+        def _held(self, text: str) -> int:
+            """Length of the longest suffix of text that is a proper prefix of a stop string."""
+            best = 0
+            for s in self.stops:
+                for n in range(min(len(s) - 1, len(text)), best, -1):
+                    if text.endswith(s[:n]):
+                        best = n
+                        break
+            return best
 
         def final(self) -> tuple[str, str]:
             ans = model.tokenizer.decode(self.answer_ids, skip_special_tokens=True)
@@ -345,17 +361,17 @@ def create_app(model, scheduler: Scheduler, settings: Settings):
                     except asyncio.TimeoutError:
                         yield "data: " + json.dumps({"error": {"message": "timeout", "type": "timeout_error"}}) + "\n\n"
                         return
-                    if ev == "done":
+                    final = ev == "done"
+                    parts = text.add([] if final else a, final=final)
+                    if parts.get("reasoning"):
+                        yield chunk({"reasoning_content": parts["reasoning"]})
+                    if parts.get("answer"):
+                        yield chunk({"content": parts["answer"]})
+                    if final:
                         done = True
                         row = a
                         break
                     soft += b
-                    parts = text.add(a)
-                    if parts.get("reasoning"):
-                        yield chunk({"reasoning_content": parts["reasoning"]})
-                    if parts.get("answer"):
-                        ans = parts["answer"]
-                        yield chunk({"content": ans})
                 yield chunk(finish=finish_reason(row))
                 if include_usage:
                     yield "data: " + json.dumps({"id": rid, "object": chunk_obj, "created": created,

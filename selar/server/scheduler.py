@@ -127,7 +127,7 @@ class Scheduler:
         for key, jobs in groups.items():
             sess = self._session(jobs[0])
             sess.add([j.prompt_ids for j in jobs], [j.id for j in jobs], [j.config.sampling.seed for j in jobs],
-                     [j.config.sampling.max_new_tokens for j in jobs])
+                     [j.config.sampling.max_new_tokens for j in jobs], [bool(j.config.sampling.stop) for j in jobs])
             for j in jobs:
                 self.where[j.id] = key
 
