@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 from .config import GenerationConfig, make_config
-from .decode import decode
+from .decode import DecodeSession, RowOutput, run_to_end
 from .engines import TransformersEngine
 from .errors import ConfigError, PromptError
 from .methods import get_method_spec
@@ -104,39 +104,47 @@ def generate(model: Union[Model, str], prompts: Union[str, Sequence[str]], metho
         if model.max_positions and len(ids) >= model.max_positions:
             raise PromptError(f"a prompt has {len(ids)} tokens, more than the model's context of "
                               f"{model.max_positions}")
-    s = cfg.sampling
-    seeds = list(seeds) if seeds is not None else [s.seed] * len(prompts)
+    seeds = list(seeds) if seeds is not None else [cfg.sampling.seed] * len(prompts)
     if len(seeds) != len(prompts):
         raise ConfigError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
-    spec = get_method_spec(cfg.method)
-    vocab = model.vocab_info()
-    scope = s.soft_scope if s.soft_scope != "auto" else ("reasoning" if model.is_thinking else "all")
-    stop_check = _stop_checker(model.tokenizer, s.stop) if s.stop else None
-
     # batches of similar lengths waste less padding; results come back in prompt order
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_token_ids[i]))
     results: list[Optional[Result]] = [None] * len(prompts)
     for b in range(0, len(order), batch_size):
         idx = order[b: b + batch_size]
-        engine = TransformersEngine(model.hf_model, pad_id=model.pad_id)
-        meth = spec.factory(cfg.options, vocab)
         step_cb = None
         if on_step is not None:
             step_cb = lambda rows, toks, soft, idx=idx: on_step([idx[r] for r in rows.tolist()], toks.tolist(), soft.tolist())  # noqa: E731
-        rows = decode(engine, [prompt_token_ids[i] for i in idx], meth, s, seeds=[seeds[i] for i in idx],
-                      stop_ids=model.stop_ids, think_end=model.think_end, reasoning_scope=scope == "reasoning",
-                      max_positions=model.max_positions, stop_check=stop_check, on_step=step_cb)
+        rows = run_to_end(new_session(model, cfg, on_step=step_cb), [prompt_token_ids[i] for i in idx],
+                           [seeds[i] for i in idx])
         for i, row in zip(idx, rows):
-            text = model.tokenizer.decode(row.token_ids, skip_special_tokens=True)
-            if row.finish_reason == "stop_string":
-                text = cut_at_stop(text, s.stop)
-            tr = None
-            if trace:
-                pieces = model.tokenizer.convert_ids_to_tokens(row.token_ids)
-                tr = [{"token": t, "text": model.tokenizer.convert_tokens_to_string([p]), "entropy": round(e, 6),
-                       "soft": sf} for t, p, e, sf in zip(row.token_ids, pieces, row.entropy, row.soft)]
-            results[i] = Result(prompt=prompts[i], text=text, prompt_token_ids=prompt_token_ids[i],
-                                token_ids=row.token_ids, num_tokens=len(row.token_ids),
-                                num_soft_steps=sum(row.soft), finish_reason=row.finish_reason,
-                                method=cfg.method, trace=tr)
+            results[i] = make_result(model, cfg, prompts[i], prompt_token_ids[i], row, trace)
     return results
+
+
+def new_session(model: Model, cfg: GenerationConfig, on_step: Optional[Callable] = None,
+                stop_check: Optional[Callable] = None) -> DecodeSession:
+    """A decode session of `model` with one method and sampling config (rows are added later)."""
+    s = cfg.sampling
+    scope = s.soft_scope if s.soft_scope != "auto" else ("reasoning" if model.is_thinking else "all")
+    if stop_check is None and s.stop:
+        stop_check = _stop_checker(model.tokenizer, s.stop)
+    method = get_method_spec(cfg.method).factory(cfg.options, model.vocab_info())
+    return DecodeSession(TransformersEngine(model.hf_model, pad_id=model.pad_id), method, s, stop_ids=model.stop_ids,
+                         think_end=model.think_end, reasoning_scope=scope == "reasoning",
+                         max_positions=model.max_positions, stop_check=stop_check, on_step=on_step)
+
+
+def make_result(model: Model, cfg: GenerationConfig, prompt: str, prompt_ids: list[int], row: RowOutput,
+                trace: bool = False) -> Result:
+    text = model.tokenizer.decode(row.token_ids, skip_special_tokens=True)
+    if row.finish_reason == "stop_string":
+        text = cut_at_stop(text, cfg.sampling.stop)
+    tr = None
+    if trace:
+        pieces = model.tokenizer.convert_ids_to_tokens(row.token_ids)
+        tr = [{"token": t, "text": model.tokenizer.convert_tokens_to_string([p]), "entropy": round(e, 6), "soft": sf}
+              for t, p, e, sf in zip(row.token_ids, pieces, row.entropy, row.soft)]
+    return Result(prompt=prompt, text=text, prompt_token_ids=list(prompt_ids), token_ids=row.token_ids,
+                  num_tokens=len(row.token_ids), num_soft_steps=sum(row.soft), finish_reason=row.finish_reason,
+                  method=cfg.method, trace=tr)

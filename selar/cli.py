@@ -231,8 +231,10 @@ def _pairs(text: str | None, what: str) -> dict:
 @click.option("--fields", default=None, metavar="question=COL,answer=COL[,id=COL]", help="field mapping for --data")
 @click.option("--num-shards", type=int, default=1, show_default=True)
 @click.option("--shard-index", type=int, default=0, show_default=True)
+@click.option("--schedule", type=click.Choice(["fixed", "continuous"]), default="fixed", show_default=True,
+              help="fixed batches (bit-identical resume) or continuous batching (faster; exact resume in float32)")
 def eval_cmd(model, datasets, methods, samples, limit, seed, out_dir, resume, force, sets, max_new_tokens,
-             temperature, batch_size, dtype, hub, data_files, data, fields, num_shards, shard_index):
+             temperature, batch_size, dtype, hub, data_files, data, fields, num_shards, shard_index, schedule):
     """Evaluate methods on benchmarks; results are appended to OUT/results.jsonl as they finish.
 
     Example: selar eval --datasets gsm8k --methods cot,selar --limit 100 --out runs/gsm8k
@@ -249,7 +251,7 @@ def eval_cmd(model, datasets, methods, samples, limit, seed, out_dir, resume, fo
                      methods=[m.strip() for m in methods.split(",") if m.strip()], samples=samples, limit=limit,
                      seed=seed, sets=s, batch_size=batch_size, dtype=dtype, hub=hub,
                      data_files=_pairs(data_files, "--data-file"), data=data, fields=_pairs(fields, "--fields"),
-                     num_shards=num_shards, shard_index=shard_index)
+                     num_shards=num_shards, shard_index=shard_index, schedule=schedule)
     path = run_eval(cfg, out_dir, resume=resume, force=force)
     click.echo(f"results: {path}")
     if num_shards == 1:

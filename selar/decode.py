@@ -172,13 +172,17 @@ def _cat(a: Tensor, b: Tensor) -> Tensor:
     return torch.cat([a, b])
 
 
-def decode(engine, prompts: Sequence[Sequence[int]], method: Method, cfg: SamplingConfig, *,
-           seeds: Sequence[int], **kw) -> list[RowOutput]:
-    """Decode one batch to the end; outputs in prompt order."""
-    session = DecodeSession(engine, method, cfg, **kw)
+def run_to_end(session: DecodeSession, prompts: Sequence[Sequence[int]], seeds: Sequence[int]) -> list[RowOutput]:
+    """Decode these prompts to the end in one batch; outputs in prompt order."""
     session.add(prompts, range(len(prompts)), seeds)
     results: dict[int, RowOutput] = {}
     while session.size:
         for row in session.step():
             results[row.id] = row
     return [results[i] for i in range(len(prompts))]
+
+
+def decode(engine, prompts: Sequence[Sequence[int]], method: Method, cfg: SamplingConfig, *,
+           seeds: Sequence[int], **kw) -> list[RowOutput]:
+    """Decode one batch to the end with a given engine and method; outputs in prompt order."""
+    return run_to_end(DecodeSession(engine, method, cfg, **kw), prompts, seeds)

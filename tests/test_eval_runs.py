@@ -110,3 +110,18 @@ def test_bad_eval_input(setup, tmp_path):
     assert res.exit_code == 2 and "question=prompt" in res.output and "not found" in res.output
     res = CliRunner().invoke(main, ["eval", "--datasets", "gsm8k", "--set", "nosuch=1", "--out", str(tmp_path / "z")])
     assert res.exit_code == 2 and "nosuch" in res.output
+
+
+def test_continuous_schedule_same_records_and_resume(setup, tmp_path):
+    key = lambda r: (r["problem_id"], r["method"], r["sample"])  # noqa: E731
+    fixed = tmp_path / "fixed"
+    cli(eval_args(setup, fixed))
+    cont = tmp_path / "cont"
+    cli(eval_args(setup, cont, "--schedule", "continuous"))
+    assert sorted(read_results(cont / "results.jsonl"), key=key) == sorted(read_results(fixed / "results.jsonl"), key=key)
+    # resume after losing the second half of the file: the same records again (float32)
+    path = cont / "results.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[: len(lines) // 2]))
+    cli(eval_args(setup, cont, "--schedule", "continuous", "--resume"))
+    assert sorted(read_results(path), key=key) == sorted(read_results(fixed / "results.jsonl"), key=key)

@@ -50,8 +50,11 @@ class EvalConfig:
     fields: dict = field(default_factory=dict)
     num_shards: int = 1
     shard_index: int = 0
+    schedule: str = "fixed"  # "fixed" batches (bit-identical resume) or "continuous" batching (faster)
 
     def __post_init__(self) -> None:
+        if self.schedule not in ("fixed", "continuous"):
+            raise ConfigError(f"schedule must be fixed or continuous, got {self.schedule!r}")
         if not self.datasets and not self.data:
             raise ConfigError("give --datasets or --data FILE")
         if not self.methods:
@@ -102,8 +105,12 @@ class EvalConfig:
 
     def results_fingerprint(self) -> dict:
         """Everything that changes what a result line holds (batch size included: batches fix
-        the numerics in reduced precision)."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        the numerics in reduced precision). Options at the default they had before they existed
+        are left out, so older run directories stay resumable."""
+        d = json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        if d.get("schedule") == "fixed":
+            d.pop("schedule")
+        return d
 
 
 def shard_suffix(cfg: EvalConfig) -> str:
@@ -209,7 +216,6 @@ def prepare_dir(out: Path, cfg: EvalConfig, resume: bool, force: bool) -> tuple[
 def run_eval(cfg: EvalConfig, out_dir: str, resume: bool = False, force: bool = False, model=None,
              progress: bool = True) -> Path:
     """Run (or continue) an evaluation; returns the results file."""
-    from ..api import generate
     from ..models import load_model
 
     out = Path(out_dir)
@@ -228,46 +234,95 @@ def run_eval(cfg: EvalConfig, out_dir: str, resume: bool = False, force: bool = 
     tmp.write_text(json.dumps(meta, indent=1, default=str))
     os.replace(tmp, run_json)
 
-    batches = plan(cfg, problems)
-    total = sum(len(items) for _, _, items in batches)
-    todo = [b for b in batches if any((b[0], p.id, b[1], s) not in done for p, s in b[2])]
+    total = sum(len(probs) for probs in problems.values()) * cfg.samples * len(cfg.methods)
     timing_path = out / f"timing{shard_suffix(cfg)}.jsonl"
     stats = {"correct": 0, "n": 0, "tokens": 0, "seconds": 0.0}
-    prog = _Progress(total, len(done), enabled=progress)
+    prog = _Progress(total, len(done), enabled=progress, stats=stats)
     with open(results_path, "a", encoding="utf-8") as res_f, open(timing_path, "a", encoding="utf-8") as tim_f, prog:
-        for name, method, items in todo:
-            opts = cfg.method_options(name, method)
-            t0 = time.perf_counter()
-            res = generate(model, [p.prompt for p, _ in items], method,
-                           seeds=[row_seed(cfg.seed, name, p.id, s) for p, s in items],
-                           batch_size=len(items), **opts)
-            dt = time.perf_counter() - t0
-            for (p, s), r in zip(items, res):
-                if (name, p.id, method, s) in done:
-                    continue
-                ok, pred = grade(r.text, p.answer, p.kind)
-                rec = {"dataset": name, "problem_id": p.id, "method": method, "sample": s, "correct": ok,
-                       "pred": pred, "gold": p.answer, "num_tokens": r.num_tokens,
-                       "num_soft_steps": r.num_soft_steps, "finish_reason": r.finish_reason, "text": r.text}
-                res_f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                res_f.flush()
-                stats["correct"] += ok
-                stats["n"] += 1
-            toks = sum(r.num_tokens for r in res)
-            stats["tokens"] += toks
-            stats["seconds"] += dt
-            tim_f.write(json.dumps({"dataset": name, "method": method, "rows": len(items), "tokens": toks,
-                                    "seconds": round(dt, 3)}) + "\n")
+
+        def record(name: str, method: str, p: ds.Problem, s: int, r) -> None:
+            """Append one finished (problem, method, sample), flushed at once."""
+            ok, pred = grade(r.text, p.answer, p.kind)
+            rec = {"dataset": name, "problem_id": p.id, "method": method, "sample": s, "correct": ok,
+                   "pred": pred, "gold": p.answer, "num_tokens": r.num_tokens,
+                   "num_soft_steps": r.num_soft_steps, "finish_reason": r.finish_reason, "text": r.text}
+            res_f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            res_f.flush()
+            stats["correct"] += ok
+            stats["n"] += 1
+
+        def timing(name: str, method: str, rows: int, tokens: int, seconds: float) -> None:
+            stats["tokens"] += tokens
+            stats["seconds"] += seconds
+            tim_f.write(json.dumps({"dataset": name, "method": method, "rows": rows, "tokens": tokens,
+                                    "seconds": round(seconds, 3)}) + "\n")
             tim_f.flush()
-            prog.update(len(items), stats)
+
+        if cfg.schedule == "fixed":
+            _run_fixed(cfg, model, problems, done, record, timing, prog)
+        else:
+            _run_continuous(cfg, model, problems, done, record, timing, prog)
     return results_path
+
+
+def _run_fixed(cfg, model, problems, done, record, timing, prog) -> None:
+    """Batches fixed by the config: a partly done batch is recomputed whole, so a resumed run is
+    bit-identical to an uninterrupted one whatever the precision."""
+    from ..api import generate
+
+    for name, method, items in plan(cfg, problems):
+        if all((name, p.id, method, s) in done for p, s in items):
+            continue
+        t0 = time.perf_counter()
+        res = generate(model, [p.prompt for p, _ in items], method, batch_size=len(items),
+                       seeds=[row_seed(cfg.seed, name, p.id, s) for p, s in items], **cfg.method_options(name, method))
+        for (p, s), r in zip(items, res):
+            if (name, p.id, method, s) not in done:
+                record(name, method, p, s, r)
+        timing(name, method, len(items), sum(r.num_tokens for r in res), time.perf_counter() - t0)
+        prog.update(len(items))
+
+
+def _run_continuous(cfg, model, problems, done, record, timing, prog) -> None:
+    """Continuous batching: a finished row is replaced by the next problem at once, so the batch
+    stays full instead of waiting for its longest row (much faster on long-tailed lengths).
+    Rows are seeded alone, so results do not depend on the schedule up to the batch-size
+    dependence of reduced-precision kernels (none in float32)."""
+    from collections import deque
+
+    from ..api import format_prompt, make_result, new_session
+    from ..config import make_config
+
+    for name, probs in problems.items():
+        for method in cfg.methods:
+            items = [(p, s) for p in probs for s in range(cfg.samples) if (name, p.id, method, s) not in done]
+            if not items:
+                continue
+            gcfg = make_config(method, **cfg.method_options(name, method))
+            session = new_session(model, gcfg)
+            queue = deque(range(len(items)))
+            t0, tokens = time.perf_counter(), 0
+            while queue or session.size:
+                free = min(cfg.batch_size - session.size, len(queue))
+                if free > 0:
+                    ids = [queue.popleft() for _ in range(free)]
+                    session.add([format_prompt(model, items[i][0].prompt) for i in ids], ids,
+                                [row_seed(cfg.seed, name, items[i][0].id, items[i][1]) for i in ids])
+                for row in session.step():
+                    p, s = items[row.id]
+                    r = make_result(model, gcfg, p.prompt, [], row)
+                    record(name, method, p, s, r)
+                    tokens += r.num_tokens
+                    prog.update(1)
+            timing(name, method, len(items), tokens, time.perf_counter() - t0)
 
 
 class _Progress:
     """Problems done, accuracy so far, tokens/s and ETA."""
 
-    def __init__(self, total: int, done: int, enabled: bool = True):
+    def __init__(self, total: int, done: int, enabled: bool = True, stats: Optional[dict] = None):
         self.total, self.done, self.enabled = total, done, enabled
+        self.stats_ref = stats if stats is not None else {"correct": 0, "n": 0, "tokens": 0, "seconds": 0.0}
         self.t0 = time.perf_counter()
         self.start_done = done
         self.bar = None
@@ -286,7 +341,8 @@ class _Progress:
         if self.bar:
             self.bar.__exit__(*a)
 
-    def update(self, n: int, s: dict) -> None:
+    def update(self, n: int) -> None:
+        s = self.stats_ref
         self.done += n
         acc = s["correct"] / s["n"] if s["n"] else 0.0
         tps = s["tokens"] / s["seconds"] if s["seconds"] else 0.0

@@ -17,10 +17,9 @@ from typing import Callable, Optional
 
 import torch
 
+from ..api import new_session
 from ..config import GenerationConfig
 from ..decode import DecodeSession, RowOutput
-from ..engines import TransformersEngine
-from ..methods import get_method_spec
 
 
 class QueueFull(Exception):
@@ -87,14 +86,7 @@ class Scheduler:
     def _session(self, job: Job) -> DecodeSession:
         key = job.group_key()
         if key not in self.sessions:
-            m, cfg = self.model, job.config
-            meth = get_method_spec(cfg.method).factory(cfg.options, m.vocab_info())
-            scope = cfg.sampling.soft_scope
-            scope = scope if scope != "auto" else ("reasoning" if m.is_thinking else "all")
-            self.sessions[key] = DecodeSession(
-                TransformersEngine(m.hf_model, pad_id=m.pad_id), meth, cfg.sampling, stop_ids=m.stop_ids,
-                think_end=m.think_end, reasoning_scope=scope == "reasoning", max_positions=m.max_positions,
-                stop_check=self._stop_check, on_step=self._on_step)
+            self.sessions[key] = new_session(self.model, job.config, on_step=self._on_step, stop_check=self._stop_check)
         return self.sessions[key]
 
     def _stop_check(self, job_id: int, ids: list[int]) -> bool:
