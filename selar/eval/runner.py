@@ -280,7 +280,7 @@ def _run_fixed(cfg, model, problems, done, record, timing, prog) -> None:
             if (name, p.id, method, s) not in done:
                 record(name, method, p, s, r)
         timing(name, method, len(items), sum(r.num_tokens for r in res), time.perf_counter() - t0)
-        prog.update(len(items))
+        prog.update(len(items), sum(r.num_tokens for r in res))
 
 
 def _run_continuous(cfg, model, problems, done, record, timing, prog) -> None:
@@ -313,7 +313,7 @@ def _run_continuous(cfg, model, problems, done, record, timing, prog) -> None:
                     r = make_result(model, gcfg, p.prompt, [], row)
                     record(name, method, p, s, r)
                     tokens += r.num_tokens
-                    prog.update(1)
+                    prog.update(1, r.num_tokens)
             timing(name, method, len(items), tokens, time.perf_counter() - t0)
 
 
@@ -341,11 +341,12 @@ class _Progress:
         if self.bar:
             self.bar.__exit__(*a)
 
-    def update(self, n: int) -> None:
+    def update(self, n: int, tokens: int) -> None:
         s = self.stats_ref
         self.done += n
+        self.tokens = getattr(self, "tokens", 0) + tokens
         acc = s["correct"] / s["n"] if s["n"] else 0.0
-        tps = s["tokens"] / s["seconds"] if s["seconds"] else 0.0
+        tps = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
         if self.bar:
             self.bar.update(self.task, advance=n, info=f"acc {acc:.1%} | {tps:.1f} tok/s")
         elif self.enabled:  # a log, not a terminal: one line per batch
