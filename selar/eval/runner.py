@@ -324,7 +324,7 @@ class _Progress:
         self.total, self.done, self.enabled = total, done, enabled
         self.stats_ref = stats if stats is not None else {"correct": 0, "n": 0, "tokens": 0, "seconds": 0.0}
         self.t0 = time.perf_counter()
-        self.start_done = done
+        self.start_done, self.tokens = done, 0
         self.bar = None
         if enabled and sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -344,7 +344,7 @@ class _Progress:
     def update(self, n: int, tokens: int) -> None:
         s = self.stats_ref
         self.done += n
-        self.tokens = getattr(self, "tokens", 0) + tokens
+        self.tokens += tokens
         acc = s["correct"] / s["n"] if s["n"] else 0.0
         tps = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
         if self.bar:
