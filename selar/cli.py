@@ -422,8 +422,10 @@ def analyze_entropy(model, dataset, limit, out_dir, method, tau, sets, max_new_t
 @click.option("--data-file", "data_files", default=None, metavar="NAME=PATH")
 @click.option("--out", "out_dir", required=True)
 @click.option("--dtype", default="auto", show_default=True)
+@click.option("--schedule", type=click.Choice(["fixed", "continuous"]), default="continuous", show_default=True,
+              help="batching of each evaluation (see selar eval --schedule)")
 def analyze_sweep(model, dataset, taus, ks, limit, samples, seed, sets, max_new_tokens, batch_size, no_baseline,
-                  data_files, out_dir, dtype):
+                  data_files, out_dir, dtype, schedule):
     """Accuracy and tokens against tau (and k), one resumable evaluation per setting.
 
     Example: selar analyze sweep --dataset gsm8k --taus 0.3,0.5,0.7 --ks 3,5 --limit 50 --out runs/sweep
@@ -443,7 +445,8 @@ def analyze_sweep(model, dataset, taus, ks, limit, samples, seed, sets, max_new_
         s["max_new_tokens"] = max_new_tokens
     mdl = load_model(model, dtype=dtype)
     res = sweep.run(mdl, model, dataset, out_dir, tau_l, k_l, limit=limit, samples=samples, seed=seed, sets=s,
-                    batch_size=batch_size, baseline=not no_baseline, data_files=_pairs(data_files, "--data-file"))
+                    batch_size=batch_size, baseline=not no_baseline, data_files=_pairs(data_files, "--data-file"),
+                    schedule=schedule)
     for r in res["rows"]:
         click.echo(f"{r['setting']:>14}: accuracy {r['accuracy'] * 100:5.1f}% [{r['ci_low'] * 100:.1f}, "
                    f"{r['ci_high'] * 100:.1f}], tokens {r['tokens']:.0f}, soft {r['soft_share'] * 100:.1f}%")
