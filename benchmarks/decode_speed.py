@@ -58,7 +58,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     model = selar.load_model(args.model, dtype=args.dtype)
-    hf, tok, n = model.hf_model, model.tokenizer, args.new_tokens
+    hf, n = model.hf_model, args.new_tokens
     print(f"model {args.model}, dtype {model.dtype}, device {model.device}, threads {torch.get_num_threads()}, "
           f"{n} new tokens per row, best of {args.repeats}")
     model.stop_ids = []  # same work for all: no early stop

@@ -4,12 +4,10 @@ shards merge; a run directory of another config is refused; torn lines are skipp
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
