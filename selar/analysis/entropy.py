@@ -12,16 +12,23 @@ TAUS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def collect(model, prompts: list[str], method: str = "cot", batch_size: int = 8, progress=None, **options):
-    """Per prompt, the traced entropy of every step (the method's `k`, 3 by default)."""
-    from ..api import generate
+    """Per prompt, the traced entropy of every step (the method's `k`, 3 by default), decoded
+    with continuous batching (a finished row is replaced by the next prompt at once)."""
+    from ..api import format_prompt, new_session
+    from ..config import make_config
 
-    out = []
-    for b in range(0, len(prompts), batch_size):
-        res = generate(model, prompts[b: b + batch_size], method, trace=True, batch_size=batch_size, **options)
-        out += [[t["entropy"] for t in r.trace] for r in res]
-        if progress:
-            progress(len(res))
-    return out
+    cfg = make_config(method, **options)
+    session = new_session(model, cfg)
+    queue, out = list(range(len(prompts)))[::-1], {}
+    while queue or session.size:
+        ids = [queue.pop() for _ in range(min(batch_size - session.size, len(queue)))]
+        if ids:
+            session.add([format_prompt(model, prompts[i]) for i in ids], ids, [cfg.sampling.seed] * len(ids))
+        for row in session.step():
+            out[row.id] = row.entropy
+            if progress:
+                progress(1)
+    return [out[i] for i in range(len(prompts))]
 
 
 def summarize(seqs: list[list[float]], taus=TAUS, bins: int = 20, positions: int = 10) -> dict:
