@@ -21,9 +21,9 @@ def collect(dirs: list[str]) -> tuple[list[dict], list[dict]]:
     timings: list[dict] = []
     for d in dirs:
         p = Path(d)
+        if not p.exists():
+            raise SelarError(f"no such run directory or results file: {d}")
         files = sorted(p.glob("results*.jsonl")) if p.is_dir() else [p]
-        if not files:
-            raise SelarError(f"{d} holds no results*.jsonl")
         for f in files:
             for r in read_results(f):
                 key = (r["dataset"], r["problem_id"], r["method"], r["sample"])
@@ -136,7 +136,7 @@ def plots(summaries: list[Summary], out: Path) -> list[Path]:
 def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool = True, html: bool = False) -> dict:
     records, timings = collect(dirs)
     if not records:
-        raise SelarError("no results to report")
+        raise SelarError(f"no results*.jsonl in {', '.join(dirs)}")
     summaries = summarize(records, timings)
     out = Path(out_dir or dirs[0])
     out.mkdir(parents=True, exist_ok=True)
