@@ -13,6 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
+import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -171,13 +172,25 @@ def _math500_hub() -> list[Problem]:
     return [Problem(id=r["unique_id"], question=r["problem"], answer=r["answer"]) for r in recs]
 
 
-def _default_aime2024() -> Path:
+def find_aime2024() -> Path | None:
+    """The AIME 2024 file: $SELAR_AIME2024, else shared/data/aime2024.jsonl in the working
+    directory or one of its parents (the layout of this project's workspace)."""
+    env = os.environ.get("SELAR_AIME2024")
+    if env:
+        return Path(env)
     for base in (Path.cwd(), *Path.cwd().parents):
         p = base / "shared" / "data" / "aime2024.jsonl"
         if p.is_file():
             return p
+    return None
+
+
+def _default_aime2024() -> Path:
+    p = find_aime2024()
+    if p is not None:
+        return p
     raise DatasetError("AIME 2024 has no PyPI package: pass its file with --data-file aime2024=PATH "
-                       "(e.g. ../shared/data/aime2024.jsonl) or use the hub loader (--hub)")
+                       "(e.g. ../shared/data/aime2024.jsonl), set SELAR_AIME2024, or use the hub loader (--hub)")
 
 
 def _aime2024_offline(paths: dict) -> list[Problem]:
