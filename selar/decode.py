@@ -15,6 +15,7 @@ from torch import Tensor
 
 from . import sampling
 from .config import SamplingConfig
+from .errors import ConfigError
 from .methods.base import Method, StepContext
 
 FINISH_REASONS = ("stop", "length", "stop_string", "method", "cancelled")
@@ -44,6 +45,12 @@ class DecodeSession:
         self.max_positions, self.stop_check, self.on_step = max_positions, stop_check, on_step
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
         self.need = method.num_candidates
+        self.need_hidden = bool(getattr(method, "needs_hidden", False))
+        if self.need_hidden:
+            if not getattr(engine, "supports_hidden", False):
+                raise ConfigError(f"method {method.name!r} feeds hidden states back, which the "
+                                  f"{type(engine).__name__} engine does not support; use the transformers engine")
+            engine.keep_hidden = True
         self.logits: Optional[Tensor] = None
         self.rows: dict[str, Tensor] = {}   # per-row tensors, pruned and joined together
         self.state: dict[str, Tensor] = {}  # the method's per-row state, likewise
@@ -99,7 +106,8 @@ class DecodeSession:
             drawn = sampling.sample(ids, probs, r["seed"], r["step"])
         ctx = StepContext(logits=self.logits, cand_ids=ids, cand_probs=probs, sampled=drawn,
                           reasoning=r["reasoning"], step=r["step"], max_new_tokens=r["limit"],
-                          temperature=cfg.temperature if cfg.temperature > 0 else 1.0)
+                          temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+                          hidden=self.engine.hidden if self.need_hidden else None)
         out = self.method.step(ctx, self.state)
         self.state = out.state if out.state is not None else self.state
         tok, at = out.tokens, r["step"][:, None]

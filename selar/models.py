@@ -94,7 +94,7 @@ class Model:
 
     def vocab_info(self) -> VocabInfo:
         return VocabInfo(size=self.vocab_size, think_start=self.think_start, think_end=self.think_end,
-                         tokenizer=self.tokenizer)
+                         tokenizer=self.tokenizer, latent=getattr(self.hf_model, "selar_latent", None))
 
 
 def _looks_like_path(s: str) -> bool:
@@ -152,6 +152,9 @@ def load_model(name_or_path: str, dtype="auto", device: str = "auto", trust_remo
             folder = catalog.pull(name)
             model, tok = _from_pretrained(str(folder), dt, dev, trust_remote_code)
             source = "catalog"
+        elif path.is_dir() and (path / "selar_latent.json").is_file():  # a `selar train` adapter
+            from .train.model import load_latent_model
+            return load_latent_model(path, dtype=dt, device=str(dev))
         elif path.is_dir():
             if not (path / "config.json").is_file():
                 raise ModelLoadError(f"{path} has no config.json, so it is not a transformers model folder")

@@ -11,6 +11,8 @@ from ..methods.base import Mixture
 
 
 class TransformersEngine:
+    supports_hidden = True  # can keep each row's last hidden state and feed it back (Mixture.latent)
+
     def __init__(self, model, pad_id: int = 0):
         self.model = model
         self.embed = model.get_input_embeddings()
@@ -25,6 +27,8 @@ class TransformersEngine:
         self.mask: Tensor | None = None
         self.next_pos: Tensor | None = None
         self.vocab_size: int | None = None
+        self.keep_hidden = False            # set by the session for methods that need hidden states
+        self.hidden: Tensor | None = None   # (B, D) last hidden state of each row, when kept
 
     # -- embedding of mixtures ------------------------------------------------------------
     def embedding_table(self) -> Tensor:
@@ -52,9 +56,13 @@ class TransformersEngine:
     # -- forward ----------------------------------------------------------------------------
     def _forward(self, embeds: Tensor, position_ids: Tensor) -> Tensor:
         kw = {self._keep_kw: 1} if self._keep_kw else {}
+        if self.keep_hidden:
+            kw["output_hidden_states"] = True
         out = self.model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=position_ids,
                          past_key_values=self.cache, use_cache=True, **kw)
         self.cache = out.past_key_values
+        if self.keep_hidden:
+            self.hidden = out.hidden_states[-1][:, -1, :]
         logits = out.logits[:, -1, :].float()
         if self.vocab_size is None:
             self.vocab_size = logits.shape[-1]
@@ -74,10 +82,13 @@ class TransformersEngine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         old = (self.cache, self.mask, self.next_pos)
+        old_hidden = self.hidden
         self.cache, self.mask, self.next_pos = DynamicCache(), mask, pos[:, -1] + 1
         logits = self._forward(self.embed(ids), pos)
         if old[0] is not None:  # join the running rows: left-pad the shorter side to one length
             self._join(*old)
+            if self.keep_hidden:
+                self.hidden = torch.cat([old_hidden, self.hidden])
         return logits
 
     def _join(self, cache, mask: Tensor, next_pos: Tensor) -> None:
@@ -99,19 +110,26 @@ class TransformersEngine:
 
     def reset(self) -> None:
         """Drop every row (and the cache)."""
-        self.cache = self.mask = self.next_pos = None
+        self.cache = self.mask = self.next_pos = self.hidden = None
 
     @torch.no_grad()
     def step(self, inputs: Mixture) -> Tensor:
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         pos = self.next_pos[:, None]
         self.next_pos = self.next_pos + 1
-        return self._forward(self.embed_mixture(inputs), pos)
+        embeds = self.embed_mixture(inputs)
+        if inputs.latent is not None and self.hidden is not None:  # hidden-state inputs
+            heads = getattr(self.model, "selar_latent", None)
+            h = self.hidden if heads is None else heads.project(self.hidden)
+            embeds = torch.where(inputs.latent[:, None, None], h[:, None, :].to(embeds.dtype), embeds)
+        return self._forward(embeds, pos)
 
     def select(self, keep: Tensor) -> None:
         """Keep only these rows, and drop the leading columns that are padding in all of them."""
         self.mask = self.mask[keep]
         self.next_pos = self.next_pos[keep]
+        if self.hidden is not None:
+            self.hidden = self.hidden[keep]
         start = int(self.mask.argmax(-1).min())  # first column any kept row attends to
         self.mask = self.mask[:, start:]
         for layer in self.cache.layers:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from .adaptive_latent import AdaptiveLatent, AdaptiveLatentOptions
 from .base import Method, Mixture, StepContext, StepOutput, VocabInfo
 from .cot import CoT, CoTOptions
 from .selar import SeLaR, SeLaROptions
@@ -36,6 +37,8 @@ register(MethodSpec("selar-no-gate", SeLaR, SeLaROptions, {"gate": False}, help=
 register(MethodSpec("selar-no-push", SeLaR, SeLaROptions, {"push_weight": 0.0}, help="ablation: lambda = 0"))
 register(MethodSpec("soft-thinking", SoftThinking, SoftThinkingOptions, help="every reasoning step soft (Zhang et al. 2025)"))
 register(MethodSpec("swir", SwiR, SwiROptions, help="switch latent/explicit on entropy trends (Shi et al. 2025)"))
+register(MethodSpec("adaptive-latent", AdaptiveLatent, AdaptiveLatentOptions,
+                    help="trained latent reasoning: hidden states fed back until a stop head says STOP (selar train)"))
 
 
 def get_method_spec(name: str) -> MethodSpec:

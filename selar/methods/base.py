@@ -26,6 +26,9 @@ class Mixture:
 
     ids: Optional[Tensor]
     weights: Tensor
+    # third input kind: rows where True take the engine's last hidden state of the row instead
+    # (through the model's latent projection, if any); only for methods with needs_hidden
+    latent: Optional[Tensor] = None
 
     @staticmethod
     def of_tokens(tokens: Tensor) -> "Mixture":
@@ -36,7 +39,8 @@ class Mixture:
         return self.ids is None
 
     def select(self, keep: Tensor) -> "Mixture":
-        return Mixture(None if self.ids is None else self.ids[keep], self.weights[keep])
+        return Mixture(None if self.ids is None else self.ids[keep], self.weights[keep],
+                       None if self.latent is None else self.latent[keep])
 
 
 @dataclass
@@ -48,6 +52,7 @@ class VocabInfo:
     think_end: Optional[int] = None
     symbol_mask: Optional[Tensor] = None  # (V,) bool: "math symbol" tokens (lazy, see symbols.py)
     tokenizer: object = None
+    latent: object = None  # the model's latent-reasoning heads (selar.train), if it has them
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -63,6 +68,7 @@ class StepContext:
     step: Tensor          # (B,) long: 0-based index of the token each row is emitting
     max_new_tokens: Tensor  # (B,) long: each row's token budget
     temperature: float    # temperature of p_t (1.0 when greedy)
+    hidden: Optional[Tensor] = None  # (B, D) last hidden states, only for methods with needs_hidden
 
 
 @dataclass
@@ -80,6 +86,8 @@ class Method(Protocol):
 
     name: str
     num_candidates: int  # how many candidates of p_t the method reads
+    # a method may set `needs_hidden = True`: it then gets ctx.hidden and may feed hidden states
+    # back (Mixture.latent); engines without `supports_hidden` refuse it
 
     def init_state(self, n: int, device: torch.device) -> dict[str, Tensor]: ...
     def step(self, ctx: StepContext, state: dict[str, Tensor]) -> StepOutput: ...

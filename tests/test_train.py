@@ -1,0 +1,284 @@
+"""selar.train: hidden-state feedback, the stop head, the length penalty and GRPO advantages,
+SFT batches, save/load. Tiny random models; every expectation is computed independently."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+from selar.train.data import Example, is_correct, load_jsonl, parse_answer, save_jsonl, synthetic_arithmetic  # noqa: E402
+from selar.train.model import CONTINUE, STOP, LatentReasoner  # noqa: E402
+from selar.train.rl import (action_logprobs, group_rewards, grpo_advantages, grpo_loss,  # noqa: E402
+                            relative_length_rewards)
+from selar.train.sft import Item, SFTConfig, build_batch, sft_loss, stage_item, train_sft  # noqa: E402
+
+from conftest import make_model, make_tokenizer  # noqa: E402
+
+
+def reasoner(lora=False, projection="linear", seed=0, base="", max_latent=6):
+    tok = make_tokenizer()
+    m = make_model(tok, seed=seed)
+    r = LatentReasoner.from_base(m, tok, lora=lora, projection=projection, max_latent=max_latent, seed=seed,
+                                 base=base, lora_r=4)
+    torch.manual_seed(seed + 1)
+    with torch.no_grad():  # move every trainable part away from its (identity / zero) initialisation
+        for name, p in r.named_parameters():
+            if "lora_B" in name or name.startswith("heads.proj"):
+                p.add_(0.05 * torch.randn_like(p))
+    return r.eval()
+
+
+def manual_logits(r: LatentReasoner, ids: list[int], latent: list[bool]) -> torch.Tensor:
+    """One row, no padding, no cache: position t's input is project(h_{t-1}) when latent[t],
+    h_{t-1} taken from a full forward pass over the inputs before t."""
+    embeds = []
+    for t, (i, lat) in enumerate(zip(ids, latent)):
+        if lat:
+            out = r.lm(inputs_embeds=torch.stack(embeds)[None], output_hidden_states=True)
+            embeds.append(r.heads.project(out.hidden_states[-1][0, -1]))
+        else:
+            embeds.append(r.embed(torch.tensor([i]))[0])
+    return r.lm(inputs_embeds=torch.stack(embeds)[None]).logits[0]
+
+
+@pytest.mark.parametrize("lora,projection", [(False, "linear"), (True, "mlp"), (False, "none")])
+def test_hidden_state_feedback_equals_manual_loop(lora, projection):
+    r = reasoner(lora=lora, projection=projection)
+    tok = r.tokenizer
+    items = [Item(tok.encode("Natalia sold clips"), 3, tok.encode(" The answer is: 72") + [tok.eos_token_id]),
+             Item(tok.encode("How many"), 1, tok.encode(" 48 / 2 = 24") + [tok.eos_token_id]),
+             Item(tok.encode("Weng earns $12 an hour for babysitting."), 0, [tok.eos_token_id])]
+    b = build_batch(r, items)
+    with torch.no_grad():
+        logits, _ = r.forward_latent(b["input_ids"], b["attention_mask"], b["latent_mask"])
+        for row in range(len(items)):
+            keep = b["attention_mask"][row].bool()
+            ids = b["input_ids"][row][keep].tolist()
+            lat = b["latent_mask"][row][keep].tolist()
+            assert sum(lat) == items[row].latent
+            want = manual_logits(r, ids, lat)
+            torch.testing.assert_close(logits[row][keep], want, atol=2e-4, rtol=1e-4)
+
+
+def test_gradient_flows_through_the_latent_chain():
+    r = reasoner()
+    tok = r.tokenizer
+    b = build_batch(r, [Item(tok.encode("How many"), 3, tok.encode(" 72") + [tok.eos_token_id])])
+    logits, _ = r.forward_latent(b["input_ids"], b["attention_mask"], b["latent_mask"])
+    logits[0, -1].sum().backward()
+    assert r.heads.proj.weight.grad is not None and r.heads.proj.weight.grad.abs().sum() > 0
+
+
+def test_build_batch_labels():
+    r = reasoner()
+    tok, h = r.tokenizer, r.heads
+    it = Item([5, 6], 2, [7, 8, tok.eos_token_id])
+    b = build_batch(r, [it, Item([5], 0, [tok.eos_token_id], supervise_stop=False)])
+    ids = b["input_ids"][0].tolist()
+    assert ids == [5, 6, h.bot_id, h.lat_id, h.lat_id, h.eot_id, 7, 8, tok.eos_token_id]
+    assert b["latent_mask"][0].tolist() == [i == h.lat_id for i in ids]
+    # decisions: CONTINUE at <bot> and the first <lat>, STOP at the last <lat>
+    assert b["stop_labels"][0].tolist()[:5] == [-100, -100, CONTINUE, CONTINUE, STOP]
+    assert (b["stop_labels"][1] == -100).all()
+    # position t predicts token t+1, only after <eot>
+    assert b["lm_labels"][0].tolist() == [-100] * 5 + [7, 8, tok.eos_token_id, -100]
+
+
+def test_stage_items_follow_the_curriculum():
+    tok = make_tokenizer()
+    ex = Example("1 + 2 =", ["1 + 2 = 3", "3 * 2 = 6"], "6")
+    s0, s1, s2, s3 = (stage_item(tok, ex, s, latents_per_step=2) for s in range(4))
+    assert (s0.latent, s1.latent, s2.latent, s3.latent) == (0, 2, 4, 4)
+    assert tok.decode(s1.suffix, skip_special_tokens=True) == "3 * 2 = 6 The answer is: 6"
+    assert tok.decode(s2.suffix, skip_special_tokens=True) == "The answer is: 6"
+    assert not s1.supervise_stop and s2.supervise_stop and s3.supervise_stop
+
+
+def test_stop_head_stops():
+    r = reasoner(max_latent=5)
+    prompts = [r.tokenizer.encode("How many"), r.tokenizer.encode("Natalia sold clips")]
+    with torch.no_grad():
+        r.heads.stop_head.weight.zero_()
+        r.heads.stop_head.bias.copy_(torch.tensor([0.0, 5.0]))  # p(STOP) ~ 1
+    rows = r.generate(prompts, max_answer_tokens=3)
+    assert [x["latent_steps"] for x in rows] == [0, 0]
+    assert all(x["decisions"] == [True] and not x["forced_stop"] for x in rows)
+    with torch.no_grad():
+        r.heads.stop_head.bias.copy_(torch.tensor([5.0, 0.0]))  # p(STOP) ~ 0: the limit stops it
+    rows = r.generate(prompts, max_answer_tokens=3)
+    assert [x["latent_steps"] for x in rows] == [5, 5]
+    assert all(x["decisions"] == [False] * 5 and x["forced_stop"] for x in rows)
+    # a head that reads the hidden state: the decisions are its own argmax at each step
+    torch.manual_seed(3)
+    with torch.no_grad():
+        r.heads.stop_head.weight.copy_(torch.randn_like(r.heads.stop_head.weight))
+        r.heads.stop_head.bias.zero_()
+    rows = r.generate(prompts, max_answer_tokens=3, max_latent=20)
+    for p, x in zip(prompts, rows):
+        k = x["latent_steps"]
+        b = build_batch(r, [Item(p, k, [])])
+        with torch.no_grad():
+            _, hid = r.forward_latent(b["input_ids"], b["attention_mask"], b["latent_mask"])
+        decided = (r.heads.stop_prob(hid[0, -2 - k:-1]) >= 0.5).tolist()  # at <bot> and each <lat>
+        assert decided[-1] or k == 20
+        assert not any(decided[:-1])
+
+
+def test_relative_length_penalty_on_hand_made_groups():
+    # correct lengths 2, 4, 3: mean 3, range 2
+    got = relative_length_rewards([2, 4, 6, 3], [True, True, False, True], penalty=0.5)
+    assert got == pytest.approx([-0.5 * (2 - 3) / 2, -0.5 * (4 - 3) / 2, 0.0, -0.5 * (3 - 3) / 2])
+    # all correct lengths equal: no penalty; nobody correct: none
+    assert relative_length_rewards([3, 3, 5], [True, True, False], 1.0) == [0.0, 0.0, 0.0]
+    assert relative_length_rewards([1, 2], [False, False], 1.0) == [0.0, 0.0]
+    # accuracy requirement 1.0 (the whole group): 3 of 4 correct -> no penalty ...
+    assert relative_length_rewards([2, 4, 6, 3], [True, True, False, True], 0.5, accuracy_requirement=1.0) == [0.0] * 4
+    # ... unless a reward below the requirement is set: longer correct answers are then rewarded
+    got = relative_length_rewards([2, 4, 6, 3], [True, True, False, True], 0.5, accuracy_requirement=1.0,
+                                  reward_below=0.1)
+    assert got == pytest.approx([0.1 * (2 - 3) / 2, 0.1 * (4 - 3) / 2, 0.0, 0.0])
+    # a count requirement (> 1): 3 correct >= 3
+    got = relative_length_rewards([2, 4, 6, 3], [True, True, False, True], 0.5, accuracy_requirement=3)
+    assert got == pytest.approx([0.25, -0.25, 0.0, 0.0])
+    # full rewards: format penalty, answer reward, length term
+    got = group_rewards([1, 5, 2, 3], [True, True, False, False], [True, True, True, False], length_penalty=1.0)
+    assert got == pytest.approx([1 + 0.5, 1 - 0.5, 0.0, -1.0])
+
+
+def test_grpo_advantages_on_hand_made_groups():
+    rewards = [1.0, 0.0, 0.5, 1.5, 2.0, 2.0, 2.0, 2.0]
+    adv = grpo_advantages(torch.tensor(rewards), 4, eps=1e-4).tolist()
+    for g in range(2):
+        grp = rewards[4 * g: 4 * g + 4]
+        m, s = statistics.mean(grp), statistics.stdev(grp)
+        assert adv[4 * g: 4 * g + 4] == pytest.approx([(x - m) / (s + 1e-4) for x in grp], abs=1e-6)
+    assert adv[4:] == [0.0] * 4  # a group with equal rewards teaches nothing
+    unscaled = grpo_advantages(torch.tensor(rewards), 4, scale=False).tolist()
+    assert unscaled[:4] == pytest.approx([x - statistics.mean(rewards[:4]) for x in rewards[:4]])
+
+
+def test_grpo_loss_and_its_gradient():
+    lp = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.1, -3.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    adv = torch.tensor([2.0, -1.0])
+    loss = grpo_loss(lp, mask, adv)
+    # ratio = 1 on the policy's own samples: loss = -mean_i A_i; d loss / d lp_it = -A_i / (|o_i| N)
+    assert float(loss) == pytest.approx(-(2.0 - 1.0) / 2)
+    loss.backward()
+    want = torch.tensor([[-2.0 / 2 / 2, -2.0 / 2 / 2, 0.0], [1.0 / 3 / 2] * 3])
+    torch.testing.assert_close(lp.grad, want)
+    # the k3 KL term is zero when the reference equals the policy, positive otherwise
+    same = grpo_loss(lp.detach(), mask, torch.zeros(2), ref_lp=lp.detach(), beta=0.5)
+    assert float(same) == pytest.approx(0.0)
+    assert float(grpo_loss(lp.detach(), mask, torch.zeros(2), ref_lp=lp.detach() - 1, beta=0.5)) > 0
+
+
+def test_action_logprobs_are_the_sampling_probabilities():
+    r = reasoner(max_latent=4)
+    tok = r.tokenizer
+    p = tok.encode("How many")
+    g = torch.Generator().manual_seed(0)
+    row = r.generate([p], greedy=False, generator=g, max_answer_tokens=3, temperature=0.7, stop_temperature=2.0)[0]
+    from selar.train.rl import rollout_items
+    b = build_batch(r, rollout_items(r, [p], [row]))
+    with torch.no_grad():
+        lp, mask = action_logprobs(r, b, temperature=0.7, stop_temperature=2.0)
+        logits, hid = r.forward_latent(b["input_ids"], b["attention_mask"], b["latent_mask"])
+    k = row["latent_steps"]
+    P = len(p) + 1 + k
+    want = []
+    for j, stopped in enumerate(row["decisions"]):  # decisions at <bot> (P-1-k) ... <lat> (P-1)
+        probs = torch.softmax(r.heads.stop_logits(hid[0, P - 1 - k + j]) / 2.0, -1)
+        want.append(torch.log(probs[STOP if stopped else CONTINUE]))
+    for j, t in enumerate(row["answer_ids"]):  # the token after <eot> at P is predicted at P + j
+        want.append(torch.log_softmax(logits[0, P + j] / 0.7, -1)[t])
+    assert int(mask.sum()) == len(want)
+    torch.testing.assert_close(lp[mask], torch.stack(want), atol=1e-5, rtol=1e-5)
+
+
+def test_sft_learns_a_batch():
+    tok = make_tokenizer()
+    r = LatentReasoner.from_base(make_model(tok), tok, lora=False, max_latent=4)
+    ex = [Example("1 + 2 =", ["1 + 2 = 3"], "3"), Example("2 * 3 =", ["2 * 3 = 6", "6 / 2 = 3"], "3")]
+    b = build_batch(r, [stage_item(tok, e, 2) for e in ex])
+    before = float(sft_loss(r, b)[0])
+    train_sft(r, ex, SFTConfig(stages=2, cot_steps=0, steps_per_stage=15, lr=3e-3, warmup=1, batch_size=2),
+              log=lambda s: None)
+    assert float(sft_loss(r, b)[0]) < 0.5 * before
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_save_load_round_trip(tmp_path, lora):
+    base_dir = tmp_path / "base"
+    tok = make_tokenizer()
+    make_model(tok).save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    r = reasoner(lora=lora, projection="mlp", base=str(base_dir) if lora else "")
+    with torch.no_grad():
+        r.heads.stop_head.bias.add_(torch.tensor([0.0, 0.3]))
+        r.lm.get_input_embeddings()  # the new tokens' rows are saved with the adapter
+    r.save(tmp_path / "adapter")
+    if lora:
+        assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+        assert not (tmp_path / "adapter" / "base").exists()
+    r2 = LatentReasoner.load(tmp_path / "adapter")
+    items = [Item(tok.encode("How many"), 2, tok.encode(" 72") + [tok.eos_token_id])]
+    b = build_batch(r, items)
+    with torch.no_grad():
+        l1, h1 = r.forward_latent(b["input_ids"], b["attention_mask"], b["latent_mask"])
+        l2, h2 = r2.forward_latent(b["input_ids"], b["attention_mask"], b["latent_mask"])
+    torch.testing.assert_close(l1, l2)
+    torch.testing.assert_close(r.heads.stop_logits(h1), r2.heads.stop_logits(h2))
+    prompts = [tok.encode("Natalia sold clips"), tok.encode("How many")]
+    assert r.generate(prompts, max_answer_tokens=4) == r2.generate(prompts, max_answer_tokens=4)
+
+
+def test_synthetic_arithmetic_is_consistent():
+    ex = synthetic_arithmetic(200, min_steps=1, max_steps=4, modulus=10, seed=3)
+    assert {len(e.steps) for e in ex} == {1, 2, 3, 4}
+    for e in ex:
+        words = e.question.rstrip(" =").split()
+        v = int(words[0])
+        for j, (op, b) in enumerate(zip(words[1::2], words[2::2])):
+            w = eval(f"({v} {op} {b}) % 10")
+            assert e.steps[j] == f"{v} {op} {b} = {w}"
+            v = w
+        assert e.answer == str(v)
+    assert synthetic_arithmetic(5, seed=1) == synthetic_arithmetic(5, seed=1)
+
+
+def test_jsonl_round_trip_and_answers(tmp_path):
+    ex = synthetic_arithmetic(10, seed=0)
+    save_jsonl(ex, tmp_path / "d.jsonl")
+    assert load_jsonl(tmp_path / "d.jsonl") == ex
+    (tmp_path / "cot.jsonl").write_text('{"q": "2+2?", "cot": "2+2=4\\nso 4", "a": "4"}\n')
+    got = load_jsonl(tmp_path / "cot.jsonl", fields={"question": "q", "steps": "cot", "answer": "a"})
+    assert got == [Example("2+2?", ["2+2=4", "so 4"], "4")]
+    assert parse_answer("The answer is: 42") == "42" and parse_answer("The answer is : 7") == "7"
+    assert parse_answer("42") is None and parse_answer("The answer is: 4 2") is None
+    assert is_correct("42", "42") and is_correct("1,000", "1000") and not is_correct(None, "1")
+
+
+def test_gsm8k_aug_offline_is_a_clear_error(monkeypatch):
+    import selar
+    from selar.train import data
+
+    try:
+        import datasets
+    except ImportError:
+        with pytest.raises(selar.ConfigError, match="selar\\[hub\\]"):
+            data.load_gsm8k_aug()
+        return
+
+    def boom(*a, **k):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", boom)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(selar.OfflineError, match="cannot reach"):
+        data.load_gsm8k_aug()
+    assert data.gsm8k_aug_steps("<<600*30/100=180>> <<600*10/100=60>>") == ["600*30/100=180", "600*10/100=60"]
