@@ -55,6 +55,19 @@ def synthetic_arithmetic(n: int, *, min_steps: int = 1, max_steps: int = 4, modu
     return out
 
 
+def synthetic_split(n_train: int, n_eval: int, *, max_steps: int = 4, modulus: int = 10,
+                    seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """Training problems and held-out evaluation problems (no question in both)."""
+    ev = synthetic_arithmetic(n_eval, max_steps=max_steps, modulus=modulus, seed=seed + 1)
+    seen = {e.question for e in ev}
+    tr, s = [], seed
+    while len(tr) < n_train:
+        tr += [e for e in synthetic_arithmetic(n_train, max_steps=max_steps, modulus=modulus, seed=s)
+               if e.question not in seen]
+        s += 1000
+    return tr[:n_train], ev
+
+
 def load_jsonl(path: str | Path, *, fields: Optional[dict] = None) -> list[Example]:
     """One JSON object per line with `question`, `steps` (a list, or a string split on
     newlines) and `answer`; `fields` maps other names, e.g. {"steps": "cot"}."""

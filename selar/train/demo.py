@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from .data import save_jsonl, synthetic_arithmetic
+from .data import save_jsonl, synthetic_split
 from .model import LatentReasoner
 from .rl import RLConfig, evaluate, train_rl
 from .sft import SFTConfig, train_sft
@@ -38,15 +38,7 @@ class DemoConfig:
 
 
 def split_data(cfg: DemoConfig):
-    """Held-out evaluation problems and training problems that do not repeat them."""
-    ev = synthetic_arithmetic(cfg.n_eval, max_steps=cfg.max_steps, modulus=cfg.modulus, seed=cfg.seed + 1)
-    seen = {e.question for e in ev}
-    tr, s = [], cfg.seed
-    while len(tr) < cfg.n_train:
-        tr += [e for e in synthetic_arithmetic(cfg.n_train, max_steps=cfg.max_steps, modulus=cfg.modulus, seed=s)
-               if e.question not in seen]
-        s += 1000
-    return tr[:cfg.n_train], ev
+    return synthetic_split(cfg.n_train, cfg.n_eval, max_steps=cfg.max_steps, modulus=cfg.modulus, seed=cfg.seed)
 
 
 def run_demo(out: str | Path, cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
