@@ -608,6 +608,8 @@ def train_group() -> None:
 @click.option("--out", "out_dir", required=True, help="adapter directory to write")
 @click.option("--lora/--full", default=None, help="LoRA adapters (default for pretrained models) or full training (tiny)")
 @click.option("--lora-r", type=int, default=16, show_default=True)
+@click.option("--lora-alpha", type=int, default=32, show_default=True)
+@click.option("--lora-dropout", type=float, default=0.0, show_default=True)
 @click.option("--projection", type=click.Choice(["none", "linear", "mlp"]), default="mlp", show_default=True)
 @click.option("--max-latent", type=int, default=10, show_default=True, help="latent steps at most")
 @click.option("--cot-steps", type=int, default=800, show_default=True, help="optimizer steps of stage 0 (plain CoT)")
@@ -619,9 +621,10 @@ def train_group() -> None:
 @click.option("--layers", type=int, default=4, show_default=True, help="tiny: layers")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
-def train_sft_cmd(model_name, data, eval_data, n_train, n_eval, max_steps, out_dir, lora, lora_r, projection,
-                  max_latent, cot_steps, steps_per_stage, latents_per_step, batch_size, lr, hidden, layers, seed,
-                  threads):
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
+def train_sft_cmd(model_name, data, eval_data, n_train, n_eval, max_steps, out_dir, lora, lora_r, lora_alpha,
+                  lora_dropout, projection, max_latent, cot_steps, steps_per_stage, latents_per_step, batch_size, lr,
+                  hidden, layers, seed, threads, device):
     """Supervised fine-tuning: CoT, then a curriculum replacing CoT steps by latent steps.
 
     Example: selar train sft --out runs/sft
@@ -630,24 +633,24 @@ def train_sft_cmd(model_name, data, eval_data, n_train, n_eval, max_steps, out_d
     import time
 
     _train_setup(threads)
-    from .models import load_model
+    from .models import load_model, resolve_device
     from .train import LatentReasoner, SFTConfig, evaluate, train_sft
     from .train.tiny import tiny_model, tiny_tokenizer
 
     train, held = _train_data(data, n_train, n_eval, max_steps, seed, eval_data)
     if model_name == "tiny":
         tok = tiny_tokenizer(train + held)
-        base, base_ref = tiny_model(tok, hidden=hidden, layers=layers, seed=seed), ""
+        base, base_ref = tiny_model(tok, hidden=hidden, layers=layers, seed=seed).to(resolve_device(device)), ""
         lora = bool(lora)
     else:
-        m = load_model(model_name, dtype="float32")
+        m = load_model(model_name, dtype="float32", device=device)
         base, tok = m.hf_model, m.tokenizer
         base_ref = os.path.abspath(model_name) if os.path.isdir(model_name) else model_name
         lora = True if lora is None else lora
         if not lora:
             base_ref = ""
-    model = LatentReasoner.from_base(base, tok, base=base_ref, lora=lora, lora_r=lora_r, projection=projection,
-                                     max_latent=max_latent, seed=seed)
+    model = LatentReasoner.from_base(base, tok, base=base_ref, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
+                                     lora_dropout=lora_dropout, projection=projection, max_latent=max_latent, seed=seed)
     t0 = time.perf_counter()
     train_sft(model, train, SFTConfig(cot_steps=cot_steps, steps_per_stage=steps_per_stage,
                                       latents_per_step=latents_per_step, batch_size=batch_size, lr=lr, seed=seed,
@@ -677,8 +680,10 @@ def train_sft_cmd(model_name, data, eval_data, n_train, n_eval, max_steps, out_d
 @click.option("--length-reward-below", type=float, default=None, help="below the requirement, reward length by this")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
 def train_rl_cmd(adapter, data, eval_data, n_train, n_eval, max_steps, out_dir, steps, prompts_per_step, group_size,
-                 lr, beta, temperature, length_penalty, length_accuracy_requirement, length_reward_below, seed, threads):
+                 lr, beta, temperature, length_penalty, length_accuracy_requirement, length_reward_below, seed, threads,
+                 device):
     """GRPO with reward = correct + format and a relative length penalty among correct answers.
 
     Example: selar train rl --adapter runs/sft --out runs/rl
@@ -686,10 +691,11 @@ def train_rl_cmd(adapter, data, eval_data, n_train, n_eval, max_steps, out_dir, 
     import time
 
     _train_setup(threads)
+    from .models import resolve_device
     from .train import LatentReasoner, RLConfig, evaluate, train_rl
 
     train, held = _train_data(data, n_train, n_eval, max_steps, seed, eval_data)
-    model = LatentReasoner.load(adapter, trainable=True)
+    model = LatentReasoner.load(adapter, trainable=True, device=str(resolve_device(device)))
     before = evaluate(model, held)
     _echo_eval("before RL", before)
     t0 = time.perf_counter()

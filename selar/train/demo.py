@@ -30,7 +30,7 @@ class DemoConfig:
     projection: str = "mlp"
     max_latent: int = 10
     seed: int = 0
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(cot_steps=1500, steps_per_stage=400, latents_per_step=2,
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(cot_steps=800, steps_per_stage=400, latents_per_step=2,
                                                              batch_size=32, lr=1e-3, log_every=100))
     rl: RLConfig = field(default_factory=lambda: RLConfig(steps=150, prompts_per_step=8, group_size=8, lr=2e-5,
                                                           length_penalty=0.1, length_accuracy_requirement=1.0,
