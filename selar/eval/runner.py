@@ -44,6 +44,7 @@ class EvalConfig:
     sets: dict = field(default_factory=dict)        # "option" or "method.option" -> value
     batch_size: int = 8
     dtype: str = "auto"
+    engine: str = "transformers"                    # or "llamacpp"
     hub: bool = False
     data_files: dict = field(default_factory=dict)  # dataset -> path (offline files)
     data: Optional[str] = None                      # your own benchmark file
@@ -53,6 +54,10 @@ class EvalConfig:
     schedule: str = "fixed"  # "fixed" batches (bit-identical resume) or "continuous" batching (faster)
 
     def __post_init__(self) -> None:
+        from ..models import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown engine {self.engine!r}; known engines: {', '.join(ENGINES)}")
         if self.schedule not in ("fixed", "continuous"):
             raise ConfigError(f"schedule must be fixed or continuous, got {self.schedule!r}")
         if not self.datasets and not self.data:
@@ -110,6 +115,8 @@ class EvalConfig:
         d = json.loads(json.dumps(dataclasses.asdict(self), default=str))
         if d.get("schedule") == "fixed":
             d.pop("schedule")
+        if d.get("engine") == "transformers":
+            d.pop("engine")
         return d
 
 
@@ -152,7 +159,7 @@ def read_results(path: Path, repair: bool = False) -> list[dict]:
 
 def _versions() -> dict:
     out = {"python": sys.version.split()[0]}
-    for pkg in ("selar", "torch", "transformers", "math-verify", "gguf"):
+    for pkg in ("selar", "torch", "transformers", "math-verify", "gguf", "llama-cpp-python"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -216,16 +223,18 @@ def prepare_dir(out: Path, cfg: EvalConfig, resume: bool, force: bool) -> tuple[
 def run_eval(cfg: EvalConfig, out_dir: str, resume: bool = False, force: bool = False, model=None,
              progress: bool = True) -> Path:
     """Run (or continue) an evaluation; returns the results file."""
-    from ..models import load_model
+    from ..models import engine_options, load_model
 
     out = Path(out_dir)
     run_json, results_path = prepare_dir(out, cfg, resume, force)
     problems = load_problems(cfg)  # before the slow model load: bad data fails fast
     done = {(r["dataset"], r["problem_id"], r["method"], r["sample"]) for r in read_results(results_path, repair=True)}
     if model is None:
-        model = load_model(cfg.model, dtype=cfg.dtype)
+        longest = max(cfg.method_options(d, m).get("max_new_tokens", 1024) for d in problems for m in cfg.methods)
+        model = load_model(cfg.model, dtype=cfg.dtype, engine=cfg.engine,
+                           **engine_options(cfg.engine, cfg.batch_size, longest + 2048))
     meta = {"config": dataclasses.asdict(cfg), "fingerprint": cfg.results_fingerprint(),
-            "model": {"name": cfg.model, "source": model.source, "dtype": str(model.dtype),
+            "model": {"name": cfg.model, "source": model.source, "engine": model.engine, "dtype": str(model.dtype),
                       "device": str(model.device), "thinking": model.is_thinking},
             "method_options": {f"{d}/{m}": cfg.method_options(d, m) for d in problems for m in cfg.methods},
             "versions": _versions(), "git_commit": _git_commit(),
