@@ -684,6 +684,8 @@ def train_sft_cmd(model_name, data, eval_data, n_train, n_eval, max_steps, out_d
 @click.option("--lr", type=float, default=2e-5, show_default=True)
 @click.option("--beta", type=float, default=0.0, show_default=True, help="KL to the SFT model (the paper: 1e-3)")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="of the answer tokens in rollouts")
+@click.option("--stop-temperature", type=float, default=1.0, show_default=True,
+              help="of the stop head in rollouts (above 1 explores more reasoning lengths)")
 @click.option("--length-penalty", type=float, default=0.1, show_default=True, help="relative length penalty coefficient")
 @click.option("--length-accuracy-requirement", type=float, default=1.0, show_default=True,
               help="penalise length only when this share (<= 1) or count (> 1) of the group is correct; 0 = always")
@@ -692,8 +694,8 @@ def train_sft_cmd(model_name, data, eval_data, n_train, n_eval, max_steps, out_d
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
 def train_rl_cmd(adapter, data, eval_data, n_train, n_eval, max_steps, out_dir, steps, prompts_per_step, group_size,
-                 lr, beta, temperature, length_penalty, length_accuracy_requirement, length_reward_below, seed, threads,
-                 device):
+                 lr, beta, temperature, stop_temperature, length_penalty, length_accuracy_requirement,
+                 length_reward_below, seed, threads, device):
     """GRPO with reward = correct + format and a relative length penalty among correct answers.
 
     Example: selar train rl --adapter runs/sft --out runs/rl
@@ -710,6 +712,7 @@ def train_rl_cmd(adapter, data, eval_data, n_train, n_eval, max_steps, out_dir, 
     _echo_eval("before RL", before)
     t0 = time.perf_counter()
     cfg = RLConfig(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size, lr=lr, beta=beta,
+                   stop_temperature=stop_temperature,
                    temperature=temperature, length_penalty=length_penalty,
                    length_accuracy_requirement=length_accuracy_requirement or None,
                    length_reward_below=length_reward_below, seed=seed)
