@@ -32,8 +32,13 @@ class DemoConfig:
     seed: int = 0
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(cot_steps=800, steps_per_stage=400, latents_per_step=2,
                                                              batch_size=32, lr=1e-3, log_every=100))
-    rl: RLConfig = field(default_factory=lambda: RLConfig(steps=150, prompts_per_step=8, group_size=8, lr=2e-5,
-                                                          length_penalty=0.1, length_accuracy_requirement=1.0,
+    # RL explores lengths (stop head at temperature 3: after SFT it is nearly deterministic, so a
+    # group's completions would all have one length and the relative penalty nothing to rank) and
+    # penalises length among the correct completions of every group (the paper requires the whole
+    # group correct, which a model at ~35% accuracy rarely reaches on this task)
+    rl: RLConfig = field(default_factory=lambda: RLConfig(steps=150, prompts_per_step=8, group_size=8, lr=1e-4,
+                                                          stop_temperature=3.0, length_penalty=0.1,
+                                                          length_accuracy_requirement=None,
                                                           max_answer_tokens=8, log_every=10))
 
 
