@@ -744,7 +744,7 @@ def train_eval_cmd(adapter, data, eval_data, n_eval, max_steps, seed, threads):
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_demo_cmd(out_dir, threads, seed):
-    """SFT then RL of a tiny Llama on synthetic arithmetic (about 25 min on 2 CPU cores).
+    """SFT then RL of a tiny Llama on synthetic arithmetic (about 17 min on 2 CPU cores).
 
     Example: selar train demo --out runs/train-demo
     """
