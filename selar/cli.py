@@ -344,6 +344,9 @@ def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_to
     app, scheduler = build(mdl, settings, max_batch=max_batch, max_queue=max_queue)
     click.echo(f"selar: serving {model} on http://{host}:{port}/v1 (method {method}, max batch {max_batch}, "
                f"engine {engine})", err=True)
+    if engine == "llamacpp":
+        click.echo(f"selar: llama.cpp holds {mdl.max_rows} sequences of {mdl.context} positions (KV cache allocated "
+                   f"up front; lower --max-batch, --max-prompt-tokens or --max-tokens to shrink it)", err=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
