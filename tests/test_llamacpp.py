@@ -186,3 +186,17 @@ def test_server_on_llamacpp(cpp):
             assert text == want
     finally:
         srv.stop()
+
+
+def test_long_prompt_spans_several_prefill_chunks(cpp):
+    """A prompt longer than one llama.cpp batch (512 tokens), prefilled in chunks next to a short
+    one, still equals llama.cpp's own greedy generation."""
+    from selar.engines.llamacpp import llamacpp_greedy
+
+    long = selar.format_prompt(cpp, "Repeat: " + "the cat sat on the mat. " * 110)
+    short = selar.format_prompt(cpp, PROMPTS[0])
+    assert len(long) > 600
+    want = [llamacpp_greedy(cpp, p, 12) for p in (long, short)]
+    got = selar.generate(cpp, ["long", "short"], "cot", prompt_token_ids=[long, short], temperature=0,
+                         max_new_tokens=12, batch_size=2)
+    assert [r.token_ids for r in got] == want

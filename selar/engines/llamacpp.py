@@ -285,7 +285,6 @@ class LlamaCppEngine:
     def __init__(self, model: LlamaCppModel):
         self.model, self.lib = model, model.lib
         self.ctx = model.context_handle()
-        self.mem = self.lib.llama_get_memory(self.ctx)
         self.vocab_size = model.n_vocab
         self.table = model.table
         cap = max(512, model.max_rows)
@@ -314,21 +313,21 @@ class LlamaCppEngine:
         seqs = self.model.alloc_seqs(self, len(prompts))
         out = np.empty((len(prompts), self.vocab_size), dtype=np.float32)
         b, cap = self.tokens, self.tokens.cap
-        # chunks of whole batches of at most `cap` tokens; a long prompt spans several chunks
-        flat = [(i, j, t) for i, p in enumerate(prompts) for j, t in enumerate(p)]
-        for start in range(0, len(flat), cap):
-            chunk = flat[start: start + cap]
-            n = len(chunk)
-            rows = np.fromiter((c[0] for c in chunk), dtype=np.int32, count=n)
-            b.token[:n] = np.fromiter((c[2] for c in chunk), dtype=np.int32, count=n)
-            b.pos[:n] = np.fromiter((c[1] for c in chunk), dtype=np.int32, count=n)
-            b.seq[:n] = seqs[rows]
-            last = np.array([c[1] == len(prompts[c[0]]) - 1 for c in chunk])
-            b.out[:n] = last
-            logits = self._decode(b, n, int(last.sum()))
-            out[rows[last]] = logits
+        # all prompt tokens, flat (row, position, token), in chunks of at most `cap` tokens; a long
+        # prompt spans several chunks; logits only at each prompt's last token
+        lens = np.array([len(p) for p in prompts])
+        rows_all = np.repeat(np.arange(len(prompts)), lens)
+        pos_all = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        tok_all = np.fromiter((t for p in prompts for t in p), dtype=np.int32, count=int(lens.sum()))
+        last_all = pos_all == lens[rows_all] - 1
+        for start in range(0, len(tok_all), cap):
+            sl = slice(start, start + cap)
+            rows, last = rows_all[sl], last_all[sl]
+            n = len(rows)
+            b.token[:n], b.pos[:n], b.seq[:n], b.out[:n] = tok_all[sl], pos_all[sl], seqs[rows], last
+            out[rows[last]] = self._decode(b, n, int(last.sum()))
         self.seq = np.concatenate([self.seq, seqs])
-        self.pos = np.concatenate([self.pos, np.array([len(p) for p in prompts], dtype=np.int32)])
+        self.pos = np.concatenate([self.pos, lens.astype(np.int32)])
         return torch.from_numpy(out)
 
     def step(self, inputs: Mixture) -> Tensor:
@@ -381,8 +380,14 @@ def llamacpp_greedy(model: LlamaCppModel, prompt: list[int], n: int) -> list[int
     model._owners.clear()
     smpl = lib.llama_sampler_init_greedy()
     try:
-        arr = (lib.llama_token * len(prompt))(*prompt)
-        batch = lib.llama_batch_get_one(arr, len(prompt))
+        step = int(lib.llama_n_batch(ctx))  # a decode call takes at most n_batch tokens
+        for i in range(0, len(prompt) - 1, step):  # all but the last prompt token
+            part = prompt[i: min(i + step, len(prompt) - 1)]
+            arr = (lib.llama_token * len(part))(*part)
+            if lib.llama_decode(ctx, lib.llama_batch_get_one(arr, len(part))) != 0:
+                raise RuntimeError("llama_decode failed")
+        last = (lib.llama_token * 1)(prompt[-1])
+        batch = lib.llama_batch_get_one(last, 1)
         out: list[int] = []
         for _ in range(n):
             if lib.llama_decode(ctx, batch) != 0:
