@@ -89,7 +89,7 @@ class LatentConfig:
 def _add_special_tokens(tokenizer) -> tuple[int, int, int]:
     new = [t for t in SPECIAL_TOKENS.values() if t not in tokenizer.get_vocab()]
     if new:
-        tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_additional_special_tokens=False)
+        tokenizer.add_tokens(new, special_tokens=True)  # (the special-tokens dict API differs in transformers 5)
     return tuple(tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[k]) for k in ("bot", "lat", "eot"))
 
 
