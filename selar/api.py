@@ -106,6 +106,11 @@ def generate(model: Union[Model, str], prompts: Union[str, Sequence[str]], metho
     seeds = list(seeds) if seeds is not None else [cfg.sampling.seed] * len(prompts)
     if len(seeds) != len(prompts):
         raise ConfigError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+    if hasattr(model, "run_rows"):  # an engine with its own decode loop and batching (vLLM)
+        if on_step is not None:
+            raise ConfigError(f"token streaming is not available on the {model.engine} engine")
+        rows = model.run_rows(prompt_token_ids, cfg, seeds)
+        return [make_result(model, cfg, p, ids, row, trace) for p, ids, row in zip(prompts, prompt_token_ids, rows)]
     # batches of similar lengths waste less padding; results come back in prompt order
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_token_ids[i]))
     results: list[Optional[Result]] = [None] * len(prompts)

