@@ -314,8 +314,10 @@ def report_cmd(dirs, out_dir, no_plots, as_html):
 @click.option("--engine", type=click.Choice(["transformers", "llamacpp", "vllm"]), default="transformers",
               show_default=True, help="llamacpp: a GGUF file or catalog model on llama.cpp (pip install "
               "'selar[llamacpp]'); vllm: a catalog model, folder or hub id on vLLM (pip install 'selar[vllm]')")
+@click.option("--vllm-arg", "vllm_args", multiple=True, metavar="FLAG",
+              help="with --engine vllm: a flag for `vllm serve`, e.g. --vllm-arg=--tensor-parallel-size=2")
 def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_tokens, max_prompt_tokens,
-          max_body_bytes, timeout, dtype, device, engine):
+          max_body_bytes, timeout, dtype, device, engine, vllm_args):
     """Serve an OpenAI-compatible API (chat and completions, streaming) with SeLaR decoding.
 
     Example: selar serve --model smollm2-135m --port 8000
@@ -339,8 +341,11 @@ def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_to
         if v < 1:
             _fail(f"{name} must be at least 1, got {v}")
     if engine == "vllm":
-        _serve_vllm(model, host, port, api_key, max_batch, method, defaults, max_prompt_tokens + max_tokens, dtype)
+        _serve_vllm(model, host, port, api_key, max_batch, method, defaults, max_prompt_tokens + max_tokens, dtype,
+                    vllm_args)
         return
+    if vllm_args:
+        _fail("--vllm-arg needs --engine vllm")
     mdl = load_model(model, dtype=dtype, device=device, engine=engine,
                      **engine_options(engine, max_batch, max_prompt_tokens + max_tokens))
     settings = Settings(model_name=model, api_key=api_key or os.environ.get("SELAR_API_KEY"),
@@ -359,10 +364,10 @@ def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_to
         scheduler.stop()
 
 
-def _serve_vllm(model, host, port, api_key, max_batch, method, defaults, max_len, dtype) -> None:
+def _serve_vllm(model, host, port, api_key, max_batch, method, defaults, max_len, dtype, vllm_args=()) -> None:
     """Run `vllm serve` with selar's plugin: requests without selar_method get the server's method."""
     import os
-    import shutil
+    import shlex
 
     from .engines.vllm import (PREFIX, architecture, default_environment, require_vllm, resolve_folder,
                                serve_command)
@@ -373,7 +378,7 @@ def _serve_vllm(model, host, port, api_key, max_batch, method, defaults, max_len
     if dtype == "auto":
         dtype = str(resolve_dtype("auto", resolve_device("auto"))).replace("torch.", "")
     cmd = serve_command(folder, architecture(folder), host=host, port=port, dtype=dtype, max_num_seqs=max_batch,
-                        max_model_len=max_len, extra=("--served-model-name", model))
+                        max_model_len=max_len, extra=("--served-model-name", model, *vllm_args))
     if api_key or os.environ.get("SELAR_API_KEY"):
         cmd += ["--api-key", api_key or os.environ["SELAR_API_KEY"]]
     from .config import SAMPLING_FIELDS, SamplingConfig
@@ -387,12 +392,11 @@ def _serve_vllm(model, host, port, api_key, max_batch, method, defaults, max_len
     os.environ["SELAR_VLLM_DEFAULTS"] = json.dumps({PREFIX + "method": method, **{
         PREFIX + k: v for k, v in defaults.items() if k not in SAMPLING_FIELDS}})
     default_environment()
-    exe = shutil.which(cmd[0])
-    if exe is None:
-        _fail("the vllm command is not on PATH (is vLLM installed in this environment?)")
-    click.echo(f"selar: {' '.join(cmd)}  (default method {method}; per request: extra_body "
-               f"{{\"vllm_xargs\": {{\"selar_method\": ..., \"selar_tau\": ...}}}})", err=True)
-    os.execv(exe, cmd)
+    click.echo(f"selar: {shlex.join(cmd)}\nselar: default method {method}; per request: extra_body="
+               f"{{\"vllm_xargs\": {{\"selar_method\": \"selar\", \"selar_tau\": 0.5}}}}", err=True)
+    # this interpreter's vLLM, whether or not its scripts are on PATH
+    launcher = "import sys; from vllm.entrypoints.cli.main import main; sys.argv[0] = 'vllm'; sys.exit(main())"
+    os.execv(sys.executable, [sys.executable, "-c", launcher, *cmd[1:]])
 
 
 @main.group()

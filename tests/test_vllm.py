@@ -109,3 +109,87 @@ def test_bad_requests_and_refused_methods(vl):
         selar.generate(vl, PROMPTS[:1], "selar", on_step=lambda *a: None, max_new_tokens=2)
     with pytest.raises(ModelLoadError, match="not a GGUF file"):
         selar.load_model("/tmp/none.gguf", engine="vllm")
+
+
+def test_eval_on_vllm(vl, tmp_path):
+    import json
+
+    from selar.eval.runner import EvalConfig, run_eval
+
+    data = tmp_path / "mini.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"What is {a} + {a}?", "answer": str(2 * a)}) for a in (2, 5, 7)))
+    cfg = EvalConfig(model="smollm2-135m", datasets=[], data=str(data), methods=["cot", "selar"], engine="vllm",
+                     sets={"max_new_tokens": 16, "temperature": 0}, batch_size=4, schedule="continuous")
+    path = run_eval(cfg, str(tmp_path / "run"), model=vl, progress=False)
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(rows) == 6 and {r["method"] for r in rows} == {"cot", "selar"}
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["model"]["engine"] == "vllm" and run["config"]["engine"] == "vllm"
+    assert all(0 < r["num_tokens"] <= 16 and r["text"] for r in rows)
+    assert sum(r["num_soft_steps"] for r in rows if r["method"] == "selar") > 0
+    assert all(r["num_soft_steps"] == 0 for r in rows if r["method"] == "cot")
+
+
+def test_cli_generate(vl, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from selar.cli import main
+
+    monkeypatch.setenv("SELAR_VLLM_ARGS", json.dumps({"enforce_eager": True}))
+    r = CliRunner().invoke(main, ["generate", "What is 2 + 2?", "--model", "smollm2-135m", "--engine", "vllm",
+                                  "--dtype", "float32", "--method", "selar", "-n", "12", "--temperature", "0",
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    want = selar.generate(vl, ["What is 2 + 2?"], "selar", temperature=0, max_new_tokens=12)[0]
+    assert got["token_ids"] == want.token_ids and got["num_soft_steps"] == want.num_soft_steps
+
+
+def test_selar_serve_engine_vllm(vl, smollm2):
+    """`selar serve --engine vllm` runs `vllm serve` with the plugin: the server's default method,
+    per-request methods through vllm_xargs, bad options as HTTP 400."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    openai = pytest.importorskip("openai")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "selar", "serve", "--model", "smollm2-135m", "--engine", "vllm", "--port", str(port),
+           "--host", "127.0.0.1", "--dtype", "float32", "--max-batch", "4", "--max-tokens", "64",
+           "--max-prompt-tokens", "512", "--method", "selar", "--set", "tau=0.3", "--vllm-arg=--enforce-eager"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        deadline = time.time() + 600
+        while True:
+            try:
+                client.models.list()
+                break
+            except Exception:
+                assert proc.poll() is None, proc.stderr.read()[-3000:]
+                assert time.time() < deadline, "vllm serve did not come up"
+                time.sleep(2)
+        prompt = PROMPTS[2]
+        default = client.completions.create(model="smollm2-135m", prompt=prompt, max_tokens=24, temperature=0)
+        cot = client.completions.create(model="smollm2-135m", prompt=prompt, max_tokens=24, temperature=0,
+                                        extra_body={"vllm_xargs": {"selar_method": "cot"}})
+        want_selar = selar.generate(vl, [prompt], "selar", tau=0.3, temperature=0, max_new_tokens=24, raw=True)[0]
+        want_cot = selar.generate(smollm2, [prompt], "cot", temperature=0, max_new_tokens=24, raw=True)[0]
+        assert default.choices[0].text == want_selar.text
+        assert cot.choices[0].text == want_cot.text
+        assert want_selar.num_soft_steps > 0 and want_selar.text != want_cot.text
+        with pytest.raises(openai.BadRequestError, match="tau must be in"):
+            client.completions.create(model="smollm2-135m", prompt=prompt, max_tokens=4,
+                                      extra_body={"vllm_xargs": {"selar_tau": 3.0}})
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -479,6 +479,8 @@ def serve_command(folder: str, arch: str, *, host: str, port: int, dtype: str = 
            "--no-enable-prefix-caching", "--max-num-seqs", str(max_num_seqs)]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
+    if torch.cuda.is_available():
+        cmd += ["--compilation-config", json.dumps({"cudagraph_mode": "PIECEWISE"})]
     return cmd + list(extra)
 
 
@@ -488,6 +490,9 @@ def engine_kwargs(folder: str, arch: str, *, dtype: str, max_num_seqs: int, max_
               enable_prefix_caching=False, **extra)
     if max_model_len:
         kw["max_model_len"] = max_model_len
+    if plugin and torch.cuda.is_available() and "compilation_config" not in kw and not kw.get("enforce_eager"):
+        # full CUDA graphs would freeze the outer forward's data-dependent soft-row selection
+        kw["compilation_config"] = {"cudagraph_mode": "PIECEWISE"}
     if plugin:
         kw.update(hf_overrides={"architectures": [selar_architecture(arch)]},
                   logits_processors=["selar.engines.vllm:SelarLogitsProcessor"],
@@ -654,6 +659,20 @@ def architecture(folder: str) -> str:
     return archs[0]
 
 
+def _env_args() -> dict:
+    """Extra `vllm.LLM` arguments from SELAR_VLLM_ARGS (JSON), e.g. '{"tensor_parallel_size": 2}'."""
+    text = os.environ.get("SELAR_VLLM_ARGS")
+    if not text:
+        return {}
+    try:
+        d = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"SELAR_VLLM_ARGS is not JSON: {text!r}") from None
+    if not isinstance(d, dict):
+        raise ConfigError("SELAR_VLLM_ARGS must be a JSON object of vllm.LLM arguments")
+    return d
+
+
 def load_vllm(name_or_path: str, *, dtype: str = "auto", max_num_seqs: int = 16, max_model_len: Optional[int] = None,
               enforce_eager: bool = False, **vllm_args) -> VLLMModel:
     """Load a model into vLLM with selar's plugin. Extra keyword arguments go to `vllm.LLM`
@@ -674,8 +693,10 @@ def load_vllm(name_or_path: str, *, dtype: str = "auto", max_num_seqs: int = 16,
     from vllm import LLM
 
     t0 = time.perf_counter()
-    kw = engine_kwargs(folder, arch, dtype=dtype, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                       enforce_eager=enforce_eager, **vllm_args)
+    extra = _env_args()
+    extra.update(vllm_args)
+    extra.setdefault("enforce_eager", enforce_eager)
+    kw = engine_kwargs(folder, arch, dtype=dtype, max_num_seqs=max_num_seqs, max_model_len=max_model_len, **extra)
     llm = LLM(**kw)
     info = {"vllm": vllm_version(), "architecture": selar_architecture(arch), "dtype": dtype}
     return VLLMModel(llm, folder, name_or_path, arch, time.perf_counter() - t0, info)
