@@ -25,8 +25,10 @@ Sampling settings are the request's own (temperature, top_p, top_k, min_p, seed)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 from collections import OrderedDict
 from dataclasses import asdict
 from typing import Optional
@@ -91,7 +93,7 @@ def _sampling_config(params) -> SamplingConfig:
     top_k = params.top_k if params.top_k and params.top_k > 0 else 0
     return SamplingConfig(temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(top_k),
                           min_p=float(params.min_p), max_new_tokens=max(1, int(params.max_tokens or 1)),
-                          seed=int(params.seed) if params.seed is not None else 0)
+                          seed=int(params.seed) if params.seed is not None else random.getrandbits(62))
 
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed")
@@ -111,7 +113,8 @@ def _defaults() -> dict:
 
 def parse_request(params):
     """(GenerationConfig, record key) of a request, or None when it does not ask for a method."""
-    xa = {**_defaults(), **(getattr(params, "extra_args", None) or {})}
+    own_args = getattr(params, "extra_args", None) or {}
+    xa = {**_defaults(), **own_args}
     if PREFIX + "method" not in xa:
         return None
     method = xa[PREFIX + "method"]
@@ -120,8 +123,11 @@ def parse_request(params):
     if method not in VLLM_METHODS:
         get_method_spec(method)  # unknown names get the registry's message
         raise ConfigError(f"method {method!r} does not run on vLLM; methods there: {', '.join(VLLM_METHODS)}")
+    # server defaults apply where the method has such an option; a request's own are strict
+    fields = {f.name for f in dataclasses.fields(get_method_spec(method).options)} | set(SAMPLING_KEYS)
     opts = {k[len(PREFIX):]: v for k, v in xa.items() if k.startswith(PREFIX) and k not in
-            (PREFIX + "method", PREFIX + "key", PREFIX + "soft_scope")}
+            (PREFIX + "method", PREFIX + "key", PREFIX + "soft_scope")
+            and (k in own_args or k[len(PREFIX):] in fields)}
     if opts.keys() & {"max_new_tokens", "stop"}:
         raise ConfigError("max_tokens and stop are the request's own settings, not selar_ options")
     # sampling: the request's own settings, unless selar_<name> overrides them (selar's runner
