@@ -99,16 +99,23 @@ def _sampling_config(params) -> SamplingConfig:
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed")
 
 
-def _defaults() -> dict:
-    """Server-wide request defaults (`selar serve --engine vllm --method ... --set ...`)."""
-    text = os.environ.get("SELAR_VLLM_DEFAULTS")
+def _env_json(name: str) -> dict:
+    """A JSON object from an environment variable ({} when unset)."""
+    text = os.environ.get(name)
     if not text:
         return {}
     try:
         d = json.loads(text)
     except ValueError:
-        raise ConfigError(f"SELAR_VLLM_DEFAULTS is not JSON: {text!r}") from None
-    return d if isinstance(d, dict) else {}
+        raise ConfigError(f"{name} is not JSON: {text!r}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{name} must be a JSON object, got {text!r}")
+    return d
+
+
+def _defaults() -> dict:
+    """Server-wide request defaults (`selar serve --engine vllm --method ... --set ...`)."""
+    return _env_json("SELAR_VLLM_DEFAULTS")
 
 
 def parse_request(params):
@@ -665,20 +672,6 @@ def architecture(folder: str) -> str:
     return archs[0]
 
 
-def _env_args() -> dict:
-    """Extra `vllm.LLM` arguments from SELAR_VLLM_ARGS (JSON), e.g. '{"tensor_parallel_size": 2}'."""
-    text = os.environ.get("SELAR_VLLM_ARGS")
-    if not text:
-        return {}
-    try:
-        d = json.loads(text)
-    except ValueError:
-        raise ConfigError(f"SELAR_VLLM_ARGS is not JSON: {text!r}") from None
-    if not isinstance(d, dict):
-        raise ConfigError("SELAR_VLLM_ARGS must be a JSON object of vllm.LLM arguments")
-    return d
-
-
 def load_vllm(name_or_path: str, *, dtype: str = "auto", max_num_seqs: int = 16, max_model_len: Optional[int] = None,
               enforce_eager: bool = False, **vllm_args) -> VLLMModel:
     """Load a model into vLLM with selar's plugin. Extra keyword arguments go to `vllm.LLM`
@@ -699,7 +692,7 @@ def load_vllm(name_or_path: str, *, dtype: str = "auto", max_num_seqs: int = 16,
     from vllm import LLM
 
     t0 = time.perf_counter()
-    extra = _env_args()
+    extra = _env_json("SELAR_VLLM_ARGS")  # e.g. '{"tensor_parallel_size": 2}' for CLI runs
     extra.update(vllm_args)
     extra.setdefault("enforce_eager", enforce_eager)
     kw = engine_kwargs(folder, arch, dtype=dtype, max_num_seqs=max_num_seqs, max_model_len=max_model_len, **extra)
