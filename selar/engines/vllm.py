@@ -284,19 +284,22 @@ class SoftState:
         # a row's sample is real when the forward reached the last token of its sequence
         # (partial prefill chunks are sampled too, and discarded by vLLM)
         real = (group >= 0) & (t["last_pos"][:b] == t["prompt_len"][:b] + t["step"][:b] - 1)
-        self._grow(int(t["step"][:b].max()) + 1)
-        present = torch.unique(group).tolist()
-        pending = False
+        # one host transfer a step: the groups present and the longest row
+        *present, longest = torch.cat([torch.unique(group), t["step"][:b].max()[None]]).tolist()
+        self._grow(longest + 1)
+        soft = []
         for gid in present:
             if gid < 0:
                 continue
-            g = self.by_id[gid]
-            rows = (group == gid).nonzero()[:, 0]
-            pending |= self._step_group(g, rows, logits, real[rows])
-        self.any_pending = pending
+            # the common case, one group holding every row, needs no row search
+            rows = (torch.arange(b, device=group.device) if present == [gid]
+                    else (group == gid).nonzero()[:, 0])
+            soft.append(self._step_group(self.by_id[gid], rows, logits, real[rows]))
+        self.any_pending = bool(torch.cat(soft).any()) if soft else False
         return logits
 
-    def _step_group(self, g: dict, rows: Tensor, logits: Tensor, real: Tensor) -> bool:
+    def _step_group(self, g: dict, rows: Tensor, logits: Tensor, real: Tensor) -> Tensor:
+        """Run one group's method on its rows; returns which of them feed a soft input next."""
         t, method, cfg = self.t, g["method"], g["cfg"].sampling
         lg = logits[rows]
         step = t["step"][rows]
@@ -314,9 +317,8 @@ class SoftState:
             g["state"][k][rows] = torch.where(keep, v, state[k])
         tok = out.tokens
         # force vLLM to emit the method's token
-        forced = torch.full_like(lg, float("-inf"))
-        forced.scatter_(1, tok[:, None], 0.0)
-        logits[rows] = forced
+        logits.index_fill_(0, rows, float("-inf"))
+        logits[rows, tok] = 0.0
         soft = out.soft & real
         pos = t["prompt_len"][rows] + step
         t["pend_pos"][rows] = torch.where(soft, pos, torch.full_like(pos, -1))
@@ -325,15 +327,15 @@ class SoftState:
         t["pend_w"][rows, :m] = out.inputs.weights.float()
         if m < t["pend_w"].shape[1]:
             t["pend_w"][rows, m:] = 0.0
-        col = step[:, None].clamp_max(t["rec_soft"].shape[1] - 1)
-        t["rec_soft"][rows] = t["rec_soft"][rows].scatter(1, col, soft[:, None])
+        col = step.clamp_max(t["rec_soft"].shape[1] - 1)
+        t["rec_soft"][rows, col] = soft
         if out.entropy is not None:
-            t["rec_ent"][rows] = t["rec_ent"][rows].scatter(1, col, out.entropy.float()[:, None])
+            t["rec_ent"][rows, col] = out.entropy.float()
         if self.vocab.think_end is not None:
             ended = real & t["scoped"][rows] & (tok == self.vocab.think_end)
             t["reasoning"][rows] = t["reasoning"][rows] & ~ended
         t["step"][rows] = step + real.long()
-        return bool(soft.any())
+        return soft
 
     # -- the model side ------------------------------------------------------------------------
     def embed(self, model, input_ids: Tensor, positions: Tensor) -> Tensor:
