@@ -77,13 +77,16 @@ def embedding_table(gguf: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
+KV_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8}  # ggml type ids
+
 # -- model ------------------------------------------------------------------------------------
 
 class LlamaCppModel(Model):
     """A GGUF model loaded by llama.cpp, with a transformers tokenizer for chat templates."""
 
     def __init__(self, gguf: Path, tokenizer, name: str, source: str, *, max_rows: int = DEFAULT_MAX_ROWS,
-                 context: int = DEFAULT_CONTEXT, threads: int = 0, flash_attn: Optional[bool] = None):
+                 context: int = DEFAULT_CONTEXT, threads: int = 0, flash_attn: Optional[bool] = None,
+                 kv_type: str = "f16"):
         lib = _lib()
         lib.llama_backend_init()
         self._quiet(lib)
@@ -98,6 +101,7 @@ class LlamaCppModel(Model):
         self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
         self.n_embd = int(lib.llama_model_n_embd(self.lm))
         self.max_rows, self.threads, self.flash_attn = max_rows, threads or (os.cpu_count() or 1), flash_attn
+        self.kv_type = kv_type
         train_ctx = int(lib.llama_model_n_ctx_train(self.lm))
         self.context = min(context, train_ctx) if train_ctx > 0 else context
         self.table = embedding_table(self.gguf)
@@ -176,11 +180,14 @@ class LlamaCppModel(Model):
             cp.n_threads = cp.n_threads_batch = self.threads
             cp.kv_unified = False  # a KV stream per sequence: attention over its own cells only
             cp.flash_attn_type = -1 if self.flash_attn is None else int(bool(self.flash_attn))  # -1: auto
+            cp.type_k = cp.type_v = KV_TYPES[self.kv_type]
             cp.no_perf = True
             self._ctx = lib.llama_init_from_model(self.lm, cp)
             if not self._ctx:
                 raise ModelLoadError(f"llama.cpp could not create a context of {self.max_rows} x {self.context} "
-                                     f"positions (out of memory? lower max_rows or context)")
+                                     f"positions (out of memory? lower max_rows or context"
+                                     + (f"; a {self.kv_type} V cache needs flash_attn" if self.kv_type not in ("f32", "f16") else "")
+                                     + ")")
         return self._ctx
 
     def make_engine(self):
@@ -218,6 +225,37 @@ def resolve_gguf(name_or_path: str) -> tuple[Path, str]:
                          f"file; {name_or_path!r} is neither (hub ids need the transformers engine)")
 
 
+GGUF_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # llama_ftype of convert_gguf's output
+
+
+def convert_gguf(src, dst, type: str = "f32") -> Path:
+    """Write `src` (a GGUF file or catalog model) to `dst` with every weight matrix in `type`,
+    using llama.cpp's own (de)quantiser. `f32` holds the quantised weights' exact values in
+    float32: llama.cpp then computes in float32 throughout (with `kv_type="f32"`), which separates
+    what the engine does from what quantised arithmetic does (see `selar.analysis.agreement`).
+    Returns `dst`; a no-op when `dst` already exists and is newer than `src`."""
+    if type not in GGUF_TYPES:
+        raise ConfigError(f"type must be one of {', '.join(GGUF_TYPES)} (got {type!r})")
+    src_path, _ = resolve_gguf(str(src))
+    dst = Path(dst)
+    if dst.is_file() and dst.stat().st_mtime >= src_path.stat().st_mtime:
+        return dst
+    lib = _lib()
+    lib.llama_backend_init()
+    LlamaCppModel._quiet(lib)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    p = lib.llama_model_quantize_default_params()
+    p.ftype, p.allow_requantize, p.nthread = GGUF_TYPES[type], True, os.cpu_count() or 1
+    try:
+        if lib.llama_model_quantize(str(src_path).encode(), str(tmp).encode(), ctypes.byref(p)) != 0:
+            raise ModelLoadError(f"llama.cpp could not convert {src_path.name} to {type}")
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
 def _tokenizer(gguf: Path, name: str):
     from transformers import AutoTokenizer
 
@@ -229,13 +267,16 @@ def _tokenizer(gguf: Path, name: str):
 
 
 def load_llamacpp(name_or_path: str, *, max_rows: int = DEFAULT_MAX_ROWS, context: int = DEFAULT_CONTEXT,
-                  threads: int = 0, flash_attn: Optional[bool] = None) -> LlamaCppModel:
+                  threads: int = 0, flash_attn: Optional[bool] = None, kv_type: str = "f16") -> LlamaCppModel:
     """Load a catalog model or GGUF file on llama.cpp. `max_rows`: sequences decoded together
     (the largest batch); `context`: positions per sequence (prompt + generation; capped at the
     model's training context); `threads`: 0 for all cores; `flash_attn`: None lets llama.cpp
-    decide."""
+    decide; `kv_type`: the KV cache's element type (llama.cpp's default f16; f32 for the closest
+    match to float32 engines, q8_0 to halve its memory)."""
     if max_rows < 1 or context < 16:
         raise ConfigError(f"max_rows must be >= 1 and context >= 16 (got {max_rows}, {context})")
+    if kv_type not in KV_TYPES:
+        raise ConfigError(f"kv_type must be one of {', '.join(KV_TYPES)} (got {kv_type!r})")
     _lib()
     t0 = time.perf_counter()
     gguf, source = resolve_gguf(name_or_path)
@@ -247,7 +288,7 @@ def load_llamacpp(name_or_path: str, *, max_rows: int = DEFAULT_MAX_ROWS, contex
     except Exception as e:
         raise ModelLoadError(f"could not read the tokenizer of {gguf.name}: {e}") from e
     model = LlamaCppModel(gguf, tok, name=name_or_path, source=source, max_rows=max_rows, context=context,
-                          threads=threads, flash_attn=flash_attn)
+                          threads=threads, flash_attn=flash_attn, kv_type=kv_type)
     model.load_seconds = time.perf_counter() - t0
     return model
 
