@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -72,6 +73,19 @@ def cache_dir() -> Path:
     base = os.environ.get("SELAR_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "selar")
     return Path(base)
+
+
+class _NoMistralRegexWarning(logging.Filter):
+    """transformers 4.57.3+ (before 5.0) warns that *any* tokenizer saved by it has "an incorrect
+    regex pattern" (a check meant for Mistral models). Catalog models are not Mistral models:
+    drop that warning for folders in the selar cache, keep it for everything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("fix_mistral_regex" in msg and str(cache_dir()) in msg)
+
+
+logging.getLogger("transformers.tokenization_utils_base").addFilter(_NoMistralRegexWarning())
 
 
 def get_entry(name: str) -> CatalogEntry:

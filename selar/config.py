@@ -4,6 +4,8 @@ options of one method. Errors say what is wrong and what is allowed."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,3 +101,17 @@ def make_config(method: str = "selar", **kwargs: Any) -> GenerationConfig:
         raise ConfigError(str(e)) from None
     options = spec.options(**{**spec.preset, **kwargs})
     return GenerationConfig(method=spec.name, options=options, sampling=sampling)
+
+
+def env_json(name: str) -> dict:
+    """A JSON object from an environment variable ({} when unset)."""
+    text = os.environ.get(name)
+    if not text:
+        return {}
+    try:
+        d = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"{name} is not JSON: {text!r}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{name} must be a JSON object, got {text!r}")
+    return d

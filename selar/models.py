@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from .config import env_json
 from .errors import ConfigError, ModelLoadError, OfflineError
 from .methods.base import VocabInfo
 
@@ -146,6 +147,7 @@ def _from_pretrained(path: str, dtype: torch.dtype, device: torch.device, trust_
 
 
 ENGINES = ("transformers", "llamacpp", "vllm")
+LLAMACPP_OPTIONS = {"max_rows", "context", "threads", "flash_attn", "kv_type"}
 
 
 def engine_options(engine: str, rows: int, positions: int) -> dict:
@@ -176,7 +178,12 @@ def load_model(name_or_path: str, dtype="auto", device: str = "auto", trust_remo
         if str(dtype).replace("torch.", "") not in ("auto", "None") or device not in ("auto", "cpu"):
             raise ConfigError("dtype and device apply to the transformers engine; llama.cpp runs the GGUF's own "
                               "quantisation on the CPU")
-        return load_llamacpp(name_or_path, **engine_options)
+        extra = env_json("SELAR_LLAMACPP_ARGS")  # e.g. '{"kv_type": "f32", "threads": 4}' for CLI runs
+        unknown = sorted(set(extra) - LLAMACPP_OPTIONS)
+        if unknown:
+            raise ConfigError(f"SELAR_LLAMACPP_ARGS: unknown option(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(LLAMACPP_OPTIONS))}")
+        return load_llamacpp(name_or_path, **{**extra, **engine_options})
     if engine == "vllm":
         from .engines.vllm import load_vllm
 

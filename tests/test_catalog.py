@@ -86,3 +86,28 @@ def test_corrupt_cache_is_detected_and_repaired(smollm2, capsys):
     r = selar.generate(m, "Hello", "cot", temperature=0, max_new_tokens=4)[0]
     ref = selar.generate(smollm2, "Hello", "cot", temperature=0, max_new_tokens=4)[0]
     assert r.token_ids == ref.token_ids
+
+
+def test_catalog_tokenizer_loads_without_the_mistral_regex_warning(smollm2):
+    """transformers 4.57.3+ warns "incorrect regex pattern" for every tokenizer it saved itself;
+    selar silences it for catalog folders only."""
+    import logging
+
+    from transformers import AutoTokenizer
+
+    seen = []
+
+    class Grab(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    log = logging.getLogger("transformers.tokenization_utils_base")
+    h = Grab(level=logging.WARNING)
+    log.addHandler(h)
+    try:
+        AutoTokenizer.from_pretrained(str(catalog.model_dir(catalog.CATALOG["smollm2-135m"])))
+        log.warning("a tokenizer from /elsewhere with an incorrect regex pattern: set fix_mistral_regex=True")
+    finally:
+        log.removeHandler(h)
+    assert not any("fix_mistral_regex" in m and "selar" in m for m in seen), seen
+    assert any("/elsewhere" in m for m in seen)  # other folders still warn

@@ -86,7 +86,7 @@ def test_agreement_with_the_transformers_engine(cpp, smollm2):
     assert a.free_same > 0
 
 
-def test_float32_gguf_equals_the_transformers_engine(smollm2, tmp_path):
+def test_float32_gguf_equals_the_transformers_engine(smollm2, tmp_path, monkeypatch):
     """The quantised-arithmetic gap above is llama.cpp's, not the engine's: the same weights
     written as float32 (convert_gguf, llama.cpp's own dequantiser) with a float32 KV cache give
     selar's tokens and soft steps exactly as the transformers engine does in float32."""
@@ -94,7 +94,9 @@ def test_float32_gguf_equals_the_transformers_engine(smollm2, tmp_path):
 
     f32 = convert_gguf("smollm2-135m", tmp_path / "smollm2-f32.gguf", "f32")
     assert f32.stat().st_size > 4 * 134_000_000
-    cpp32 = selar.load_model(str(f32), engine="llamacpp", max_rows=4, context=1024, kv_type="f32", flash_attn=False)
+    monkeypatch.setenv("SELAR_LLAMACPP_ARGS", '{"kv_type": "f32", "flash_attn": false}')  # as the CLI would
+    cpp32 = selar.load_model(str(f32), engine="llamacpp", max_rows=4, context=1024)
+    assert (cpp32.kv_type, cpp32.flash_attn) == ("f32", False)
     enc = [selar.format_prompt(smollm2, p) for p in PROMPTS]
     opts = dict(temperature=0, max_new_tokens=64, batch_size=4, prompt_token_ids=enc, trace=True)
     want = selar.generate(smollm2, PROMPTS, "selar", **opts)
@@ -104,6 +106,9 @@ def test_float32_gguf_equals_the_transformers_engine(smollm2, tmp_path):
     assert sum(r.num_soft_steps for r in want) > 10
     with pytest.raises(ConfigError, match="kv_type"):
         selar.load_model(str(f32), engine="llamacpp", kv_type="f8")
+    monkeypatch.setenv("SELAR_LLAMACPP_ARGS", '{"kv": "f32"}')
+    with pytest.raises(ConfigError, match="unknown option.*kv"):
+        selar.load_model(str(f32), engine="llamacpp")
     with pytest.raises(ConfigError, match="type must be"):
         convert_gguf(f32, tmp_path / "x.gguf", "q2")
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .. import sampling
-from ..config import SamplingConfig, make_config
+from ..config import SamplingConfig, env_json, make_config
 from ..errors import ConfigError
 from ..methods import get_method_spec
 from ..methods.base import StepContext, VocabInfo
@@ -99,23 +99,9 @@ def _sampling_config(params) -> SamplingConfig:
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed")
 
 
-def _env_json(name: str) -> dict:
-    """A JSON object from an environment variable ({} when unset)."""
-    text = os.environ.get(name)
-    if not text:
-        return {}
-    try:
-        d = json.loads(text)
-    except ValueError:
-        raise ConfigError(f"{name} is not JSON: {text!r}") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{name} must be a JSON object, got {text!r}")
-    return d
-
-
 def _defaults() -> dict:
     """Server-wide request defaults (`selar serve --engine vllm --method ... --set ...`)."""
-    return _env_json("SELAR_VLLM_DEFAULTS")
+    return env_json("SELAR_VLLM_DEFAULTS")
 
 
 def parse_request(params):
@@ -694,7 +680,7 @@ def load_vllm(name_or_path: str, *, dtype: str = "auto", max_num_seqs: int = 16,
     from vllm import LLM
 
     t0 = time.perf_counter()
-    extra = _env_json("SELAR_VLLM_ARGS")  # e.g. '{"tensor_parallel_size": 2}' for CLI runs
+    extra = env_json("SELAR_VLLM_ARGS")  # e.g. '{"tensor_parallel_size": 2}' for CLI runs
     extra.update(vllm_args)
     extra.setdefault("enforce_eager", enforce_eager)
     kw = engine_kwargs(folder, arch, dtype=dtype, max_num_seqs=max_num_seqs, max_model_len=max_model_len, **extra)
