@@ -56,9 +56,10 @@ def main() -> None:
 
     print(f"\nagreement with the transformers engine in float32 ({args.model}, greedy, "
           f"{len(prompts)} prompts x {args.new_tokens} tokens)")
-    print(f"{'against':<30} {'method':<6} {'free-running':>12} {'teacher-forced':>14} {'max |dlogit|':>12}")
+    w = max(6, *(len(m) for m in methods))
+    print(f"{'against':<30} {'method':<{w}} {'free-running':>12} {'teacher-forced':>14} {'max |dlogit|':>12}")
     for label, m, a in rows:
-        print(f"{label:<30} {m:<6} {a.free:>12.1%} {a.forced:>14.1%} {a.max_logit_diff:>12.3f}")
+        print(f"{label:<30} {m:<{w}} {a.free:>12.1%} {a.forced:>14.1%} {a.max_logit_diff:>12.3f}")
 
 
 if __name__ == "__main__":
