@@ -109,7 +109,7 @@ def test_float32_gguf_equals_the_transformers_engine(smollm2, tmp_path, monkeypa
     monkeypatch.setenv("SELAR_LLAMACPP_ARGS", '{"kv": "f32"}')
     with pytest.raises(ConfigError, match="unknown option.*kv"):
         selar.load_model(str(f32), engine="llamacpp")
-    with pytest.raises(ConfigError, match="type must be"):
+    with pytest.raises(ConfigError, match="must be one of"):
         convert_gguf(f32, tmp_path / "x.gguf", "q2")
 
 

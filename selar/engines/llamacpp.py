@@ -186,7 +186,7 @@ class LlamaCppModel(Model):
             if not self._ctx:
                 raise ModelLoadError(f"llama.cpp could not create a context of {self.max_rows} x {self.context} "
                                      f"positions (out of memory? lower max_rows or context"
-                                     + (f"; a {self.kv_type} V cache needs flash_attn" if self.kv_type not in ("f32", "f16") else "")
+                                     + ("; a q8_0 V cache needs flash_attn" if self.kv_type == "q8_0" else "")
                                      + ")")
         return self._ctx
 
@@ -228,28 +228,26 @@ def resolve_gguf(name_or_path: str) -> tuple[Path, str]:
 GGUF_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # llama_ftype of convert_gguf's output
 
 
-def convert_gguf(src, dst, type: str = "f32") -> Path:
-    """Write `src` (a GGUF file or catalog model) to `dst` with every weight matrix in `type`,
+def convert_gguf(src, dst, to: str = "f32") -> Path:
+    """Write `src` (a GGUF file or catalog model) to `dst` with every weight matrix in `to`,
     using llama.cpp's own (de)quantiser. `f32` holds the quantised weights' exact values in
     float32: llama.cpp then computes in float32 throughout (with `kv_type="f32"`), which separates
     what the engine does from what quantised arithmetic does (see `selar.analysis.agreement`).
-    Returns `dst`; a no-op when `dst` already exists and is newer than `src`."""
-    if type not in GGUF_TYPES:
-        raise ConfigError(f"type must be one of {', '.join(GGUF_TYPES)} (got {type!r})")
+    Returns `dst` (written under a temporary name, then renamed)."""
+    if to not in GGUF_TYPES:
+        raise ConfigError(f"convert_gguf: `to` must be one of {', '.join(GGUF_TYPES)} (got {to!r})")
     src_path, _ = resolve_gguf(str(src))
     dst = Path(dst)
-    if dst.is_file() and dst.stat().st_mtime >= src_path.stat().st_mtime:
-        return dst
     lib = _lib()
     lib.llama_backend_init()
     LlamaCppModel._quiet(lib)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
     p = lib.llama_model_quantize_default_params()
-    p.ftype, p.allow_requantize, p.nthread = GGUF_TYPES[type], True, os.cpu_count() or 1
+    p.ftype, p.allow_requantize, p.nthread = GGUF_TYPES[to], True, os.cpu_count() or 1
     try:
         if lib.llama_model_quantize(str(src_path).encode(), str(tmp).encode(), ctypes.byref(p)) != 0:
-            raise ModelLoadError(f"llama.cpp could not convert {src_path.name} to {type}")
+            raise ModelLoadError(f"llama.cpp could not convert {src_path.name} to {to}")
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
@@ -272,7 +270,7 @@ def load_llamacpp(name_or_path: str, *, max_rows: int = DEFAULT_MAX_ROWS, contex
     (the largest batch); `context`: positions per sequence (prompt + generation; capped at the
     model's training context); `threads`: 0 for all cores; `flash_attn`: None lets llama.cpp
     decide; `kv_type`: the KV cache's element type (llama.cpp's default f16; f32 for the closest
-    match to float32 engines, q8_0 to halve its memory)."""
+    match to float32 engines; bf16; q8_0 to halve its memory, with flash attention)."""
     if max_rows < 1 or context < 16:
         raise ConfigError(f"max_rows must be >= 1 and context >= 16 (got {max_rows}, {context})")
     if kv_type not in KV_TYPES:
