@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from dataclasses import dataclass, field
@@ -147,7 +148,6 @@ def _from_pretrained(path: str, dtype: torch.dtype, device: torch.device, trust_
 
 
 ENGINES = ("transformers", "llamacpp", "vllm")
-LLAMACPP_OPTIONS = {"max_rows", "context", "threads", "flash_attn", "kv_type"}
 
 
 def engine_options(engine: str, rows: int, positions: int) -> dict:
@@ -179,10 +179,11 @@ def load_model(name_or_path: str, dtype="auto", device: str = "auto", trust_remo
             raise ConfigError("dtype and device apply to the transformers engine; llama.cpp runs the GGUF's own "
                               "quantisation on the CPU")
         extra = env_json("SELAR_LLAMACPP_ARGS")  # e.g. '{"kv_type": "f32", "threads": 4}' for CLI runs
-        unknown = sorted(set(extra) - LLAMACPP_OPTIONS)
+        known = set(inspect.signature(load_llamacpp).parameters) - {"name_or_path"}
+        unknown = sorted(set(extra) - known)
         if unknown:
             raise ConfigError(f"SELAR_LLAMACPP_ARGS: unknown option(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(LLAMACPP_OPTIONS))}")
+                              f"known: {', '.join(sorted(known))}")
         return load_llamacpp(name_or_path, **{**extra, **engine_options})
     if engine == "vllm":
         from .engines.vllm import load_vllm
