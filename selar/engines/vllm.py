@@ -471,6 +471,16 @@ def require_vllm():
                           f"(CPU; see the README) ({e})") from None
 
 
+def concrete_dtype(dtype: Optional[str]) -> str:
+    """vLLM's --dtype for selar's: "auto" (or None) is selar's choice for this machine (bf16 on GPUs
+    and CPUs with bf16, else float32), not vLLM's (the checkpoint's dtype)."""
+    if dtype not in (None, "auto"):
+        return str(dtype)
+    from ..models import resolve_device, resolve_dtype
+
+    return str(resolve_dtype("auto", resolve_device("auto"))).replace("torch.", "")
+
+
 def serve_command(folder: str, arch: str, *, host: str, port: int, dtype: str = "auto",
                   max_num_seqs: int = 64, max_model_len: Optional[int] = None, extra: tuple = ()) -> list[str]:
     """The `vllm serve` command line that runs selar's plugin on a model folder."""
@@ -667,13 +677,10 @@ def load_vllm(name_or_path: str, *, dtype: str = "auto", max_num_seqs: int = 16,
     import time
 
     require_vllm()
-    from ..models import resolve_device, resolve_dtype
-
     folder, source = resolve_folder(name_or_path)
     arch = architecture(folder)
     selar_architecture(arch)  # a clear error before vLLM starts
-    if dtype in (None, "auto"):
-        dtype = str(resolve_dtype("auto", resolve_device("auto"))).replace("torch.", "")
+    dtype = concrete_dtype(dtype)
     if max_num_seqs < 1:
         raise ConfigError(f"max_num_seqs must be at least 1, got {max_num_seqs}")
     default_environment()
