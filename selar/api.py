@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional, Sequence, Union
 
-from .config import GenerationConfig, make_config
-from .decode import DecodeSession, RowOutput, run_to_end
+from .config import GenerationConfig
+from .decode import RowOutput
+from .engines import Model, load_model
 from .errors import ConfigError, PromptError
-from .methods import get_method_spec
-from .models import Model, load_model
-
+from .methods import make_config
+from .text import cut_at_stop
 
 @dataclass
 class Result:
@@ -57,35 +57,22 @@ def format_prompt(model: Model, prompt: str, raw: bool = False) -> list[int]:
     return tok.encode(text, add_special_tokens=False)
 
 
-def _stop_checker(tokenizer, stops: Sequence[str]) -> Callable[[int, list[int]], bool]:
-    tail = max(len(s) for s in stops) + 16
-
-    def check(_row: int, ids: list[int]) -> bool:
-        text = tokenizer.decode(ids[-tail:], skip_special_tokens=True)
-        return any(s in text for s in stops)
-
-    return check
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return text if cut < 0 else text[:cut]
-
-
-def generate(model: Union[Model, str], prompts: Union[str, Sequence[str]], method: str = "selar", *,
+def generate(model: Union[Model, str], prompts: Union[str, Sequence[str]], method: Optional[str] = None, *,
              config: Optional[GenerationConfig] = None, raw: bool = False, trace: bool = False,
              batch_size: int = 16, seeds: Optional[Sequence[int]] = None,
              prompt_token_ids: Optional[Sequence[Sequence[int]]] = None,
              on_step: Optional[Callable] = None, **options) -> list[Result]:
-    """Generate from each prompt with one method. Options are the sampling settings
+    """Generate from each prompt with one method (default "selar"). Options are the sampling settings
     (temperature, top_p, top_k, min_p, max_new_tokens, seed, stop, soft_scope) and the method's
     own (e.g. tau, k, push_weight for selar). Every prompt uses `seed` (or its own entry of
     `seeds`), so a prompt's output does not depend on the rest of its batch."""
     if isinstance(model, str):
         model = load_model(model)
-    cfg = config or make_config(method, **options)
     if config is not None and options:
         raise ConfigError("give either config= or keyword options, not both")
+    if config is not None and method is not None and method != config.method:
+        raise ConfigError(f"method {method!r} differs from config.method {config.method!r}; give one of them")
+    cfg = config or make_config(method or "selar", **options)
     single = isinstance(prompts, str)
     prompts = [prompts] if single else list(prompts)
     if prompt_token_ids is None:
@@ -94,10 +81,13 @@ def generate(model: Union[Model, str], prompts: Union[str, Sequence[str]], metho
         prompt_token_ids = [format_prompt(model, p, raw) for p in prompts]
     else:
         prompt_token_ids = [list(p) for p in prompt_token_ids]
+        if prompts and len(prompts) != len(prompt_token_ids):
+            raise ConfigError(f"prompts has {len(prompts)} entries and prompt_token_ids {len(prompt_token_ids)}; "
+                              f"give one per prompt (or prompts=[] to decode the ids)")
         prompts = prompts or [model.tokenizer.decode(p) for p in prompt_token_ids]
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    for p, ids in zip(prompts, prompt_token_ids):
+    for ids in prompt_token_ids:
         if not ids:
             raise PromptError("a prompt has no tokens")
         if model.max_positions and len(ids) >= model.max_positions:
@@ -106,37 +96,14 @@ def generate(model: Union[Model, str], prompts: Union[str, Sequence[str]], metho
     seeds = list(seeds) if seeds is not None else [cfg.sampling.seed] * len(prompts)
     if len(seeds) != len(prompts):
         raise ConfigError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
-    if hasattr(model, "run_rows"):  # an engine with its own decode loop and batching (vLLM)
-        if on_step is not None:
-            raise ConfigError(f"token streaming is not available on the {model.engine} engine")
-        rows = model.run_rows(prompt_token_ids, cfg, seeds)
-        return [make_result(model, cfg, p, ids, row, trace) for p, ids, row in zip(prompts, prompt_token_ids, rows)]
-    # batches of similar lengths waste less padding; results come back in prompt order
-    order = sorted(range(len(prompts)), key=lambda i: len(prompt_token_ids[i]))
-    results: list[Optional[Result]] = [None] * len(prompts)
-    for b in range(0, len(order), batch_size):
-        idx = order[b: b + batch_size]
-        step_cb = None
-        if on_step is not None:
-            step_cb = lambda rows, toks, soft, idx=idx: on_step([idx[r] for r in rows.tolist()], toks.tolist(), soft.tolist())  # noqa: E731
-        rows = run_to_end(new_session(model, cfg, on_step=step_cb), [prompt_token_ids[i] for i in idx],
-                           [seeds[i] for i in idx])
-        for i, row in zip(idx, rows):
-            results[i] = make_result(model, cfg, prompts[i], prompt_token_ids[i], row, trace)
-    return results
+    rows = model.run(prompt_token_ids, cfg, seeds, batch_size=batch_size, on_step=on_step)
+    return [make_result(model, cfg, p, ids, row, trace) for p, ids, row in zip(prompts, prompt_token_ids, rows)]
 
 
 def new_session(model: Model, cfg: GenerationConfig, on_step: Optional[Callable] = None,
-                stop_check: Optional[Callable] = None) -> DecodeSession:
-    """A decode session of `model` with one method and sampling config (rows are added later)."""
-    s = cfg.sampling
-    scope = s.soft_scope if s.soft_scope != "auto" else ("reasoning" if model.is_thinking else "all")
-    if stop_check is None and s.stop:
-        stop_check = _stop_checker(model.tokenizer, s.stop)
-    method = get_method_spec(cfg.method).factory(cfg.options, model.vocab_info())
-    return DecodeSession(model.make_engine(), method, s, stop_ids=model.stop_ids,
-                         think_end=model.think_end, reasoning_scope=scope == "reasoning",
-                         max_positions=model.max_positions, stop_check=stop_check, on_step=on_step)
+                stop_check: Optional[Callable] = None):
+    """A step-wise decode session of `model` with one method and sampling config (see Model.new_session)."""
+    return model.new_session(cfg, on_step=on_step, stop_check=stop_check)
 
 
 def make_result(model: Model, cfg: GenerationConfig, prompt: str, prompt_ids: list[int], row: RowOutput,

@@ -112,8 +112,8 @@ def generate(prompts, model, method, compare, tau, k, push_weight, temperature, 
     Example: selar generate "What is 17 * 23?" --method selar --tau 0.5 --k 3
     """
     from .api import generate as api_generate
-    from .config import make_config
-    from .models import engine_options, load_model
+    from .methods import make_config
+    from .engines import load_model, load_options
 
     flat = {"tau": tau, "k": k, "push_weight": push_weight, "temperature": temperature, "top_p": top_p,
             "top_k": top_k, "min_p": min_p, "max_new_tokens": max_new_tokens, "seed": seed,
@@ -132,9 +132,9 @@ def generate(prompts, model, method, compare, tau, k, push_weight, temperature, 
         unused = set(opts) - set().union(*(options_for(m, opts, False) for m in methods))
         if unused:
             _fail(f"option(s) {', '.join(sorted(unused))} apply to none of {', '.join(methods)}")
-    longest = max(c.sampling.max_new_tokens for c in configs.values()) + 2048
+    longest = max(c.sampling.max_new_tokens for c in configs.values())
     mdl = load_model(model, dtype=dtype, device=device, engine=engine,
-                     **engine_options(engine, min(batch_size, len(prompts)), longest))
+                     **load_options(engine, min(batch_size, len(prompts)), longest))
     stream = not as_json and len(methods) == 1 and len(prompts) == 1
     results = {}
     for m in methods:
@@ -326,8 +326,8 @@ def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_to
 
     import uvicorn
 
-    from .config import make_config
-    from .models import engine_options, load_model
+    from .methods import make_config
+    from .engines import load_model, load_options
     from .server import Settings, build
 
     defaults = parse_sets(sets)
@@ -347,7 +347,7 @@ def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_to
     if vllm_args:
         _fail("--vllm-arg needs --engine vllm")
     mdl = load_model(model, dtype=dtype, device=device, engine=engine,
-                     **engine_options(engine, max_batch, max_prompt_tokens + max_tokens))
+                     **load_options(engine, max_batch, max_tokens, prompt_room=max_prompt_tokens))
     settings = Settings(model_name=model, api_key=api_key or os.environ.get("SELAR_API_KEY"),
                         max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens,
                         default_max_tokens=min(1024, max_tokens), max_body_bytes=max_body_bytes,
@@ -455,8 +455,8 @@ def analyze_entropy(model, dataset, limit, out_dir, method, tau, sets, max_new_t
     from rich.progress import Progress
 
     from .analysis import entropy
-    from .config import make_config
-    from .models import load_model
+    from .methods import make_config
+    from .engines import load_model
 
     opts = {"max_new_tokens": max_new_tokens, **parse_sets(sets)}
     make_config(method, **opts)
@@ -497,7 +497,7 @@ def analyze_sweep(model, dataset, taus, ks, limit, samples, seed, sets, max_new_
     """
     from .analysis import sweep
     from .eval.datasets import get_dataset
-    from .models import load_model
+    from .engines import load_model
 
     get_dataset(dataset)
     try:
@@ -538,8 +538,8 @@ def analyze_logit_lens(model, prompts_file, dataset, limit, out_dir, push_weight
     Example: selar analyze logit-lens --prompts prompts.txt --out runs/lens
     """
     from .analysis import logit_lens
-    from .config import make_config
-    from .models import load_model
+    from .methods import make_config
+    from .engines import load_model
 
     if bool(prompts_file) == bool(dataset):
         _fail("give --prompts FILE or --dataset NAME")
@@ -699,7 +699,8 @@ def train_sft_cmd(model_name, data, eval_data, n_train, n_eval, max_steps, out_d
     import time
 
     _train_setup(threads)
-    from .models import load_model, resolve_device
+    from .devices import resolve_device
+    from .engines import load_model
     from .train import LatentReasoner, SFTConfig, evaluate, train_sft
     from .train.tiny import tiny_model, tiny_tokenizer
 
@@ -759,7 +760,7 @@ def train_rl_cmd(adapter, data, eval_data, n_train, n_eval, max_steps, out_dir, 
     import time
 
     _train_setup(threads)
-    from .models import resolve_device
+    from .devices import resolve_device
     from .train import LatentReasoner, RLConfig, evaluate, train_rl
 
     train, held = _train_data(data, n_train, n_eval, max_steps, seed, eval_data)

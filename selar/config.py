@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ConfigError
 
 SOFT_SCOPES = ("auto", "reasoning", "all")
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None,
@@ -21,8 +23,10 @@ def check_range(name: str, value: Any, lo: float | None = None, hi: float | None
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise ConfigError(f"{name} must be a number, got {value!r}")
-    if value != value:  # NaN
-        raise ConfigError(f"{name} must be a number, got NaN")
+    if isinstance(value, float) and not math.isfinite(value):  # NaN, inf
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise ConfigError(f"{name} is out of range (beyond 64 bits), got {value!r}")
     below = lo is not None and (value <= lo if lo_open else value < lo)
     above = hi is not None and value > hi
     if below or above:
@@ -47,7 +51,7 @@ class SamplingConfig:
     soft_scope: str = "auto"  # auto: "reasoning" for thinking models, "all" otherwise
 
     def __post_init__(self) -> None:
-        check_range("temperature", self.temperature, 0.0)
+        check_range("temperature", self.temperature, 0.0, 1e4)
         check_range("top_p", self.top_p, 0.0, 1.0, lo_open=True)
         check_range("top_k", self.top_k, 0, kind=int)
         check_range("min_p", self.min_p, 0.0, 1.0)
@@ -65,8 +69,17 @@ class SamplingConfig:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    def reasoning_only(self, thinking: bool) -> bool:
+        """Whether soft inputs stop at </think>: `soft_scope` resolved for a model that is
+        (`thinking`) or is not a thinking model ("auto": only thinking models have a reasoning phase)."""
+        return self.soft_scope == "reasoning" or (self.soft_scope == "auto" and thinking)
+
 
 SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingConfig))
+
+# Why a row ended: a stop id, its token budget, a stop string, the method (e.g. SwiR's answer
+# budget), a cancellation (client gone), or a fault while decoding it (the server's containment).
+FinishReason = Literal["stop", "length", "stop_string", "method", "cancelled", "error"]
 
 
 @dataclass
@@ -80,27 +93,6 @@ class GenerationConfig:
     def to_dict(self) -> dict:
         return {"method": self.method, "options": dataclasses.asdict(self.options),
                 "sampling": dataclasses.asdict(self.sampling)}
-
-
-def make_config(method: str = "selar", **kwargs: Any) -> GenerationConfig:
-    """Build a GenerationConfig from flat keyword options, e.g.
-    make_config("selar", tau=0.4, k=5, temperature=0). Unknown names are an error."""
-    from .methods import get_method_spec
-
-    spec = get_method_spec(method)
-    sampling_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in SAMPLING_FIELDS}
-    option_names = {f.name for f in dataclasses.fields(spec.options)}
-    unknown = sorted(set(kwargs) - option_names)
-    if unknown:
-        allowed = sorted(option_names | set(SAMPLING_FIELDS))
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for method {method!r}; "
-                          f"allowed: {', '.join(allowed)}")
-    try:
-        sampling = SamplingConfig(**sampling_kw)
-    except TypeError as e:  # pragma: no cover - guarded by the field check above
-        raise ConfigError(str(e)) from None
-    options = spec.options(**{**spec.preset, **kwargs})
-    return GenerationConfig(method=spec.name, options=options, sampling=sampling)
 
 
 def env_json(name: str) -> dict:

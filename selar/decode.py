@@ -7,27 +7,42 @@ batching in the server); `decode` runs one batch to the end."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from . import sampling
-from .config import SamplingConfig
-from .errors import ConfigError
+from .config import FinishReason, SamplingConfig
+from .errors import CapabilityError
 from .methods.base import Method, StepContext
 
-FINISH_REASONS = ("stop", "length", "stop_string", "method", "cancelled")
+# finish reasons as small integers inside the vectorised step, named outside it; when several
+# apply on one step, the later check wins: length, method, stop string, cancelled, stop id
+_CODE: dict[FinishReason, int] = {"length": 1, "stop_string": 2, "method": 3, "cancelled": 4, "stop": 0}
+_NAME: dict[int, FinishReason] = {c: n for n, c in _CODE.items()}
 
 
 @dataclass
 class RowOutput:
     id: int
     token_ids: list[int]
-    finish_reason: str
+    finish_reason: FinishReason
     soft: list[bool]
     entropy: list[float]
+
+
+def step_context(logits: Tensor, cfg: SamplingConfig, need: int, *, seeds: Tensor, steps: Tensor,
+                 reasoning: Tensor, limit: Tensor, hidden: Optional[Tensor] = None) -> StepContext:
+    """p_t on its candidates, the drawn token and what a method sees: the one place that turns a
+    step's logits into a `StepContext` (the decode loop and the vLLM plugin both call it)."""
+    ids, probs = sampling.candidates(logits, cfg, need)
+    drawn = logits.argmax(-1) if cfg.greedy else sampling.sample(ids, probs, seeds, steps)
+    return StepContext(logits=logits, cand_ids=ids, cand_probs=probs, sampled=drawn, reasoning=reasoning,
+                       step=steps, max_new_tokens=limit, temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+                       hidden=hidden)
 
 
 class DecodeSession:
@@ -48,8 +63,8 @@ class DecodeSession:
         self.need_hidden = bool(getattr(method, "needs_hidden", False))
         if self.need_hidden:
             if not getattr(engine, "supports_hidden", False):
-                raise ConfigError(f"method {method.name!r} feeds hidden states back, which the "
-                                  f"{type(engine).__name__} engine does not support; use the transformers engine")
+                raise CapabilityError(f"method {method.name!r} feeds hidden states back, which the "
+                                      f"{type(engine).__name__} engine does not support; use the transformers engine")
             engine.keep_hidden = True
         self.logits: Optional[Tensor] = None
         self.rows: dict[str, Tensor] = {}   # per-row tensors, pruned and joined together
@@ -98,16 +113,10 @@ class DecodeSession:
     @torch.no_grad()
     def step(self) -> list[RowOutput]:
         """Emit one token for every row; returns the rows that finished."""
-        cfg, r = self.cfg, self.rows
-        ids, probs = sampling.candidates(self.logits, cfg, self.need)
-        if cfg.greedy:
-            drawn = self.logits.argmax(-1)
-        else:
-            drawn = sampling.sample(ids, probs, r["seed"], r["step"])
-        ctx = StepContext(logits=self.logits, cand_ids=ids, cand_probs=probs, sampled=drawn,
-                          reasoning=r["reasoning"], step=r["step"], max_new_tokens=r["limit"],
-                          temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
-                          hidden=self.engine.hidden if self.need_hidden else None)
+        r = self.rows
+        ctx = step_context(self.logits, self.cfg, self.need, seeds=r["seed"], steps=r["step"],
+                           reasoning=r["reasoning"], limit=r["limit"],
+                           hidden=self.engine.hidden if self.need_hidden else None)
         out = self.method.step(ctx, self.state)
         self.state = out.state if out.state is not None else self.state
         tok, at = out.tokens, r["step"][:, None]
@@ -121,19 +130,19 @@ class DecodeSession:
             r["reasoning"] = r["reasoning"] & (tok != self.think_end)
         r["step"] = r["step"] + 1
 
-        code = torch.where(r["step"] >= r["limit"], 1, -1)
+        code = torch.where(r["step"] >= r["limit"], _CODE["length"], -1)
         if out.stop is not None:
-            code = torch.where(out.stop, 3, code)
+            code = torch.where(out.stop, _CODE["method"], code)
         if self.stop_check is not None:  # stop strings: a per-row check, only on rows that have them
             sel = r["check"].nonzero()[:, 0]
             if sel.numel():
                 hit = [self.stop_check(i, t[:n]) for i, t, n in
                        zip(r["id"][sel].tolist(), r["tokens"][sel].tolist(), r["step"][sel].tolist())]
-                code[sel] = torch.where(torch.tensor(hit, device=code.device), 2, code[sel])
+                code[sel] = torch.where(torch.tensor(hit, device=code.device), _CODE["stop_string"], code[sel])
         if self.cancelled:
             gone = torch.tensor([i in self.cancelled for i in r["id"].tolist()], device=code.device)
-            code = torch.where(gone, 4, code)
-        code = torch.where(torch.isin(tok, self.stop_ids), 0, code)
+            code = torch.where(gone, _CODE["cancelled"], code)
+        code = torch.where(torch.isin(tok, self.stop_ids), _CODE["stop"], code)
         done = code >= 0
         finished: list[RowOutput] = []
         if bool(done.any()):  # one host sync per step, and a cache copy only on these steps
@@ -160,7 +169,7 @@ class DecodeSession:
         out = []
         for j, (rid, c) in enumerate(zip(r["id"][idx].tolist(), code[idx].tolist())):
             self.cancelled.discard(rid)
-            out.append(RowOutput(rid, toks[j][: n[j]], FINISH_REASONS[c], soft[j][: n[j]], ent[j][: n[j]]))
+            out.append(RowOutput(rid, toks[j][: n[j]], _NAME[c], soft[j][: n[j]], ent[j][: n[j]]))
         return out
 
 
@@ -188,6 +197,21 @@ def run_to_end(session: DecodeSession, prompts: Sequence[Sequence[int]], seeds: 
         for row in session.step():
             results[row.id] = row
     return [results[i] for i in range(len(prompts))]
+
+
+def run_continuous(session: DecodeSession, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
+                   batch_size: int) -> Iterator[RowOutput]:
+    """Continuous batching: decode these prompts with at most `batch_size` rows at once, a finished
+    row replaced by the next prompt at once. Yields rows as they finish (`row.id` is the prompt's
+    index). Rows are seeded alone, so results do not depend on the schedule (up to the batch-size
+    dependence of reduced-precision kernels; none in float32)."""
+    queue = deque(range(len(prompts)))
+    while queue or session.size:
+        free = min(batch_size - session.size, len(queue))
+        if free > 0:
+            ids = [queue.popleft() for _ in range(free)]
+            session.add([prompts[i] for i in ids], ids, [seeds[i] for i in ids])
+        yield from session.step()
 
 
 def decode(engine, prompts: Sequence[Sequence[int]], method: Method, cfg: SamplingConfig, *,

@@ -9,8 +9,17 @@ class ConfigError(SelarError, ValueError):
     """An option is out of range or unknown; the message says what is allowed."""
 
 
+class CapabilityError(ConfigError):
+    """A method needs something the engine cannot do (an input kind, streaming, the logit lens)."""
+
+
 class PromptError(SelarError, ValueError):
     """A prompt is empty or does not fit in the model's context."""
+
+
+class CapacityError(SelarError, RuntimeError):
+    """A runtime capacity limit was reached (rows, KV slots, context): retry later or load the model
+    with more room. Not a configuration mistake, so servers answer it with 503/507, not 400."""
 
 
 class ModelLoadError(SelarError):

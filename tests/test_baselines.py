@@ -33,7 +33,7 @@ def test_soft_thinking_end_on_top1_think_end():
 def test_soft_thinking_min_p_and_max_topk():
     z = torch.full((V,), -30.0)
     z[:12] = torch.linspace(0, -5, 12)  # 12 candidates, decreasing
-    m = SoftThinking(SoftThinkingOptions(max_topk=5, min_p=0.1, cold_stop=False), vocab(V, THINK, END))
+    m = SoftThinking(SoftThinkingOptions(max_topk=5, mix_min_p=0.1, cold_stop=False), vocab(V, THINK, END))
     (row,), eng = run(m, seq(z, z), think_end=END)
     mix = eng.fed[0][1]
     p = torch.softmax(z, -1)[:5]

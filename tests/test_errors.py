@@ -74,10 +74,10 @@ def test_cli_errors_are_one_sentence(args, match):
 
 
 def test_unreachable_hub_fails_fast(monkeypatch, tmp_path):
-    import selar.models as models
+    import selar.hub as hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(selar.OfflineError, match="cannot reach the Hugging Face hub"):
         selar.load_model("Qwen/Qwen3-8B")

@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("llama_cpp", reason="the llama.cpp engine needs llama-cpp-python (pip install 'selar[llamacpp]')")
 
 import selar  # noqa: E402
-from selar.errors import ConfigError, ModelLoadError  # noqa: E402
+from selar.errors import CapacityError, ConfigError, ModelLoadError  # noqa: E402
 from selar.methods.base import Mixture  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ def test_sessions_share_one_context(cpp):
     """Two sessions stepped in turn (as in the server) give what each gives alone; sequences of
     an engine dropped without a reset are reclaimed."""
     from selar.api import new_session
-    from selar.config import make_config
+    from selar.methods import make_config
 
     alone = {m: selar.generate(cpp, PROMPTS[:2], m, temperature=0, max_new_tokens=24, batch_size=2)
              for m in ("cot", "selar")}
@@ -135,7 +135,7 @@ def test_sessions_share_one_context(cpp):
 
     eng = cpp.make_engine()
     eng.add([[1, 2, 3]] * 4)
-    with pytest.raises(ConfigError, match="at most 4 rows"):
+    with pytest.raises(CapacityError, match="at most 4 rows"):
         cpp.make_engine().add([[1, 2]])
     del eng
     assert selar.generate(cpp, PROMPTS, "cot", temperature=0, max_new_tokens=4, batch_size=4)
@@ -153,7 +153,7 @@ def test_errors(cpp, tmp_path):
     with pytest.raises(ModelLoadError):
         selar.load_model(str(bad), engine="llamacpp")
     with pytest.raises(ConfigError, match="transformers engine"):
-        cpp.require_transformers("the logit lens")
+        cpp.require("logit_lens", "the logit lens")
     with pytest.raises(Exception, match="transformers engine|hidden|adaptive-latent"):
         selar.generate(cpp, ["hi"], "adaptive-latent", max_new_tokens=4)
     long = list(range(100, 1200))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import selar
-from selar.config import make_config
+from selar.methods import make_config
 from selar.decode import DecodeSession
 from selar.engines import TransformersEngine
 from selar.methods import get_method_spec

@@ -82,7 +82,7 @@ def agreement(model_a, model_b, prompts: list[str], method: str = "selar", max_n
               batch_size: int = 8, **options) -> Agreement:
     """Agreement of `model_b`'s engine with `model_a`'s (the reference) on `method`, greedy."""
     from ..api import format_prompt, generate, new_session
-    from ..config import make_config
+    from ..methods import make_config
     from ..decode import run_to_end
 
     opts = dict(options, temperature=0.0, max_new_tokens=max_new_tokens)

@@ -15,7 +15,7 @@ def collect(model, prompts: list[str], method: str = "cot", batch_size: int = 8,
     """Per prompt, the traced entropy of every step (the method's `k`, 3 by default), decoded
     with continuous batching (a finished row is replaced by the next prompt at once)."""
     from ..api import format_prompt, new_session
-    from ..config import make_config
+    from ..methods import make_config
 
     cfg = make_config(method, **options)
     session = new_session(model, cfg)

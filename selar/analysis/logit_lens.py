@@ -75,8 +75,8 @@ class LensEngine(TransformersEngine):
 
 def collect(model, prompts: list[str], push_weight: float, batch_size: int = 8, **options) -> list[dict]:
     """Lens records of every soft step of SeLaR with the given push weight."""
-    model.require_transformers("the logit lens")
-    from ..config import make_config
+    model.require("logit_lens", "the logit lens")
+    from ..methods import make_config
     from ..decode import decode
     from ..api import format_prompt
     from ..methods import get_method_spec

@@ -1,14 +1,9 @@
-"""Engines run the model: prefill rows (which may join a running batch), then take one step per
-call from each row's next input (a `Mixture` of token embeddings), and drop finished rows.
+"""Engines run the model. `base` holds the contract (Model, Capabilities, Engine), `registry` the
+known engines and `load_model`; each engine is a package of its own, imported when used."""
 
-    class Engine(Protocol):
-        vocab_size: int
-        def add(self, prompts: list[list[int]]) -> Tensor: ...  # prefill rows, append them; their logits
-        def step(self, inputs: Mixture) -> Tensor: ...          # (B, V) float32 logits of all rows
-        def select(self, keep: Tensor) -> None: ...             # keep these rows
-        def reset(self) -> None: ...                            # drop every row
-"""
+from .base import Capabilities, Engine, Model
+from .registry import ENGINES, EngineSpec, get_engine, load_model, load_options, register_engine
+from .transformers import TransformersEngine, TransformersModel, wrap
 
-from .transformers import TransformersEngine
-
-__all__ = ["TransformersEngine"]
+__all__ = ["Capabilities", "Engine", "Model", "ENGINES", "EngineSpec", "get_engine", "load_model", "load_options",
+           "register_engine", "TransformersEngine", "TransformersModel", "wrap"]

@@ -22,9 +22,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
-from ..config import SAMPLING_FIELDS, make_config
+from ..config import SAMPLING_FIELDS
 from ..errors import ConfigError, SelarError
-from ..methods import get_method_spec
+from ..methods import get_method_spec, make_config
 from . import datasets as ds
 from .grading import grade
 
@@ -54,10 +54,9 @@ class EvalConfig:
     schedule: str = "fixed"  # "fixed" batches (bit-identical resume) or "continuous" batching (faster)
 
     def __post_init__(self) -> None:
-        from ..models import ENGINES
+        from ..engines import get_engine
 
-        if self.engine not in ENGINES:
-            raise ConfigError(f"unknown engine {self.engine!r}; known engines: {', '.join(ENGINES)}")
+        get_engine(self.engine)
         if self.schedule not in ("fixed", "continuous"):
             raise ConfigError(f"schedule must be fixed or continuous, got {self.schedule!r}")
         if not self.datasets and not self.data:
@@ -223,7 +222,7 @@ def prepare_dir(out: Path, cfg: EvalConfig, resume: bool, force: bool) -> tuple[
 def run_eval(cfg: EvalConfig, out_dir: str, resume: bool = False, force: bool = False, model=None,
              progress: bool = True) -> Path:
     """Run (or continue) an evaluation; returns the results file."""
-    from ..models import engine_options, load_model
+    from ..engines import load_model, load_options
 
     out = Path(out_dir)
     run_json, results_path = prepare_dir(out, cfg, resume, force)
@@ -232,7 +231,7 @@ def run_eval(cfg: EvalConfig, out_dir: str, resume: bool = False, force: bool = 
     if model is None:
         longest = max(cfg.method_options(d, m).get("max_new_tokens", 1024) for d in problems for m in cfg.methods)
         model = load_model(cfg.model, dtype=cfg.dtype, engine=cfg.engine,
-                           **engine_options(cfg.engine, cfg.batch_size, longest + 2048))
+                           **load_options(cfg.engine, cfg.batch_size, longest))
     meta = {"config": dataclasses.asdict(cfg), "fingerprint": cfg.results_fingerprint(),
             "model": {"name": cfg.model, "source": model.source, "engine": model.engine, "dtype": str(model.dtype),
                       "device": str(model.device), "thinking": model.is_thinking},
@@ -267,7 +266,7 @@ def run_eval(cfg: EvalConfig, out_dir: str, resume: bool = False, force: bool = 
                                     "seconds": round(seconds, 3)}) + "\n")
             tim_f.flush()
 
-        if cfg.schedule == "fixed" or model.engine == "vllm":  # vLLM batches continuously itself
+        if cfg.schedule == "fixed" or not model.capabilities.stepwise:  # an engine with its own scheduler
             _run_fixed(cfg, model, problems, done, record, timing, prog)
         else:
             _run_continuous(cfg, model, problems, done, record, timing, prog)
@@ -299,8 +298,7 @@ def _run_continuous(cfg, model, problems, done, record, timing, prog) -> None:
     dependence of reduced-precision kernels (none in float32)."""
     from collections import deque
 
-    from ..api import format_prompt, make_result, new_session
-    from ..config import make_config
+    from ..api import format_prompt, make_result
 
     for name, probs in problems.items():
         for method in cfg.methods:
@@ -308,7 +306,7 @@ def _run_continuous(cfg, model, problems, done, record, timing, prog) -> None:
             if not items:
                 continue
             gcfg = make_config(method, **cfg.method_options(name, method))
-            session = new_session(model, gcfg)
+            session = model.new_session(gcfg)
             queue = deque(range(len(items)))
             t0, tokens = time.perf_counter(), 0
             while queue or session.size:

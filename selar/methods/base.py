@@ -18,6 +18,10 @@ import torch
 from torch import Tensor
 
 
+# what an engine may be asked to feed as a row's next input (MethodSpec.inputs, Capabilities.inputs)
+INPUT_KINDS = ("token", "sparse", "dense", "hidden")
+
+
 @dataclass
 class Mixture:
     """Next input of each row: `sum_j weights[b, j] * E(ids[b, j])` when sparse (`ids` given,

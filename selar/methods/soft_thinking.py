@@ -1,6 +1,6 @@
 """Soft Thinking (Zhang et al. 2025): every reasoning step is soft.
 
-p_t (temperature, top-k, top-p) -> min-p relative to the top probability -> the `max_topk`
+p_t (temperature, top-k, top-p) -> `mix_min_p` relative to the top probability -> the `max_topk`
 most probable, renormalised; feed sum p E(v); the recorded token is the top-1. Reasoning ends
 when that top-1 is </think>, or by the "cold stop": the entropy of the full tempered
 distribution stays below `cold_stop_entropy` for `patience` consecutive steps, which injects
@@ -20,14 +20,14 @@ from .base import StepContext, StepOutput, VocabInfo, full_entropy, token_or_mix
 @dataclass
 class SoftThinkingOptions:
     max_topk: int = 10
-    min_p: float = 0.001
+    mix_min_p: float = 0.001  # min-p of the mixture, relative to its top probability
     cold_stop: bool = True
     cold_stop_entropy: float = 0.01
     patience: int = 256
 
     def __post_init__(self) -> None:
         check_range("max_topk", self.max_topk, 1, kind=int)
-        check_range("min_p", self.min_p, 0.0, 1.0)
+        check_range("mix_min_p", self.mix_min_p, 0.0, 1.0)
         check_range("cold_stop_entropy", self.cold_stop_entropy, 0.0)
         check_range("patience", self.patience, 1, kind=int)
 
@@ -47,7 +47,7 @@ class SoftThinking:
         o = self.o
         p = ctx.cand_probs[:, : o.max_topk]
         ids = ctx.cand_ids[:, : o.max_topk]
-        p = torch.where(p >= o.min_p * p[:, :1], p, torch.zeros_like(p))
+        p = torch.where(p >= o.mix_min_p * p[:, :1], p, torch.zeros_like(p))
         p = p / p.sum(-1, keepdim=True)
         top1 = ids[:, 0]
         r = ctx.reasoning

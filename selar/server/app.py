@@ -18,10 +18,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..config import SAMPLING_FIELDS, make_config
+from ..config import SAMPLING_FIELDS
 from ..errors import SelarError
-from ..methods import METHODS
-from ..api import cut_at_stop
+from ..methods import METHODS, make_config
+from ..text import cut_at_stop
 from .scheduler import Job, QueueFull, Scheduler
 
 # fields OpenAI clients send that we accept and ignore

@@ -16,7 +16,6 @@ from typing import Callable, Optional
 
 import torch
 
-from ..api import new_session
 from ..config import GenerationConfig
 from ..decode import DecodeSession, RowOutput
 
@@ -85,7 +84,7 @@ class Scheduler:
     def _session(self, job: Job) -> DecodeSession:
         key = job.group_key()
         if key not in self.sessions:
-            self.sessions[key] = new_session(self.model, job.config, on_step=self._on_step, stop_check=self._stop_check)
+            self.sessions[key] = self.model.new_session(job.config, on_step=self._on_step, stop_check=self._stop_check)
         return self.sessions[key]
 
     def _stop_check(self, job_id: int, ids: list[int]) -> bool:

@@ -115,7 +115,7 @@ def load_gsm8k_aug(split: str = "train", limit: Optional[int] = None) -> list[Ex
     except ImportError:
         raise ConfigError("GSM8K-Aug comes from the Hugging Face hub: pip install 'selar[hub]' "
                           "(and internet), or give a question/steps/answer JSONL file") from None
-    from ..models import _hub_offline, _hub_reachable
+    from ..hub import hub_offline as _hub_offline, hub_reachable as _hub_reachable
 
     try:
         ds = datasets.load_dataset(GSM8K_AUG, split=split)

@@ -283,7 +283,7 @@ class LatentReasoner(nn.Module):
         if cfg.lora:
             from peft import PeftModel
 
-            from ..models import load_model
+            from ..engines import load_model
 
             base = load_model(cfg.base, dtype=dtype, device=device).hf_model
             _resize(base, len(tok))
@@ -304,7 +304,7 @@ class LatentReasoner(nn.Module):
     def to_selar_model(self, merge: bool = True, name: str = "latent"):
         """A `selar.Model` for the core decode path (method="adaptive-latent"): the LoRA merged
         into the base weights, the heads attached as `hf_model.selar_latent`."""
-        from ..models import wrap
+        from ..engines import wrap
 
         lm = self.lm
         if self.config.lora and merge:

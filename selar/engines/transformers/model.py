@@ -1,0 +1,134 @@
+"""Models on the transformers engine: loading (catalog, folder, GGUF file, hub id) and wrapping
+an already loaded model."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import torch
+
+from ... import catalog, hub
+from ...devices import resolve_device, resolve_dtype
+from ...errors import ConfigError, ModelLoadError, OfflineError
+from ...sources import import_string, resolve
+from ..base import Model
+from .engine import TransformersEngine
+
+
+class TransformersModel(Model):
+    """A transformers causal LM (`hf_model`) and its tokenizer."""
+
+    engine = "transformers"
+
+    def __init__(self, hf_model: Any, tokenizer: Any, name: str, source: str, load_seconds: float = 0.0,
+                 info: Optional[dict] = None):
+        from .. import registry
+
+        self.capabilities = registry.get_engine("transformers").capabilities
+        self.hf_model = hf_model
+        cfg = getattr(hf_model, "generation_config", None)
+        eos = getattr(cfg, "eos_token_id", None)
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        stop = [eos] if isinstance(eos, int) else list(eos or [])
+        super().__init__(tokenizer, name=name, source=source,
+                         vocab_size=int(hf_model.get_input_embeddings().weight.shape[0]), stop_ids=stop,
+                         max_positions=getattr(hf_model.config, "max_position_embeddings", None),
+                         load_seconds=load_seconds, info=info)
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf_model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hf_model.get_input_embeddings().weight.dtype
+
+    def latent_heads(self) -> Any:
+        return getattr(self.hf_model, "selar_latent", None)
+
+    def make_engine(self) -> TransformersEngine:
+        return TransformersEngine(self.hf_model, pad_id=self.pad_id)
+
+
+def from_pretrained(path: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool,
+                    gguf_file: Optional[str] = None, local_only: bool = True) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw: dict[str, Any] = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+    model.to(device).eval()
+    return model, tok
+
+
+def load(name: str, *, dtype: Any = "auto", device: str = "auto", trust_remote_code: bool = False,
+         **options: Any) -> Model:
+    """Load a catalog model, folder, GGUF file or hub id with transformers."""
+    if options:
+        raise ConfigError(f"the transformers engine takes no options {sorted(options)}")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    t0 = time.perf_counter()
+    src = resolve(name)
+    if src.loader is not None:  # a registered folder kind, e.g. a `selar train` adapter
+        loaded: Model = import_string(src.loader)(src.path, dtype=dt, device=str(dev))
+        return loaded
+    try:
+        if src.kind == "catalog":
+            if not catalog.is_pulled(catalog.CATALOG[name]):
+                print(f"selar: {name} is not pulled yet; pulling it now (once)", flush=True)
+            model, tok = from_pretrained(str(catalog.pull(name)), dt, dev, trust_remote_code)
+        elif src.kind == "folder":
+            assert src.path is not None
+            if not (src.path / "config.json").is_file():
+                raise ModelLoadError(f"{src.path} has no config.json, so it is not a transformers model folder")
+            model, tok = from_pretrained(str(src.path), dt, dev, trust_remote_code)
+        elif src.kind == "gguf":
+            assert src.path is not None
+            model, tok = from_pretrained(str(src.path.parent), dt, dev, trust_remote_code, gguf_file=src.path.name)
+        else:
+            model, tok = _load_hub(name, dt, dev, trust_remote_code)
+    except (ModelLoadError, ConfigError):
+        raise
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load {name}: {msg}") from e
+    return TransformersModel(model, tok, name=name, source=src.kind, load_seconds=time.perf_counter() - t0)
+
+
+def _load_hub(name: str, dt: torch.dtype, dev: torch.device, trust_remote_code: bool) -> tuple[Any, Any]:
+    try:  # a model already in the local hub cache works offline
+        return from_pretrained(name, dt, dev, trust_remote_code, local_only=True)
+    except OSError:
+        pass
+    hub.require_hub(name)
+    try:
+        return from_pretrained(name, dt, dev, trust_remote_code, local_only=False)
+    except OSError as e:
+        text = str(e)
+        if any(s in text for s in ("connect", "Connection", "resolve", "offline", "Max retries", "timed out")):
+            raise OfflineError(f"cannot reach the Hugging Face hub to download {name}; use a catalog model "
+                                   f"(`selar models list`), a folder or a GGUF file") from None
+        raise ModelLoadError(f"could not load {name} from the hub: {text.strip().splitlines()[0]}") from None
+
+
+def wrap(hf_model: Any, tokenizer: Any, name: str = "model") -> TransformersModel:
+    """Use an already loaded transformers model and tokenizer."""
+    return TransformersModel(hf_model, tokenizer, name=name, source="object")
+
+
+class _Entry:
+    """The transformers engine's registry entry."""
+
+    load = staticmethod(load)
+
+    @staticmethod
+    def sizing(rows: int, positions: int) -> dict:
+        return {}  # the KV cache grows as needed
+
+
+ENTRY = _Entry()
