@@ -102,7 +102,7 @@ def run(model, prompts: list[str], out_dir: str, method: str = "cot", tau: float
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seqs = collect(model, prompts, method, batch_size, progress, **options)
-    summary = summarize(seqs)
+    summary = summarize(seqs, taus=tuple(sorted(set(TAUS) | {tau})))  # the plot marks `tau`, whatever it is
     (out / "entropy.json").write_text(json.dumps({"summary": summary, "sequences": seqs}))
     summary["plot"] = str(plot(summary, out, tau))
     return summary

@@ -71,6 +71,9 @@ class LlamaCppModel(Model):
                          max_positions=self.context, load_seconds=time.perf_counter() - t0)
         self._ctx = None
         self._owners: dict[int, weakref.ref] = {}  # llama.cpp sequence -> the engine using it
+        self.info["serve_notes"] = [
+            f"llama.cpp holds {self.max_rows} sequences of {self.context} positions (KV cache allocated up front; "
+            f"lower --max-batch, --max-prompt-tokens or --max-tokens to shrink it)"]
 
     def close(self) -> None:
         """Free the llama.cpp context and model now (otherwise when the model is collected)."""

@@ -680,6 +680,12 @@ class _Entry:
     """The vLLM engine's registry entry."""
 
     @staticmethod
+    def serve(model: str, **kw) -> None:
+        from .launch import serve
+
+        serve(model, **kw)
+
+    @staticmethod
     def load(name: str, *, dtype="auto", device: str = "auto", trust_remote_code: bool = False, **options):
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigError("vLLM places the model itself; give device auto (tensor_parallel_size=N for GPUs)")
