@@ -19,9 +19,10 @@ from torch import Tensor
 
 from ..config import GenerationConfig
 from ..decode import DecodeSession, RowOutput, run_to_end
-from ..errors import CapabilityError
+from ..errors import CapabilityError, ConfigError
 from ..methods import get_method_spec
 from ..methods.base import Mixture, VocabInfo
+from ..sources import import_string
 from ..text import stop_checker
 
 THINK_TOKENS = ("<think>", "</think>")
@@ -37,14 +38,50 @@ class Capabilities:
     logit_lens: bool = False  # every layer's hidden states (selar analyze logit-lens)
 
 
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    entry: str                 # "module:attr" of an object with load(name, *, dtype, device, trust_remote_code,
+                               # **options) -> Model and sizing(rows, positions) -> dict of load options;
+                               # engines that are not step-wise also give serve(...)
+    capabilities: Capabilities
+    help: str = ""
+    install: str = ""          # how to get its library, for error messages
+
+    def load(self) -> Any:
+        return import_string(self.entry)
+
+
+ENGINES: dict[str, EngineSpec] = {}
+
+
+def register_engine(spec: EngineSpec, *, replace: bool = False) -> EngineSpec:
+    if spec.name in ENGINES and not replace:
+        raise ConfigError(f"an engine named {spec.name!r} is already registered (pass replace=True to replace it)")
+    ENGINES[spec.name] = spec
+    return spec
+
+
+def get_engine(name: str) -> EngineSpec:
+    try:
+        return ENGINES[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown engine {name!r}; known engines: {', '.join(ENGINES)}") from None
+
+
+def engines_with(capability: str, kinds: Optional[list] = None) -> list[str]:
+    """Names of the engines that have a capability (or, for "inputs", feed all these kinds)."""
+    if capability == "inputs":
+        return [n for n, s in ENGINES.items() if set(kinds or ()) <= s.capabilities.inputs]
+    return [n for n, s in ENGINES.items() if getattr(s.capabilities, capability)]
+
+
 def refuse_method(engine: str, capabilities: Capabilities, method: str) -> None:
     """Raise CapabilityError, naming what is missing and where it runs, when `method` feeds an input
     kind that `engine` (with these capabilities) cannot feed."""
     spec = get_method_spec(method)
     missing = sorted(spec.inputs - capabilities.inputs)
     if missing:
-        from .registry import engines_with
-
         able = engines_with("inputs", missing)
         where = f"only the {able[0]} engine can" if len(able) == 1 else f"use the {' or '.join(able)} engine"
         kinds = " and ".join(KIND_NAMES[k] for k in missing)
@@ -101,8 +138,6 @@ class Model:
     def require(self, capability: str, what: str) -> None:
         """Raise CapabilityError unless this engine has `capability` (a Capabilities flag)."""
         if not getattr(self.capabilities, capability):
-            from .registry import engines_with
-
             raise CapabilityError(f"{what} needs {capability.replace('_', ' ')}, which the {self.engine} engine "
                                   f"does not have; use the {' or '.join(engines_with(capability))} engine")
 

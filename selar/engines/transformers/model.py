@@ -12,7 +12,7 @@ from ... import catalog, hub
 from ...devices import resolve_device, resolve_dtype
 from ...errors import ConfigError, ModelLoadError, OfflineError
 from ...sources import import_string, resolve
-from ..base import Model
+from ..base import Model, get_engine
 from .engine import TransformersEngine
 
 
@@ -23,9 +23,7 @@ class TransformersModel(Model):
 
     def __init__(self, hf_model: Any, tokenizer: Any, name: str, source: str, load_seconds: float = 0.0,
                  info: Optional[dict] = None):
-        from .. import registry
-
-        self.capabilities = registry.get_engine("transformers").capabilities
+        self.capabilities = get_engine("transformers").capabilities
         self.hf_model = hf_model
         cfg = getattr(hf_model, "generation_config", None)
         eos = getattr(cfg, "eos_token_id", None)

@@ -42,7 +42,7 @@ from ...devices import dtype_name
 from ...errors import ConfigError
 from ...methods import get_method_spec, make_config
 from ...methods.base import VocabInfo
-from ..base import Model, refuse_method
+from ..base import Model, get_engine, refuse_method
 
 PREFIX = "selar_"
 # vLLM model classes that get a soft-input subclass: name -> module
@@ -57,8 +57,6 @@ MAX_GROUPS = 32  # distinct method/sampling configurations kept at once
 
 
 def _capabilities():
-    from ..registry import get_engine
-
     return get_engine("vllm").capabilities
 
 
@@ -534,9 +532,7 @@ class VLLMModel(Model):
     engine = "vllm"
 
     def __init__(self, llm, folder: str, name: str, arch: str, load_seconds: float, info: dict):
-        from .. import registry
-
-        self.capabilities = registry.get_engine("vllm").capabilities
+        self.capabilities = get_engine("vllm").capabilities
         self.llm, self.folder, self.arch = llm, folder, arch
         tok = _tokenizer(folder)
         mc = llm.llm_engine.model_config
