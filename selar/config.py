@@ -12,12 +12,15 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-SOFT_SCOPES = ("auto", "reasoning", "all")
+SOFT_SCOPES = ("auto", "reasoning", "guarded", "all")
+# soft_scope "guarded": once a row's text holds one of these, its later steps are plain tokens
+ANSWER_MARKERS = ("\\boxed", "answer is", "Answer:", "answer:")
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
-def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None,
-                kind: type = float, lo_open: bool = False) -> None:
+def check_range(
+    name: str, value: Any, lo: float | None = None, hi: float | None = None, kind: type = float, lo_open: bool = False
+) -> None:
     """Raise ConfigError unless lo <= value <= hi (lo < value when lo_open)."""
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{name} must be an integer, got {value!r}")
@@ -48,7 +51,8 @@ class SamplingConfig:
     max_new_tokens: int = 1024
     seed: int = 0
     stop: tuple[str, ...] = ()
-    soft_scope: str = "auto"  # auto: "reasoning" for thinking models, "all" otherwise
+    soft_scope: str = "auto"  # auto: "reasoning" for thinking models, "all" otherwise; or "guarded"
+    answer_markers: tuple[str, ...] = ANSWER_MARKERS  # where soft_scope "guarded" ends the soft scope
 
     def __post_init__(self) -> None:
         check_range("temperature", self.temperature, 0.0, 1e4)
@@ -62,6 +66,11 @@ class SamplingConfig:
         self.stop = tuple(self.stop)
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ConfigError("stop strings must be non-empty strings")
+        if isinstance(self.answer_markers, str):
+            self.answer_markers = (self.answer_markers,)
+        self.answer_markers = tuple(self.answer_markers)
+        if not self.answer_markers or any(not isinstance(s, str) or not s for s in self.answer_markers):
+            raise ConfigError("answer_markers must be one or more non-empty strings")
         if self.soft_scope not in SOFT_SCOPES:
             raise ConfigError(f"soft_scope must be one of {', '.join(SOFT_SCOPES)}, got {self.soft_scope!r}")
 
@@ -72,7 +81,13 @@ class SamplingConfig:
     def reasoning_only(self, thinking: bool) -> bool:
         """Whether soft inputs stop at </think>: `soft_scope` resolved for a model that is
         (`thinking`) or is not a thinking model ("auto": only thinking models have a reasoning phase)."""
-        return self.soft_scope == "reasoning" or (self.soft_scope == "auto" and thinking)
+        return self.soft_scope in ("reasoning", "guarded") or (self.soft_scope == "auto" and thinking)
+
+    @property
+    def guarded(self) -> bool:
+        """Soft inputs also stop once the row writes an answer marker (`answer_markers`): the
+        answer of a model without </think> is written with plain tokens."""
+        return self.soft_scope == "guarded"
 
 
 SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingConfig))
@@ -91,8 +106,11 @@ class GenerationConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "options": dataclasses.asdict(self.options),
-                "sampling": dataclasses.asdict(self.sampling)}
+        return {
+            "method": self.method,
+            "options": dataclasses.asdict(self.options),
+            "sampling": dataclasses.asdict(self.sampling),
+        }
 
 
 def env_json(name: str) -> dict:

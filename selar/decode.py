@@ -8,8 +8,9 @@ batching in the server); `decode` runs one batch to the end."""
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -17,7 +18,7 @@ from torch import Tensor
 from . import sampling
 from .config import FinishReason, SamplingConfig
 from .errors import CapabilityError
-from .methods.base import Method, StepContext
+from .methods.base import Method, Mixture, StepContext, StepOutput
 
 # finish reasons as small integers inside the vectorised step, named outside it; when several
 # apply on one step, the later check wins: length, method, stop string, cancelled, stop id
@@ -34,28 +35,57 @@ class RowOutput:
     entropy: list[float]
 
 
-def step_context(logits: Tensor, cfg: SamplingConfig, need: int, *, seeds: Tensor, steps: Tensor,
-                 reasoning: Tensor, limit: Tensor, hidden: Optional[Tensor] = None) -> StepContext:
+def step_context(
+    logits: Tensor,
+    cfg: SamplingConfig,
+    need: int,
+    *,
+    seeds: Tensor,
+    steps: Tensor,
+    reasoning: Tensor,
+    limit: Tensor,
+    hidden: Optional[Tensor] = None,
+) -> StepContext:
     """p_t on its candidates, the drawn token and what a method sees: the one place that turns a
     step's logits into a `StepContext` (the decode loop and the vLLM plugin both call it)."""
     ids, probs = sampling.candidates(logits, cfg, need)
     drawn = logits.argmax(-1) if cfg.greedy else sampling.sample(ids, probs, seeds, steps)
-    return StepContext(logits=logits, cand_ids=ids, cand_probs=probs, sampled=drawn, reasoning=reasoning,
-                       step=steps, max_new_tokens=limit, temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
-                       hidden=hidden)
+    return StepContext(
+        logits=logits,
+        cand_ids=ids,
+        cand_probs=probs,
+        sampled=drawn,
+        reasoning=reasoning,
+        step=steps,
+        max_new_tokens=limit,
+        temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+        hidden=hidden,
+    )
 
 
 class DecodeSession:
     """Rows decoding together with one method and one sampling config.
 
     `stop_check(row_id, tokens) -> bool` (optional) implements stop strings;
-    `on_step(row_ids, tokens, soft)` is called every step with the rows' ids."""
+    `on_step(row_ids, tokens, soft)` is called every step with the rows' ids;
+    `answer_guard` (optional) ends a row's soft scope at its first answer marker."""
 
-    def __init__(self, engine, method: Method, cfg: SamplingConfig, *, stop_ids: Sequence[int],
-                 think_end: Optional[int], reasoning_scope: bool, max_positions: Optional[int] = None,
-                 stop_check: Optional[Callable[[int, list[int]], bool]] = None,
-                 on_step: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None):
+    def __init__(
+        self,
+        engine,
+        method: Method,
+        cfg: SamplingConfig,
+        *,
+        stop_ids: Sequence[int],
+        think_end: Optional[int],
+        reasoning_scope: bool,
+        max_positions: Optional[int] = None,
+        stop_check: Optional[Callable[[int, list[int]], bool]] = None,
+        on_step: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None,
+        answer_guard: Optional[AnswerGuard] = None,
+    ):
         self.engine, self.method, self.cfg = engine, method, cfg
+        self.guard = answer_guard
         self.think_end = think_end if reasoning_scope else None
         self.max_positions, self.stop_check, self.on_step = max_positions, stop_check, on_step
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
@@ -63,11 +93,13 @@ class DecodeSession:
         self.need_hidden = bool(getattr(method, "needs_hidden", False))
         if self.need_hidden:
             if not getattr(engine, "supports_hidden", False):
-                raise CapabilityError(f"method {method.name!r} feeds hidden states back, which the "
-                                      f"{type(engine).__name__} engine does not support; use the transformers engine")
+                raise CapabilityError(
+                    f"method {method.name!r} feeds hidden states back, which the "
+                    f"{type(engine).__name__} engine does not support; use the transformers engine"
+                )
             engine.keep_hidden = True
         self.logits: Optional[Tensor] = None
-        self.rows: dict[str, Tensor] = {}   # per-row tensors, pruned and joined together
+        self.rows: dict[str, Tensor] = {}  # per-row tensors, pruned and joined together
         self.state: dict[str, Tensor] = {}  # the method's per-row state, likewise
         self.cancelled: set[int] = set()
 
@@ -75,8 +107,14 @@ class DecodeSession:
     def size(self) -> int:
         return 0 if self.logits is None else self.logits.shape[0]
 
-    def add(self, prompts: Sequence[Sequence[int]], ids: Sequence[int], seeds: Sequence[int],
-            max_new_tokens: Optional[Sequence[int]] = None, check_stops: Optional[Sequence[bool]] = None) -> None:
+    def add(
+        self,
+        prompts: Sequence[Sequence[int]],
+        ids: Sequence[int],
+        seeds: Sequence[int],
+        max_new_tokens: Optional[Sequence[int]] = None,
+        check_stops: Optional[Sequence[bool]] = None,
+    ) -> None:
         """Prefill new rows; they take part from the next step on. `check_stops[i]`: run
         `stop_check` on row i (default: every row, when the session has a stop_check)."""
         logits = self.engine.add([list(p) for p in prompts])
@@ -92,8 +130,11 @@ class DecodeSession:
             "limit": torch.tensor(limit, dtype=torch.long, device=dev),
             "step": torch.zeros(n, dtype=torch.long, device=dev),
             "reasoning": torch.ones(n, dtype=torch.bool, device=dev),
-            "check": torch.tensor(list(check_stops) if check_stops is not None else [self.stop_check is not None] * n,
-                                  dtype=torch.bool, device=dev),
+            "check": torch.tensor(
+                list(check_stops) if check_stops is not None else [self.stop_check is not None] * n,
+                dtype=torch.bool,
+                device=dev,
+            ),
             "tokens": torch.full((n, width), -1, dtype=torch.long, device=dev),
             "soft": torch.zeros((n, width), dtype=torch.bool, device=dev),
             "entropy": torch.zeros((n, width), dtype=torch.float32, device=dev),
@@ -114,13 +155,22 @@ class DecodeSession:
     def step(self) -> list[RowOutput]:
         """Emit one token for every row; returns the rows that finished."""
         r = self.rows
-        ctx = step_context(self.logits, self.cfg, self.need, seeds=r["seed"], steps=r["step"],
-                           reasoning=r["reasoning"], limit=r["limit"],
-                           hidden=self.engine.hidden if self.need_hidden else None)
+        ctx = step_context(
+            self.logits,
+            self.cfg,
+            self.need,
+            seeds=r["seed"],
+            steps=r["step"],
+            reasoning=r["reasoning"],
+            limit=r["limit"],
+            hidden=self.engine.hidden if self.need_hidden else None,
+        )
         out = self.method.step(ctx, self.state)
         self.state = out.state if out.state is not None else self.state
         tok, at = out.tokens, r["step"][:, None]
         r["tokens"].scatter_(1, at, tok[:, None])
+        if self.guard is not None:
+            out = self._guard(out)
         r["soft"].scatter_(1, at, out.soft[:, None])
         if out.entropy is not None:
             r["entropy"].scatter_(1, at, out.entropy.float()[:, None])
@@ -136,8 +186,10 @@ class DecodeSession:
         if self.stop_check is not None:  # stop strings: a per-row check, only on rows that have them
             sel = r["check"].nonzero()[:, 0]
             if sel.numel():
-                hit = [self.stop_check(i, t[:n]) for i, t, n in
-                       zip(r["id"][sel].tolist(), r["tokens"][sel].tolist(), r["step"][sel].tolist())]
+                hit = [
+                    self.stop_check(i, t[:n])
+                    for i, t, n in zip(r["id"][sel].tolist(), r["tokens"][sel].tolist(), r["step"][sel].tolist())
+                ]
                 code[sel] = torch.where(torch.tensor(hit, device=code.device), _CODE["stop_string"], code[sel])
         if self.cancelled:
             gone = torch.tensor([i in self.cancelled for i in r["id"].tolist()], device=code.device)
@@ -161,6 +213,27 @@ class DecodeSession:
         self.logits = self.engine.step(inputs)
         return finished
 
+    def _guard(self, out: StepOutput) -> StepOutput:
+        """The answer guard: rows still in their soft scope whose token may complete an answer
+        marker have the tail of their text checked (decoding only that tail); a row that wrote a
+        marker leaves its soft scope, and this step's input is its plain token already."""
+        g, r = self.guard, self.rows
+        assert g is not None
+        tok = out.tokens
+        may = r["reasoning"] if g.ends is None else r["reasoning"] & g.ends.to(tok.device)[tok]
+        sel = may.nonzero()[:, 0]
+        if sel.numel() == 0:
+            return out
+        n = r["step"][sel] + 1  # tokens so far, this step's included
+        back = torch.arange(g.tail, device=tok.device) - g.tail
+        tails = r["tokens"][sel[:, None], (n[:, None] + back).clamp_min(0)].tolist()
+        hit = [g.check(t[max(0, g.tail - k) :]) for t, k in zip(tails, n.tolist())]
+        if not any(hit):
+            return out
+        rows = sel[torch.tensor(hit, device=tok.device)]
+        r["reasoning"] = r["reasoning"].index_fill(0, rows, False)
+        return replace(out, inputs=plain_rows(out.inputs, tok, rows), soft=out.soft.index_fill(0, rows, False))
+
     def _collect(self, done: Tensor, code: Tensor) -> list[RowOutput]:
         r = self.rows
         idx = done.nonzero()[:, 0]
@@ -173,6 +246,43 @@ class DecodeSession:
         return out
 
 
+@dataclass
+class AnswerGuard:
+    """soft_scope "guarded": once a row's text holds an answer marker (e.g. `\\boxed`), its later
+    inputs are plain tokens, so soft inputs cannot garble the answer. `check(ids)` says whether
+    the text of these ids (a row's last `tail` tokens) holds a marker; `ends` (V,) bool marks the
+    tokens that can complete one (None: any), so only rows that emitted such a token are checked."""
+
+    check: Callable[[list[int]], bool]
+    tail: int
+    ends: Optional[Tensor] = None
+
+
+def marker_end_tokens(tokens: Sequence[str], markers: Sequence[str]) -> Optional[Tensor]:
+    """(V,) bool over a vocabulary given as its token strings (byte-level BPE or SentencePiece):
+    the tokens that contain the last character of some marker, or are byte tokens (`<0x..>`); None
+    (every token) when a marker ends in a character these vocabularies may spell otherwise."""
+    last = {m[-1] for m in markers}
+    if any(not (c.isascii() and c.isprintable() and not c.isspace()) for c in last):
+        return None
+    return torch.tensor([any(c in t for c in last) or t.startswith("<0x") for t in tokens], dtype=torch.bool)
+
+
+def plain_rows(inputs: Mixture, tokens: Tensor, rows: Tensor) -> Mixture:
+    """`inputs` with these rows' inputs replaced by their plain tokens."""
+    weights = inputs.weights.clone()
+    weights[rows] = 0.0
+    ids = None
+    if inputs.ids is None:  # dense: one-hot over the vocabulary
+        weights[rows, tokens[rows]] = 1.0
+    else:
+        ids = inputs.ids.clone()
+        ids[rows, 0] = tokens[rows]
+        weights[rows, 0] = 1.0
+    latent = None if inputs.latent is None else inputs.latent.index_fill(0, rows, False)
+    return Mixture(ids, weights, latent)
+
+
 def _cat(a: Tensor, b: Tensor) -> Tensor:
     """Concatenate per-row tensors along the batch, padding trailing dims of the narrower one."""
     if a.dim() > 1 and a.shape[1:] != b.shape[1:]:
@@ -183,7 +293,9 @@ def _cat(a: Tensor, b: Tensor) -> Tensor:
             extra = width - x.shape[1]
             if extra == 0:
                 return x
-            return torch.cat([x, torch.full((x.shape[0], extra, *x.shape[2:]), fill, dtype=x.dtype, device=x.device)], 1)
+            return torch.cat(
+                [x, torch.full((x.shape[0], extra, *x.shape[2:]), fill, dtype=x.dtype, device=x.device)], 1
+            )
 
         a, b = pad(a), pad(b)
     return torch.cat([a, b])
@@ -199,8 +311,9 @@ def run_to_end(session: DecodeSession, prompts: Sequence[Sequence[int]], seeds: 
     return [results[i] for i in range(len(prompts))]
 
 
-def run_continuous(session: DecodeSession, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
-                   batch_size: int) -> Iterator[RowOutput]:
+def run_continuous(
+    session: DecodeSession, prompts: Sequence[Sequence[int]], seeds: Sequence[int], batch_size: int
+) -> Iterator[RowOutput]:
     """Continuous batching: decode these prompts with at most `batch_size` rows at once, a finished
     row replaced by the next prompt at once. Yields rows as they finish (`row.id` is the prompt's
     index). Rows are seeded alone, so results do not depend on the schedule (up to the batch-size
@@ -214,7 +327,8 @@ def run_continuous(session: DecodeSession, prompts: Sequence[Sequence[int]], see
         yield from session.step()
 
 
-def decode(engine, prompts: Sequence[Sequence[int]], method: Method, cfg: SamplingConfig, *,
-           seeds: Sequence[int], **kw) -> list[RowOutput]:
+def decode(
+    engine, prompts: Sequence[Sequence[int]], method: Method, cfg: SamplingConfig, *, seeds: Sequence[int], **kw
+) -> list[RowOutput]:
     """Decode one batch to the end with a given engine and method; outputs in prompt order."""
     return run_to_end(DecodeSession(engine, method, cfg, **kw), prompts, seeds)

@@ -29,8 +29,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def require_hub(what: str, instead: str = "use a catalog model (`selar models list`), a folder or a GGUF file") -> None:
     """Raise OfflineError unless the hub may and can be reached to download `what`."""
     if hub_offline():
-        raise OfflineError(f"{what} is not in the local Hugging Face cache and the hub is offline "
-                           f"(HF_HUB_OFFLINE is set); {instead}")
+        raise OfflineError(
+            f"{what} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE is set); {instead}"
+        )
     if not hub_reachable():
         raise OfflineError(f"cannot reach the Hugging Face hub to download {what} (offline?); {instead}")
 

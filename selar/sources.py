@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 from . import catalog, hub
 from .errors import ModelLoadError
@@ -18,7 +19,7 @@ Kind = Literal["catalog", "folder", "gguf", "hub"]
 
 @dataclass(frozen=True)
 class Source:
-    name: str            # as the user gave it
+    name: str  # as the user gave it
     kind: Kind
     path: Optional[Path]  # the folder or file (None for hub ids and catalog models not pulled yet)
     loader: Optional[str] = None  # "module:function" of a registered folder kind, else None
@@ -61,6 +62,8 @@ def resolve(name: str) -> Source:
     if hub.looks_like_path(name):
         raise ModelLoadError(f"no such model file or folder: {name}")
     if name.count("/") != 1:
-        raise ModelLoadError(f"{name!r} is not a catalog model ({', '.join(catalog.CATALOG)}), "
-                             f"a folder, a GGUF file or a hub id of the form org/name")
+        raise ModelLoadError(
+            f"{name!r} is not a catalog model ({', '.join(catalog.CATALOG)}), "
+            f"a folder, a GGUF file or a hub id of the form org/name"
+        )
     return Source(name, "hub", None)

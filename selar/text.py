@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
@@ -60,5 +60,5 @@ class Detokenizer:
             text = text[: len(text) - held_back(text, self.stops)]
         if len(text) <= len(self.sent):
             return ""
-        delta, self.sent = text[len(self.sent):], text
+        delta, self.sent = text[len(self.sent) :], text
         return delta

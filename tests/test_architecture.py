@@ -21,7 +21,7 @@ from selar.methods.cot import CoT, CoTOptions
 def test_soft_thinking_mixture_min_p_is_its_own_option():
     cfg = make_config("soft-thinking", mix_min_p=0.05, min_p=0.02)
     assert cfg.options.mix_min_p == 0.05  # the method's mixture filter
-    assert cfg.sampling.min_p == 0.02     # the sampler's filter, a different setting
+    assert cfg.sampling.min_p == 0.02  # the sampler's filter, a different setting
 
 
 def test_register_refuses_an_option_named_like_a_sampling_setting():
@@ -47,8 +47,9 @@ def test_registries_refuse_duplicates():
 def test_entropy_plot_marks_a_tau_outside_the_table(tiny, tmp_path):
     from selar.analysis import entropy
 
-    summ = entropy.run(tiny, ["2 + 3 =", "How many clips?"], str(tmp_path), method="cot", tau=0.45,
-                       max_new_tokens=4, temperature=0)
+    summ = entropy.run(
+        tiny, ["2 + 3 =", "How many clips?"], str(tmp_path), method="cot", tau=0.45, max_new_tokens=4, temperature=0
+    )
     assert (tmp_path / "entropy.png").is_file()
     saved = json.loads((tmp_path / "entropy.json").read_text())["summary"]
     steps = [v for s in json.loads((tmp_path / "entropy.json").read_text())["sequences"] for v in s]
@@ -80,7 +81,7 @@ def test_methods_are_refused_by_capability_not_by_name():
         if spec.inputs <= sparse_only.inputs:
             refuse_method("x", sparse_only, name)  # no error
         else:
-            with pytest.raises(CapabilityError, match=f"the x engine cannot feed; (use|only) the .*engine"):
+            with pytest.raises(CapabilityError, match="the x engine cannot feed; (use|only) the .*engine"):
                 refuse_method("x", sparse_only, name)
     with pytest.raises(CapabilityError, match="SwiR feeds a dense mixture"):
         refuse_method("x", sparse_only, "swir")
@@ -115,6 +116,6 @@ def test_option_values_beyond_int64_and_non_finite_are_refused():
     with pytest.raises(ConfigError, match="temperature must be a finite number"):
         make_config("selar", temperature=float("inf"))
     with pytest.raises(ConfigError, match="temperature"):
-        make_config("selar", temperature=10 ** 30)
+        make_config("selar", temperature=10**30)
     assert make_config("selar", seed=(1 << 63) - 1).sampling.seed == (1 << 63) - 1
     torch.tensor([(1 << 63) - 1], dtype=torch.long)  # what the decode loop does with it

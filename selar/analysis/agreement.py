@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..api import format_prompt, generate, new_session
+from ..decode import run_to_end
+from ..methods import make_config
 from ..methods.base import topk_entropy
 
 
@@ -41,9 +44,11 @@ class Agreement:
         return self.gate_same / max(1, self.forced_total)
 
     def __str__(self) -> str:
-        return (f"free-running {self.free_same}/{self.free_total} = {self.free:.3f}; teacher-forced next token "
-                f"{self.forced_same}/{self.forced_total} = {self.forced:.3f}, gate {self.gate:.3f}; "
-                f"max |logit diff| {self.max_logit_diff:.2f}")
+        return (
+            f"free-running {self.free_same}/{self.free_total} = {self.free:.3f}; teacher-forced next token "
+            f"{self.forced_same}/{self.forced_total} = {self.forced:.3f}, gate {self.gate:.3f}; "
+            f"max |logit diff| {self.max_logit_diff:.2f}"
+        )
 
 
 class _Tee:
@@ -78,12 +83,16 @@ class _Tee:
         self.b.reset()
 
 
-def agreement(model_a, model_b, prompts: list[str], method: str = "selar", max_new_tokens: int = 64,
-              batch_size: int = 8, **options) -> Agreement:
+def agreement(
+    model_a,
+    model_b,
+    prompts: list[str],
+    method: str = "selar",
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    **options,
+) -> Agreement:
     """Agreement of `model_b`'s engine with `model_a`'s (the reference) on `method`, greedy."""
-    from ..api import format_prompt, generate, new_session
-    from ..methods import make_config
-    from ..decode import run_to_end
 
     opts = dict(options, temperature=0.0, max_new_tokens=max_new_tokens)
     stats = Agreement()
@@ -100,6 +109,6 @@ def agreement(model_a, model_b, prompts: list[str], method: str = "selar", max_n
     for i in range(0, len(enc), batch_size):
         session = new_session(model_a, cfg)
         session.engine = _Tee(session.engine, model_b.make_engine(), stats, k, tau)
-        run_to_end(session, enc[i: i + batch_size], [0] * len(enc[i: i + batch_size]))
+        run_to_end(session, enc[i : i + batch_size], [0] * len(enc[i : i + batch_size]))
         session.engine.reset()
     return stats

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..api import format_prompt, new_session
+from ..methods import make_config
+
 TAUS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def collect(model, prompts: list[str], method: str = "cot", batch_size: int = 8, progress=None, **options):
     """Per prompt, the traced entropy of every step (the method's `k`, 3 by default), decoded
     with continuous batching (a finished row is replaced by the next prompt at once)."""
-    from ..api import format_prompt, new_session
-    from ..methods import make_config
 
     cfg = make_config(method, **options)
     session = new_session(model, cfg)
@@ -52,14 +53,17 @@ def summarize(seqs: list[list[float]], taus=TAUS, bins: int = 20, positions: int
                     pos_share[t][j] += (sel > t).mean()
     counts = np.maximum(counts, 1)
     return {
-        "steps": int(allv.size), "sequences": len(seqs),
+        "steps": int(allv.size),
+        "sequences": len(seqs),
         "mean": float(allv.mean()) if allv.size else None,
         "median": float(np.median(allv)) if allv.size else None,
         "quantiles": {q: float(np.quantile(allv, q)) for q in (0.5, 0.75, 0.9, 0.95, 0.99)} if allv.size else {},
         "share_above": {str(t): float((allv > t).mean()) if allv.size else None for t in taus},
         "histogram": {"edges": edges.tolist(), "counts": hist.tolist()},
-        "by_position": {"mean": (pos_mean / counts).tolist(),
-                        "share_above": {str(t): (pos_share[t] / counts).tolist() for t in taus}},
+        "by_position": {
+            "mean": (pos_mean / counts).tolist(),
+            "share_above": {str(t): (pos_share[t] / counts).tolist() for t in taus},
+        },
     }
 
 
@@ -77,8 +81,10 @@ def plot(summary: dict, out: Path, tau: float = 0.5) -> Path:
     a.set_yscale("log")
     for t, v in summary["share_above"].items():
         a.axvline(float(t), color="C3" if float(t) == tau else "0.6", ls="--" if float(t) == tau else ":", lw=1.2)
-    a.set_title(f"normalised top-k entropy of {summary['steps']} steps\n"
-                f"share above tau={tau}: {summary['share_above'][str(tau)] * 100:.1f}%")
+    a.set_title(
+        f"normalised top-k entropy of {summary['steps']} steps\n"
+        f"share above tau={tau}: {summary['share_above'][str(tau)] * 100:.1f}%"
+    )
     a.set_xlabel("normalised entropy H / log k")
     a.set_ylabel("share of steps (%, log scale)")
     pos = np.arange(len(summary["by_position"]["mean"]))
@@ -97,8 +103,16 @@ def plot(summary: dict, out: Path, tau: float = 0.5) -> Path:
     return path
 
 
-def run(model, prompts: list[str], out_dir: str, method: str = "cot", tau: float = 0.5, batch_size: int = 8,
-        progress=None, **options) -> dict:
+def run(
+    model,
+    prompts: list[str],
+    out_dir: str,
+    method: str = "cot",
+    tau: float = 0.5,
+    batch_size: int = 8,
+    progress=None,
+    **options,
+) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seqs = collect(model, prompts, method, batch_size, progress, **options)

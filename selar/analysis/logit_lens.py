@@ -9,7 +9,10 @@ from pathlib import Path
 
 import torch
 
+from ..api import format_prompt
+from ..decode import decode
 from ..engines.transformers import TransformersEngine
+from ..methods import get_method_spec, make_config
 
 
 def final_norm(hf_model):
@@ -46,19 +49,29 @@ class LensEngine(TransformersEngine):
         self._pending = None
 
     def _forward(self, embeds, position_ids):
-        out = self.model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=position_ids,
-                         past_key_values=self.cache, use_cache=True, output_hidden_states=self._pending is not None,
-                         **({self._keep_kw: 1} if self._keep_kw else {}))
+        out = self.model(
+            inputs_embeds=embeds,
+            attention_mask=self.mask,
+            position_ids=position_ids,
+            past_key_values=self.cache,
+            use_cache=True,
+            output_hidden_states=self._pending is not None,
+            **({self._keep_kw: 1} if self._keep_kw else {}),
+        )
         self.cache = out.past_key_values
         if self._pending is not None:
             rows, top1, top2 = self._pending
             probs = layer_probs(self.model, tuple(h[rows] for h in out.hidden_states))  # (L+1, n, V)
             ranks = probs.topk(self.topk, dim=-1).indices
             for j in range(len(rows)):
-                self.records.append({
-                    "p_top1": probs[:, j, top1[j]].tolist(), "p_top2": probs[:, j, top2[j]].tolist(),
-                    "in_topk_top1": (ranks[:, j] == top1[j]).any(-1).tolist(),
-                    "in_topk_top2": (ranks[:, j] == top2[j]).any(-1).tolist()})
+                self.records.append(
+                    {
+                        "p_top1": probs[:, j, top1[j]].tolist(),
+                        "p_top2": probs[:, j, top2[j]].tolist(),
+                        "in_topk_top1": (ranks[:, j] == top1[j]).any(-1).tolist(),
+                        "in_topk_top2": (ranks[:, j] == top2[j]).any(-1).tolist(),
+                    }
+                )
             self._pending = None
         logits = out.logits[:, -1, :].float()
         self.vocab_size = self.vocab_size or logits.shape[-1]
@@ -76,22 +89,25 @@ class LensEngine(TransformersEngine):
 def collect(model, prompts: list[str], push_weight: float, batch_size: int = 8, **options) -> list[dict]:
     """Lens records of every soft step of SeLaR with the given push weight."""
     model.require("logit_lens", "the logit lens")
-    from ..methods import make_config
-    from ..decode import decode
-    from ..api import format_prompt
-    from ..methods import get_method_spec
 
     cfg = make_config("selar", push_weight=push_weight, **options)
     records = []
     for b in range(0, len(prompts), batch_size):
-        chunk = prompts[b: b + batch_size]
+        chunk = prompts[b : b + batch_size]
         engine = LensEngine(model.hf_model, pad_id=model.pad_id)
         meth = get_method_spec("selar").factory(cfg.options, model.vocab_info())
         scope = cfg.sampling.soft_scope
-        decode(engine, [format_prompt(model, p) for p in chunk], meth, cfg.sampling, seeds=[cfg.sampling.seed] * len(chunk),
-               stop_ids=model.stop_ids, think_end=model.think_end,
-               reasoning_scope=(scope == "reasoning") or (scope == "auto" and model.is_thinking),
-               max_positions=model.max_positions)
+        decode(
+            engine,
+            [format_prompt(model, p) for p in chunk],
+            meth,
+            cfg.sampling,
+            seeds=[cfg.sampling.seed] * len(chunk),
+            stop_ids=model.stop_ids,
+            think_end=model.think_end,
+            reasoning_scope=(scope == "reasoning") or (scope == "auto" and model.is_thinking),
+            max_positions=model.max_positions,
+        )
         records += engine.records
     return records
 
@@ -111,8 +127,13 @@ def plot(on: dict, off: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
-    for ax, (key1, key2, ylabel) in zip(axes, (("p_top1", "p_top2", "probability of the candidate"),
-                                              ("in_topk_top1", "in_topk_top2", "candidate in the layer's top-5 (share)"))):
+    for ax, (key1, key2, ylabel) in zip(
+        axes,
+        (
+            ("p_top1", "p_top2", "probability of the candidate"),
+            ("in_topk_top1", "in_topk_top2", "candidate in the layer's top-5 (share)"),
+        ),
+    ):
         for summ, name, ls in ((off, "push off (lambda=0)", "--"), (on, "push on", "-")):
             if not summ.get("soft_steps"):
                 continue
@@ -123,7 +144,9 @@ def plot(on: dict, off: dict, out: Path) -> Path:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"logit lens at soft steps (push on: {on.get('soft_steps', 0)} steps, off: {off.get('soft_steps', 0)})")
+    fig.suptitle(
+        f"logit lens at soft steps (push on: {on.get('soft_steps', 0)} steps, off: {off.get('soft_steps', 0)})"
+    )
     fig.tight_layout()
     path = out / "logit_lens.png"
     fig.savefig(path, dpi=120)

@@ -10,9 +10,23 @@ from ..eval.report import collect
 from ..eval.runner import EvalConfig, run_eval
 
 
-def run(model, model_name: str, dataset: str, out_dir: str, taus=(0.3, 0.4, 0.5, 0.6, 0.7), ks=(3,),
-        limit=None, samples: int = 1, seed: int = 0, sets=None, batch_size: int = 8, baseline: bool = True,
-        data_files=None, progress: bool = True, schedule: str = "continuous") -> dict:
+def run(
+    model,
+    model_name: str,
+    dataset: str,
+    out_dir: str,
+    taus=(0.3, 0.4, 0.5, 0.6, 0.7),
+    ks=(3,),
+    limit=None,
+    samples: int = 1,
+    seed: int = 0,
+    sets=None,
+    batch_size: int = 8,
+    baseline: bool = True,
+    data_files=None,
+    progress: bool = True,
+    schedule: str = "continuous",
+) -> dict:
     out = Path(out_dir)
     settings = [("cot", None, None)] if baseline else []
     settings += [(f"tau{t:g}_k{k}", t, k) for k in ks for t in taus]
@@ -21,15 +35,34 @@ def run(model, model_name: str, dataset: str, out_dir: str, taus=(0.3, 0.4, 0.5,
         s = dict(sets or {})
         if tau is not None:
             s.update({"selar.tau": tau, "selar.k": k})
-        cfg = EvalConfig(model=model_name, datasets=[dataset], methods=["cot" if tau is None else "selar"],
-                         samples=samples, limit=limit, seed=seed, sets=s, batch_size=batch_size,
-                         data_files=data_files or {}, schedule=schedule)
+        cfg = EvalConfig(
+            model=model_name,
+            datasets=[dataset],
+            methods=["cot" if tau is None else "selar"],
+            samples=samples,
+            limit=limit,
+            seed=seed,
+            sets=s,
+            batch_size=batch_size,
+            data_files=data_files or {},
+            schedule=schedule,
+        )
         d = out / name
         run_eval(cfg, str(d), resume=(d / "run.json").is_file(), model=model, progress=progress)
         summ = summarize(*collect([str(d)]))[0]
-        rows.append({"setting": name, "tau": tau, "k": k, "accuracy": summ.accuracy, "ci_low": summ.ci_low,
-                     "ci_high": summ.ci_high, "tokens": summ.tokens, "soft_share": summ.soft_share,
-                     "problems": summ.problems})
+        rows.append(
+            {
+                "setting": name,
+                "tau": tau,
+                "k": k,
+                "accuracy": summ.accuracy,
+                "ci_low": summ.ci_low,
+                "ci_high": summ.ci_high,
+                "tokens": summ.tokens,
+                "soft_share": summ.soft_share,
+                "problems": summ.problems,
+            }
+        )
     (out / "sweep.json").write_text(json.dumps(rows, indent=1))
     return {"rows": rows, "plot": str(plot(rows, out, dataset))}
 

@@ -1,8 +1,8 @@
 """The `selar` command line: one module per command group, sharing `options`.
 
-    generate.py  selar generate           evaluate.py  selar eval, selar report
-    serve.py     selar serve              analyze.py   selar analyze entropy|sweep|logit-lens
-    models.py    selar models list|pull|verify      train.py  selar train sft|rl|eval|demo
+generate.py  selar generate           evaluate.py  selar eval, selar report
+serve.py     selar serve              analyze.py   selar analyze entropy|sweep|logit-lens
+models.py    selar models list|pull|verify      train.py  selar train sft|rl|eval|demo
 """
 
 from __future__ import annotations

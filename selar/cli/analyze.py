@@ -56,8 +56,8 @@ def analyze_entropy(model, dataset, limit, out_dir, method, tau, sets, max_new_t
     from rich.progress import Progress
 
     from ..analysis import entropy
-    from ..methods import make_config
     from ..engines import load_model
+    from ..methods import make_config
 
     opts = {"max_new_tokens": max_new_tokens, **parse_sets(sets)}
     make_config(method, **opts)
@@ -65,10 +65,20 @@ def analyze_entropy(model, dataset, limit, out_dir, method, tau, sets, max_new_t
     mdl = load_model(model, dtype=dtype)
     with Progress(transient=True) as prog:
         task = prog.add_task("generating", total=len(prompts))
-        summ = entropy.run(mdl, prompts, out_dir, method=method, tau=tau, batch_size=batch_size,
-                           progress=lambda n: prog.advance(task, n), **opts)
-    click.echo(f"{summ['steps']} steps over {summ['sequences']} generations; mean {summ['mean']:.3f}, "
-               f"median {summ['median']:.3f}")
+        summ = entropy.run(
+            mdl,
+            prompts,
+            out_dir,
+            method=method,
+            tau=tau,
+            batch_size=batch_size,
+            progress=lambda n: prog.advance(task, n),
+            **opts,
+        )
+    click.echo(
+        f"{summ['steps']} steps over {summ['sequences']} generations; mean {summ['mean']:.3f}, "
+        f"median {summ['median']:.3f}"
+    )
     click.echo("share of steps above tau: " + ", ".join(f"{t}: {v * 100:.1f}%" for t, v in summ["share_above"].items()))
     click.echo(f"wrote {summ['plot']} and entropy.json")
 
@@ -88,17 +98,37 @@ def analyze_entropy(model, dataset, limit, out_dir, method, tau, sets, max_new_t
 @data_file_option
 @click.option("--out", "out_dir", required=True)
 @dtype_option
-@click.option("--schedule", type=click.Choice(["fixed", "continuous"]), default="continuous", show_default=True,
-              help="batching of each evaluation (see selar eval --schedule)")
-def analyze_sweep(model, dataset, taus, ks, limit, samples, seed, sets, max_new_tokens, batch_size, no_baseline,
-                  data_files, out_dir, dtype, schedule):
+@click.option(
+    "--schedule",
+    type=click.Choice(["fixed", "continuous"]),
+    default="continuous",
+    show_default=True,
+    help="batching of each evaluation (see selar eval --schedule)",
+)
+def analyze_sweep(
+    model,
+    dataset,
+    taus,
+    ks,
+    limit,
+    samples,
+    seed,
+    sets,
+    max_new_tokens,
+    batch_size,
+    no_baseline,
+    data_files,
+    out_dir,
+    dtype,
+    schedule,
+):
     """Accuracy and tokens against tau (and k), one resumable evaluation per setting.
 
     Example: selar analyze sweep --dataset gsm8k --taus 0.3,0.5,0.7 --ks 3,5 --limit 50 --out runs/sweep
     """
     from ..analysis import sweep
-    from ..eval.datasets import get_dataset
     from ..engines import load_model
+    from ..eval.datasets import get_dataset
 
     get_dataset(dataset)
     try:
@@ -110,12 +140,27 @@ def analyze_sweep(model, dataset, taus, ks, limit, samples, seed, sets, max_new_
     if max_new_tokens is not None:
         s["max_new_tokens"] = max_new_tokens
     mdl = load_model(model, dtype=dtype)
-    res = sweep.run(mdl, model, dataset, out_dir, tau_l, k_l, limit=limit, samples=samples, seed=seed, sets=s,
-                    batch_size=batch_size, baseline=not no_baseline, data_files=pairs(data_files, "--data-file"),
-                    schedule=schedule)
+    res = sweep.run(
+        mdl,
+        model,
+        dataset,
+        out_dir,
+        tau_l,
+        k_l,
+        limit=limit,
+        samples=samples,
+        seed=seed,
+        sets=s,
+        batch_size=batch_size,
+        baseline=not no_baseline,
+        data_files=pairs(data_files, "--data-file"),
+        schedule=schedule,
+    )
     for r in res["rows"]:
-        click.echo(f"{r['setting']:>14}: accuracy {r['accuracy'] * 100:5.1f}% [{r['ci_low'] * 100:.1f}, "
-                   f"{r['ci_high'] * 100:.1f}], tokens {r['tokens']:.0f}, soft {r['soft_share'] * 100:.1f}%")
+        click.echo(
+            f"{r['setting']:>14}: accuracy {r['accuracy'] * 100:5.1f}% [{r['ci_low'] * 100:.1f}, "
+            f"{r['ci_high'] * 100:.1f}], tokens {r['tokens']:.0f}, soft {r['soft_share'] * 100:.1f}%"
+        )
     click.echo(f"wrote {res['plot']} and sweep.json")
 
 
@@ -131,16 +176,17 @@ def analyze_sweep(model, dataset, taus, ks, limit, samples, seed, sets, max_new_
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @data_file_option
 @dtype_option
-def analyze_logit_lens(model, prompts_file, dataset, limit, out_dir, push_weight, sets, max_new_tokens, batch_size,
-                       data_files, dtype):
+def analyze_logit_lens(
+    model, prompts_file, dataset, limit, out_dir, push_weight, sets, max_new_tokens, batch_size, data_files, dtype
+):
     """Per layer, how strongly the hidden state at soft steps points at the mixture's top-1 and
     top-2 candidates, with the push on and off.
 
     Example: selar analyze logit-lens --prompts prompts.txt --out runs/lens
     """
     from ..analysis import logit_lens
-    from ..methods import make_config
     from ..engines import load_model
+    from ..methods import make_config
 
     if bool(prompts_file) == bool(dataset):
         fail("give --prompts FILE or --dataset NAME")
@@ -152,9 +198,11 @@ def analyze_logit_lens(model, prompts_file, dataset, limit, out_dir, push_weight
     for name in ("push_on", "push_off"):
         s = res[name]
         if s.get("soft_steps"):
-            click.echo(f"{name}: {s['soft_steps']} soft steps; last layer p(top-1) {s['p_top1'][-1]:.3f}, "
-                       f"p(top-2) {s['p_top2'][-1]:.3f}; top-1 in top-5 {s['in_topk_top1'][-1]:.2f}, "
-                       f"top-2 in top-5 {s['in_topk_top2'][-1]:.2f}")
+            click.echo(
+                f"{name}: {s['soft_steps']} soft steps; last layer p(top-1) {s['p_top1'][-1]:.3f}, "
+                f"p(top-2) {s['p_top2'][-1]:.3f}; top-1 in top-5 {s['in_topk_top1'][-1]:.2f}, "
+                f"top-2 in top-5 {s['in_topk_top2'][-1]:.2f}"
+            )
         else:
             click.echo(f"{name}: no soft steps")
     click.echo(f"wrote {res['plot']} and logit_lens.json")

@@ -17,8 +17,13 @@ from .options import data_file_option, dtype_option, engine_option, model_option
 @click.option("--out", "out_dir", required=True, help="run directory (results.jsonl, run.json, timing.jsonl)")
 @click.option("--resume", is_flag=True, help="continue a run in --out")
 @click.option("--force", is_flag=True, help="write into an --out that holds a different run")
-@click.option("--set", "sets", multiple=True, metavar="[METHOD.]KEY=VALUE",
-              help="option for all methods (temperature=0) or one (selar.tau=0.3); repeatable")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="[METHOD.]KEY=VALUE",
+    help="option for all methods (temperature=0) or one (selar.tau=0.3); repeatable",
+)
 @click.option("--max-new-tokens", "-n", type=int, default=None, help="shortcut for --set max_new_tokens=N")
 @click.option("--temperature", "-t", type=float, default=None, help="shortcut for --set temperature=T")
 @click.option("--batch-size", type=int, default=8, show_default=True)
@@ -30,10 +35,37 @@ from .options import data_file_option, dtype_option, engine_option, model_option
 @click.option("--fields", default=None, metavar="question=COL,answer=COL[,id=COL]", help="field mapping for --data")
 @click.option("--num-shards", type=int, default=1, show_default=True)
 @click.option("--shard-index", type=int, default=0, show_default=True)
-@click.option("--schedule", type=click.Choice(["fixed", "continuous"]), default="fixed", show_default=True,
-              help="fixed batches (bit-identical resume) or continuous batching (faster; exact resume in float32)")
-def eval_cmd(model, datasets, methods, samples, limit, seed, out_dir, resume, force, sets, max_new_tokens,
-             temperature, batch_size, dtype, engine, hub, data_files, data, fields, num_shards, shard_index, schedule):
+@click.option(
+    "--schedule",
+    type=click.Choice(["fixed", "continuous"]),
+    default="fixed",
+    show_default=True,
+    help="fixed batches (bit-identical resume) or continuous batching (faster; exact resume in float32)",
+)
+def eval_cmd(
+    model,
+    datasets,
+    methods,
+    samples,
+    limit,
+    seed,
+    out_dir,
+    resume,
+    force,
+    sets,
+    max_new_tokens,
+    temperature,
+    batch_size,
+    dtype,
+    engine,
+    hub,
+    data_files,
+    data,
+    fields,
+    num_shards,
+    shard_index,
+    schedule,
+):
     """Evaluate methods on benchmarks; results are appended to OUT/results.jsonl as they finish.
 
     Example: selar eval --datasets gsm8k --methods cot,selar --limit 100 --out runs/gsm8k
@@ -46,11 +78,25 @@ def eval_cmd(model, datasets, methods, samples, limit, seed, out_dir, resume, fo
         s["max_new_tokens"] = max_new_tokens
     if temperature is not None:
         s["temperature"] = temperature
-    cfg = EvalConfig(model=model, datasets=[d for d in datasets.split(",") if d.strip()],
-                     methods=[m.strip() for m in methods.split(",") if m.strip()], samples=samples, limit=limit,
-                     seed=seed, sets=s, batch_size=batch_size, dtype=dtype, engine=engine, hub=hub,
-                     data_files=pairs(data_files, "--data-file"), data=data, fields=pairs(fields, "--fields"),
-                     num_shards=num_shards, shard_index=shard_index, schedule=schedule)
+    cfg = EvalConfig(
+        model=model,
+        datasets=[d for d in datasets.split(",") if d.strip()],
+        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        samples=samples,
+        limit=limit,
+        seed=seed,
+        sets=s,
+        batch_size=batch_size,
+        dtype=dtype,
+        engine=engine,
+        hub=hub,
+        data_files=pairs(data_files, "--data-file"),
+        data=data,
+        fields=pairs(fields, "--fields"),
+        num_shards=num_shards,
+        shard_index=shard_index,
+        schedule=schedule,
+    )
     path = run_eval(cfg, out_dir, resume=resume, force=force)
     click.echo(f"results: {path}")
     if num_shards == 1:

@@ -9,7 +9,16 @@ from typing import Any
 import click
 
 from ..text import Detokenizer
-from .options import device_option, dtype_option, engine_option, fail, method_option, model_option, options_for, parse_sets
+from .options import (
+    device_option,
+    dtype_option,
+    engine_option,
+    fail,
+    method_option,
+    model_option,
+    options_for,
+    parse_sets,
+)
 
 
 @click.command()
@@ -27,9 +36,15 @@ from .options import device_option, dtype_option, engine_option, fail, method_op
 @click.option("--max-new-tokens", "-n", type=int, default=None, help="default 1024")
 @click.option("--seed", type=int, default=None, help="default 0")
 @click.option("--stop", multiple=True, help="stop string (repeatable)")
-@click.option("--soft-scope", type=click.Choice(["auto", "reasoning", "all"]), default=None,
-              help="where soft inputs are allowed (auto: before </think> on thinking models, else everywhere)")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="any other method option, e.g. --set gate_scope=batch")
+@click.option(
+    "--soft-scope",
+    type=click.Choice(["auto", "reasoning", "all"]),
+    default=None,
+    help="where soft inputs are allowed (auto: before </think> on thinking models, else everywhere)",
+)
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="any other method option, e.g. --set gate_scope=batch"
+)
 @dtype_option
 @device_option
 @click.option("--batch-size", type=int, default=16, show_default=True)
@@ -37,8 +52,31 @@ from .options import device_option, dtype_option, engine_option, fail, method_op
 @click.option("--raw", is_flag=True, help="no chat template: the prompt is the raw text")
 @click.option("--trace", is_flag=True, help="per token: entropy and whether the input was soft")
 @click.option("--json", "as_json", is_flag=True, help="print the result objects as JSON")
-def generate(prompts, model, method, compare, tau, k, push_weight, temperature, top_p, top_k, min_p,
-             max_new_tokens, seed, stop, soft_scope, sets, dtype, device, batch_size, engine, raw, trace, as_json):
+def generate(
+    prompts,
+    model,
+    method,
+    compare,
+    tau,
+    k,
+    push_weight,
+    temperature,
+    top_p,
+    top_k,
+    min_p,
+    max_new_tokens,
+    seed,
+    stop,
+    soft_scope,
+    sets,
+    dtype,
+    device,
+    batch_size,
+    engine,
+    raw,
+    trace,
+    as_json,
+):
     """Generate from one or more PROMPTS.
 
     Example: selar generate "What is 17 * 23?" --method selar --tau 0.5 --k 3
@@ -47,9 +85,19 @@ def generate(prompts, model, method, compare, tau, k, push_weight, temperature, 
     from ..engines import load_model, load_options
     from ..methods import make_config
 
-    flat = {"tau": tau, "k": k, "push_weight": push_weight, "temperature": temperature, "top_p": top_p,
-            "top_k": top_k, "min_p": min_p, "max_new_tokens": max_new_tokens, "seed": seed,
-            "soft_scope": soft_scope, "stop": tuple(stop) or None}
+    flat = {
+        "tau": tau,
+        "k": k,
+        "push_weight": push_weight,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "min_p": min_p,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+        "soft_scope": soft_scope,
+        "stop": tuple(stop) or None,
+    }
     opts = {key: v for key, v in flat.items() if v is not None}
     opts.update(parse_sets(sets))
     if any(not p.strip() for p in prompts):
@@ -65,14 +113,16 @@ def generate(prompts, model, method, compare, tau, k, push_weight, temperature, 
         if unused:
             fail(f"option(s) {', '.join(sorted(unused))} apply to none of {', '.join(methods)}")
     longest = max(c.sampling.max_new_tokens for c in configs.values())
-    mdl = load_model(model, dtype=dtype, device=device, engine=engine,
-                     **load_options(engine, min(batch_size, len(prompts)), longest))
+    mdl = load_model(
+        model, dtype=dtype, device=device, engine=engine, **load_options(engine, min(batch_size, len(prompts)), longest)
+    )
     stream = not as_json and len(methods) == 1 and len(prompts) == 1
     results = {}
     for m in methods:
         cb = _Streamer(mdl.tokenizer) if stream else None
-        results[m] = api_generate(mdl, list(prompts), m, config=configs[m], raw=raw, trace=trace,
-                                  batch_size=batch_size, on_step=cb)
+        results[m] = api_generate(
+            mdl, list(prompts), m, config=configs[m], raw=raw, trace=trace, batch_size=batch_size, on_step=cb
+        )
         if cb:
             cb.finish()
     if as_json:
@@ -88,8 +138,9 @@ def generate(prompts, model, method, compare, tau, k, push_weight, temperature, 
         for r in results[m]:
             if trace:
                 _print_trace(r)
-            click.echo(f"[{m}] {r.num_tokens} tokens, {r.num_soft_steps} soft steps, finish: {r.finish_reason}",
-                       err=True)
+            click.echo(
+                f"[{m}] {r.num_tokens} tokens, {r.num_soft_steps} soft steps, finish: {r.finish_reason}", err=True
+            )
 
 
 class _Streamer:

@@ -24,18 +24,36 @@ def models_list(as_json) -> None:
     """
     from ..catalog import CATALOG, cache_dir, is_pulled, packages_installed
 
-    rows = [{"name": e.name, "upstream": e.upstream, "size_mb": round(e.size / 1e6), "license": e.license,
-             "packages": len(e.packages), "installed": packages_installed(e), "pulled": is_pulled(e),
-             "default": e.name == DEFAULT_MODEL, "note": e.note} for e in CATALOG.values()]
+    rows = [
+        {
+            "name": e.name,
+            "upstream": e.upstream,
+            "size_mb": round(e.size / 1e6),
+            "license": e.license,
+            "packages": len(e.packages),
+            "installed": packages_installed(e),
+            "pulled": is_pulled(e),
+            "default": e.name == DEFAULT_MODEL,
+            "note": e.note,
+        }
+        for e in CATALOG.values()
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     fmt = "{:<22} {:>8} {:>10} {:>7}  {:<11} {}"
     click.echo(fmt.format("name", "size", "installed", "pulled", "license", "upstream"))
     for r in rows:
-        click.echo(fmt.format(r["name"] + (" *" if r["default"] else ""), f"{r['size_mb']} MB",
-                              "yes" if r["installed"] else "no", "yes" if r["pulled"] else "no",
-                              r["license"], r["upstream"]))
+        click.echo(
+            fmt.format(
+                r["name"] + (" *" if r["default"] else ""),
+                f"{r['size_mb']} MB",
+                "yes" if r["installed"] else "no",
+                "yes" if r["pulled"] else "no",
+                r["license"],
+                r["upstream"],
+            )
+        )
     click.echo(f"* default model. Cache: {cache_dir()} (set SELAR_CACHE to move it)")
 
 

@@ -4,7 +4,8 @@ whose choices and help texts come from the registries (methods, engines)."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import click
 
@@ -102,13 +103,19 @@ def _method_help() -> str:
 def engine_option(f: Callable) -> Callable:
     from ..engines import ENGINES
 
-    return click.option("--engine", type=click.Choice(list(ENGINES)), default="transformers", show_default=True,
-                        help=_engine_help())(f)
+    return click.option(
+        "--engine", type=click.Choice(list(ENGINES)), default="transformers", show_default=True, help=_engine_help()
+    )(f)
 
 
 def model_option(f: Callable) -> Callable:
-    return click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
-                        help="catalog name, model folder, GGUF file or hub id")(f)
+    return click.option(
+        "--model",
+        "-m",
+        default=DEFAULT_MODEL,
+        show_default=True,
+        help="catalog name, model folder, GGUF file or hub id",
+    )(f)
 
 
 def method_option(default: str = "selar", help: str = "") -> Callable:
@@ -116,8 +123,12 @@ def method_option(default: str = "selar", help: str = "") -> Callable:
 
 
 def dtype_option(f: Callable) -> Callable:
-    return click.option("--dtype", default="auto", show_default=True,
-                        help="auto (float32 on CPUs without bf16), bfloat16, float16, float32")(f)
+    return click.option(
+        "--dtype",
+        default="auto",
+        show_default=True,
+        help="auto (float32 on CPUs without bf16), bfloat16, float16, float32",
+    )(f)
 
 
 def device_option(f: Callable) -> Callable:
@@ -125,5 +136,10 @@ def device_option(f: Callable) -> Callable:
 
 
 def data_file_option(f: Callable) -> Callable:
-    return click.option("--data-file", "data_files", default=None, metavar="NAME=PATH,...",
-                        help="offline file of a registry dataset, e.g. aime2024=aime2024.jsonl")(f)
+    return click.option(
+        "--data-file",
+        "data_files",
+        default=None,
+        metavar="NAME=PATH,...",
+        help="offline file of a registry dataset, e.g. aime2024=aime2024.jsonl",
+    )(f)

@@ -8,8 +8,16 @@ import os
 
 import click
 
-from .options import (device_option, dtype_option, engine_option, fail, method_option, model_option, options_for,
-                      parse_sets)
+from .options import (
+    device_option,
+    dtype_option,
+    engine_option,
+    fail,
+    method_option,
+    model_option,
+    options_for,
+    parse_sets,
+)
 
 
 @click.command()
@@ -28,10 +36,31 @@ from .options import (device_option, dtype_option, engine_option, fail, method_o
 @dtype_option
 @device_option
 @engine_option
-@click.option("--vllm-arg", "vllm_args", multiple=True, metavar="FLAG",
-              help="with --engine vllm: a flag for `vllm serve`, e.g. --vllm-arg=--tensor-parallel-size=2")
-def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_tokens, max_prompt_tokens,
-          max_body_bytes, timeout, dtype, device, engine, vllm_args):
+@click.option(
+    "--vllm-arg",
+    "vllm_args",
+    multiple=True,
+    metavar="FLAG",
+    help="with --engine vllm: a flag for `vllm serve`, e.g. --vllm-arg=--tensor-parallel-size=2",
+)
+def serve(
+    model,
+    host,
+    port,
+    api_key,
+    max_batch,
+    max_queue,
+    method,
+    sets,
+    max_tokens,
+    max_prompt_tokens,
+    max_body_bytes,
+    timeout,
+    dtype,
+    device,
+    engine,
+    vllm_args,
+):
     """Serve an OpenAI-compatible API (chat and completions, streaming) with SeLaR decoding.
 
     Example: selar serve --model smollm2-135m --port 8000
@@ -50,9 +79,19 @@ def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_to
     api_key = api_key or os.environ.get("SELAR_API_KEY")
     spec = get_engine(engine)
     if not spec.capabilities.stepwise:  # an engine with its own scheduler and server
-        spec.load().serve(model, host=host, port=port, api_key=api_key, max_batch=max_batch, method=method,
-                          defaults=defaults, max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens, dtype=dtype,
-                          extra_args=tuple(vllm_args))
+        spec.load().serve(
+            model,
+            host=host,
+            port=port,
+            api_key=api_key,
+            max_batch=max_batch,
+            method=method,
+            defaults=defaults,
+            max_prompt_tokens=max_prompt_tokens,
+            max_tokens=max_tokens,
+            dtype=dtype,
+            extra_args=tuple(vllm_args),
+        )
         return
     if vllm_args:
         fail("--vllm-arg needs --engine vllm")
@@ -61,14 +100,29 @@ def serve(model, host, port, api_key, max_batch, max_queue, method, sets, max_to
 
     from ..server import Settings, build
 
-    mdl = load_model(model, dtype=dtype, device=device, engine=engine,
-                     **load_options(engine, max_batch, max_tokens, prompt_room=max_prompt_tokens))
-    settings = Settings(model_name=model, api_key=api_key, max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens,
-                        default_max_tokens=min(1024, max_tokens), max_body_bytes=max_body_bytes, timeout=timeout,
-                        default_method=method, defaults=defaults)
+    mdl = load_model(
+        model,
+        dtype=dtype,
+        device=device,
+        engine=engine,
+        **load_options(engine, max_batch, max_tokens, prompt_room=max_prompt_tokens),
+    )
+    settings = Settings(
+        model_name=model,
+        api_key=api_key,
+        max_prompt_tokens=max_prompt_tokens,
+        max_tokens=max_tokens,
+        default_max_tokens=min(1024, max_tokens),
+        max_body_bytes=max_body_bytes,
+        timeout=timeout,
+        default_method=method,
+        defaults=defaults,
+    )
     app, scheduler = build(mdl, settings, max_batch=max_batch, max_queue=max_queue)
-    click.echo(f"selar: serving {model} on http://{host}:{port}/v1 (method {method}, max batch {max_batch}, "
-               f"engine {engine})", err=True)
+    click.echo(
+        f"selar: serving {model} on http://{host}:{port}/v1 (method {method}, max batch {max_batch}, engine {engine})",
+        err=True,
+    )
     for line in mdl.info.get("serve_notes", ()):  # what the engine wants an operator to know
         click.echo(f"selar: {line}", err=True)
     try:

@@ -28,13 +28,15 @@ def _train_data(data: str, n_train: int, n_eval: int, max_steps: int, seed: int,
     if eval_data:
         return exs[:n_train], load_jsonl(eval_data)[:n_eval]
     k = min(n_eval, len(exs) // 10)
-    return exs[:len(exs) - k][:n_train], exs[len(exs) - k:]
+    return exs[: len(exs) - k][:n_train], exs[len(exs) - k :]
 
 
 def _echo_eval(label: str, r: dict) -> None:
-    click.echo(f"{label}: accuracy {r['accuracy']:.3f} on {r['n']} held-out problems, mean latent steps "
-               f"{r['mean_latent_steps']:.2f} (correct answers: {r['mean_latent_steps_correct']:.2f}), "
-               f"well formed {r['well_formed']:.3f}")
+    click.echo(
+        f"{label}: accuracy {r['accuracy']:.3f} on {r['n']} held-out problems, mean latent steps "
+        f"{r['mean_latent_steps']:.2f} (correct answers: {r['mean_latent_steps_correct']:.2f}), "
+        f"well formed {r['well_formed']:.3f}"
+    )
 
 
 _DATA_HELP = "synthetic (multi-step arithmetic mod 10), gsm8k-aug (hub) or a question/steps/answer JSONL file"
@@ -49,15 +51,25 @@ def train_group() -> None:
 
 
 @train_group.command("sft")
-@click.option("--model", "-m", "model_name", default="tiny", show_default=True,
-              help="tiny (a small Llama trained from scratch), or a catalog name, folder or hub id (LoRA)")
+@click.option(
+    "--model",
+    "-m",
+    "model_name",
+    default="tiny",
+    show_default=True,
+    help="tiny (a small Llama trained from scratch), or a catalog name, folder or hub id (LoRA)",
+)
 @click.option("--data", default="synthetic", show_default=True, help=_DATA_HELP)
-@click.option("--eval-data", default=None, help="held-out JSONL (default: synthetic held-out problems, or 10% of --data)")
+@click.option(
+    "--eval-data", default=None, help="held-out JSONL (default: synthetic held-out problems, or 10% of --data)"
+)
 @click.option("--n-train", type=int, default=4000, show_default=True)
 @click.option("--n-eval", type=int, default=500, show_default=True)
 @click.option("--max-steps", type=int, default=4, show_default=True, help="synthetic: operations per problem, 1..N")
 @click.option("--out", "out_dir", required=True, help="adapter directory to write")
-@click.option("--lora/--full", default=None, help="LoRA adapters (default for pretrained models) or full training (tiny)")
+@click.option(
+    "--lora/--full", default=None, help="LoRA adapters (default for pretrained models) or full training (tiny)"
+)
 @click.option("--lora-r", type=int, default=16, show_default=True)
 @click.option("--lora-alpha", type=int, default=32, show_default=True)
 @click.option("--lora-dropout", type=float, default=0.0, show_default=True)
@@ -65,7 +77,9 @@ def train_group() -> None:
 @click.option("--max-latent", type=int, default=10, show_default=True, help="latent steps at most")
 @click.option("--cot-steps", type=int, default=800, show_default=True, help="optimizer steps of stage 0 (plain CoT)")
 @click.option("--steps-per-stage", type=int, default=400, show_default=True)
-@click.option("--latents-per-step", type=int, default=2, show_default=True, help="latent steps per CoT step (Coconut's c)")
+@click.option(
+    "--latents-per-step", type=int, default=2, show_default=True, help="latent steps per CoT step (Coconut's c)"
+)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--hidden", type=int, default=128, show_default=True, help="tiny: hidden size")
@@ -73,9 +87,31 @@ def train_group() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
-def train_sft_cmd(model_name, data, eval_data, n_train, n_eval, max_steps, out_dir, lora, lora_r, lora_alpha,
-                  lora_dropout, projection, max_latent, cot_steps, steps_per_stage, latents_per_step, batch_size, lr,
-                  hidden, layers, seed, threads, device):
+def train_sft_cmd(
+    model_name,
+    data,
+    eval_data,
+    n_train,
+    n_eval,
+    max_steps,
+    out_dir,
+    lora,
+    lora_r,
+    lora_alpha,
+    lora_dropout,
+    projection,
+    max_latent,
+    cot_steps,
+    steps_per_stage,
+    latents_per_step,
+    batch_size,
+    lr,
+    hidden,
+    layers,
+    seed,
+    threads,
+    device,
+):
     """Supervised fine-tuning: CoT, then a curriculum replacing CoT steps by latent steps.
 
     Example: selar train sft --out runs/sft
@@ -101,12 +137,33 @@ def train_sft_cmd(model_name, data, eval_data, n_train, n_eval, max_steps, out_d
         lora = True if lora is None else lora
         if not lora:
             base_ref = ""
-    model = LatentReasoner.from_base(base, tok, base=base_ref, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
-                                     lora_dropout=lora_dropout, projection=projection, max_latent=max_latent, seed=seed)
+    model = LatentReasoner.from_base(
+        base,
+        tok,
+        base=base_ref,
+        lora=lora,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        projection=projection,
+        max_latent=max_latent,
+        seed=seed,
+    )
     t0 = time.perf_counter()
-    train_sft(model, train, SFTConfig(cot_steps=cot_steps, steps_per_stage=steps_per_stage,
-                                      latents_per_step=latents_per_step, batch_size=batch_size, lr=lr, seed=seed,
-                                      log_every=100), log=lambda s: click.echo(s, err=True))
+    train_sft(
+        model,
+        train,
+        SFTConfig(
+            cot_steps=cot_steps,
+            steps_per_stage=steps_per_stage,
+            latents_per_step=latents_per_step,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            log_every=100,
+        ),
+        log=lambda s: click.echo(s, err=True),
+    )
     model.save(out_dir)
     click.echo(f"SFT: {time.perf_counter() - t0:.0f} s; adapter written to {out_dir}")
     _echo_eval("after SFT", evaluate(model, held))
@@ -126,18 +183,49 @@ def train_sft_cmd(model_name, data, eval_data, n_train, n_eval, max_steps, out_d
 @click.option("--lr", type=float, default=2e-5, show_default=True)
 @click.option("--beta", type=float, default=0.0, show_default=True, help="KL to the SFT model (the paper: 1e-3)")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="of the answer tokens in rollouts")
-@click.option("--stop-temperature", type=float, default=1.0, show_default=True,
-              help="of the stop head in rollouts (above 1 explores more reasoning lengths)")
-@click.option("--length-penalty", type=float, default=0.1, show_default=True, help="relative length penalty coefficient")
-@click.option("--length-accuracy-requirement", type=float, default=1.0, show_default=True,
-              help="penalise length only when this share (<= 1) or count (> 1) of the group is correct; 0 = always")
+@click.option(
+    "--stop-temperature",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="of the stop head in rollouts (above 1 explores more reasoning lengths)",
+)
+@click.option(
+    "--length-penalty", type=float, default=0.1, show_default=True, help="relative length penalty coefficient"
+)
+@click.option(
+    "--length-accuracy-requirement",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="penalise length only when this share (<= 1) or count (> 1) of the group is correct; 0 = always",
+)
 @click.option("--length-reward-below", type=float, default=None, help="below the requirement, reward length by this")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
-def train_rl_cmd(adapter, data, eval_data, n_train, n_eval, max_steps, out_dir, steps, prompts_per_step, group_size,
-                 lr, beta, temperature, stop_temperature, length_penalty, length_accuracy_requirement,
-                 length_reward_below, seed, threads, device):
+def train_rl_cmd(
+    adapter,
+    data,
+    eval_data,
+    n_train,
+    n_eval,
+    max_steps,
+    out_dir,
+    steps,
+    prompts_per_step,
+    group_size,
+    lr,
+    beta,
+    temperature,
+    stop_temperature,
+    length_penalty,
+    length_accuracy_requirement,
+    length_reward_below,
+    seed,
+    threads,
+    device,
+):
     """GRPO with reward = correct + format and a relative length penalty among correct answers.
 
     Example: selar train rl --adapter runs/sft --out runs/rl
@@ -153,11 +241,19 @@ def train_rl_cmd(adapter, data, eval_data, n_train, n_eval, max_steps, out_dir, 
     before = evaluate(model, held)
     _echo_eval("before RL", before)
     t0 = time.perf_counter()
-    cfg = RLConfig(steps=steps, prompts_per_step=prompts_per_step, group_size=group_size, lr=lr, beta=beta,
-                   stop_temperature=stop_temperature,
-                   temperature=temperature, length_penalty=length_penalty,
-                   length_accuracy_requirement=length_accuracy_requirement or None,
-                   length_reward_below=length_reward_below, seed=seed)
+    cfg = RLConfig(
+        steps=steps,
+        prompts_per_step=prompts_per_step,
+        group_size=group_size,
+        lr=lr,
+        beta=beta,
+        stop_temperature=stop_temperature,
+        temperature=temperature,
+        length_penalty=length_penalty,
+        length_accuracy_requirement=length_accuracy_requirement or None,
+        length_reward_below=length_reward_below,
+        seed=seed,
+    )
     train_rl(model, train, cfg, log=lambda s: click.echo(s, err=True))
     model.save(out_dir)
     click.echo(f"RL: {time.perf_counter() - t0:.0f} s; adapter written to {out_dir}")

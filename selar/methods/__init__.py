@@ -8,8 +8,9 @@ names a sampling setting, and a second method under a name already taken.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..config import SAMPLING_FIELDS, GenerationConfig, SamplingConfig
 from ..errors import ConfigError
@@ -52,29 +53,64 @@ def register(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
         raise ConfigError(f"a method named {spec.name!r} is already registered (pass replace=True to replace it)")
     clash = sorted(spec.option_names() & set(SAMPLING_FIELDS))
     if clash:
-        raise ConfigError(f"method {spec.name!r}: option(s) {', '.join(clash)} share a name with a sampling "
-                          f"setting, so they could never be set; rename them")
+        raise ConfigError(
+            f"method {spec.name!r}: option(s) {', '.join(clash)} share a name with a sampling "
+            f"setting, so they could never be set; rename them"
+        )
     unknown = sorted(set(spec.inputs) - set(INPUT_KINDS))
     if unknown:
-        raise ConfigError(f"method {spec.name!r}: unknown input kind(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(INPUT_KINDS)}")
+        raise ConfigError(
+            f"method {spec.name!r}: unknown input kind(s) {', '.join(unknown)}; known: {', '.join(INPUT_KINDS)}"
+        )
     METHODS[spec.name] = spec
     return spec
 
 
-register(MethodSpec("cot", CoT, CoTOptions, help="chain-of-thought: always feed the emitted token",
-                    inputs=frozenset({"token"}), title="CoT"))
-register(MethodSpec("selar", SeLaR, SeLaROptions, help="entropy-gated soft inputs with a contrastive push",
-                    title="SeLaR"))
-register(MethodSpec("selar-no-gate", SeLaR, SeLaROptions, {"gate": False}, help="ablation: soft at every reasoning step"))
+register(
+    MethodSpec(
+        "cot",
+        CoT,
+        CoTOptions,
+        help="chain-of-thought: always feed the emitted token",
+        inputs=frozenset({"token"}),
+        title="CoT",
+    )
+)
+register(
+    MethodSpec("selar", SeLaR, SeLaROptions, help="entropy-gated soft inputs with a contrastive push", title="SeLaR")
+)
+register(
+    MethodSpec("selar-no-gate", SeLaR, SeLaROptions, {"gate": False}, help="ablation: soft at every reasoning step")
+)
 register(MethodSpec("selar-no-push", SeLaR, SeLaROptions, {"push_weight": 0.0}, help="ablation: lambda = 0"))
-register(MethodSpec("soft-thinking", SoftThinking, SoftThinkingOptions, help="every reasoning step soft (Zhang et al. 2025)",
-                    title="Soft Thinking"))
-register(MethodSpec("swir", SwiR, SwiROptions, help="switch latent/explicit on entropy trends (Shi et al. 2025)",
-                    inputs=frozenset({"token", "sparse", "dense"}), title="SwiR"))
-register(MethodSpec("adaptive-latent", AdaptiveLatent, AdaptiveLatentOptions,
-                    help="trained latent reasoning: hidden states fed back until a stop head says STOP (selar train)",
-                    inputs=frozenset({"token", "hidden"})))
+register(
+    MethodSpec(
+        "soft-thinking",
+        SoftThinking,
+        SoftThinkingOptions,
+        help="every reasoning step soft (Zhang et al. 2025)",
+        title="Soft Thinking",
+    )
+)
+register(
+    MethodSpec(
+        "swir",
+        SwiR,
+        SwiROptions,
+        help="switch latent/explicit on entropy trends (Shi et al. 2025)",
+        inputs=frozenset({"token", "sparse", "dense"}),
+        title="SwiR",
+    )
+)
+register(
+    MethodSpec(
+        "adaptive-latent",
+        AdaptiveLatent,
+        AdaptiveLatentOptions,
+        help="trained latent reasoning: hidden states fed back until a stop head says STOP (selar train)",
+        inputs=frozenset({"token", "hidden"}),
+    )
+)
 
 
 def get_method_spec(name: str) -> MethodSpec:
@@ -101,8 +137,10 @@ def make_config(method: str = "selar", **kwargs: Any) -> GenerationConfig:
     sampling_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in SAMPLING_FIELDS}
     unknown = sorted(set(kwargs) - spec.option_names())
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for method {method!r}; "
-                          f"allowed: {', '.join(sorted(option_names(method)))}")
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)} for method {method!r}; "
+            f"allowed: {', '.join(sorted(option_names(method)))}"
+        )
     sampling = SamplingConfig(**sampling_kw)
     options = spec.options(**{**spec.preset, **kwargs})
     return GenerationConfig(method=spec.name, options=options, sampling=sampling)
@@ -113,5 +151,19 @@ def method_names() -> str:
     return ", ".join(METHODS)
 
 
-__all__ = ["METHODS", "MethodSpec", "Method", "Mixture", "StepContext", "StepOutput", "VocabInfo", "INPUT_KINDS",
-           "register", "get_method_spec", "make_config", "option_names", "all_option_names", "method_names"]
+__all__ = [
+    "METHODS",
+    "MethodSpec",
+    "Method",
+    "Mixture",
+    "StepContext",
+    "StepOutput",
+    "VocabInfo",
+    "INPUT_KINDS",
+    "register",
+    "get_method_spec",
+    "make_config",
+    "option_names",
+    "all_option_names",
+    "method_names",
+]

@@ -40,14 +40,18 @@ class AdaptiveLatent:
     def __init__(self, opts: AdaptiveLatentOptions, vocab: VocabInfo):
         heads = vocab.latent
         if heads is None:
-            raise ConfigError("method 'adaptive-latent' needs a model trained with `selar train` "
-                              "(load its adapter directory: selar.load_model(DIR) or --model DIR)")
+            raise ConfigError(
+                "method 'adaptive-latent' needs a model trained with `selar train` "
+                "(load its adapter directory: selar.load_model(DIR) or --model DIR)"
+            )
         self.heads, self.opts = heads, opts
         self.max_latent = heads.max_latent if opts.max_latent_steps is None else opts.max_latent_steps
 
     def init_state(self, n: int, device: torch.device) -> dict[str, Tensor]:
-        return {"phase": torch.zeros(n, dtype=torch.long, device=device),   # 0 before <bot>, 1 latent, 2 answer
-                "latent": torch.zeros(n, dtype=torch.long, device=device)}  # latent steps taken
+        return {
+            "phase": torch.zeros(n, dtype=torch.long, device=device),  # 0 before <bot>, 1 latent, 2 answer
+            "latent": torch.zeros(n, dtype=torch.long, device=device),
+        }  # latent steps taken
 
     def step(self, ctx: StepContext, state: dict[str, Tensor]) -> StepOutput:
         h = self.heads
@@ -55,10 +59,12 @@ class AdaptiveLatent:
         p_stop = h.stop_prob(ctx.hidden)
         stop = (p_stop >= self.opts.stop_threshold) | (count >= self.max_latent)
         go_on = (phase == 1) & ~stop
-        tokens = torch.where(phase == 0, h.bot_id,
-                             torch.where(phase == 1, torch.where(go_on, h.lat_id, h.eot_id), ctx.sampled))
+        tokens = torch.where(
+            phase == 0, h.bot_id, torch.where(phase == 1, torch.where(go_on, h.lat_id, h.eot_id), ctx.sampled)
+        )
         inputs = Mixture.of_tokens(tokens)
         inputs.latent = go_on
         new_phase = torch.where(phase == 0, 1, torch.where((phase == 1) & stop, 2, phase))
-        return StepOutput(tokens=tokens, inputs=inputs, soft=go_on,
-                          state={"phase": new_phase, "latent": count + go_on.long()})
+        return StepOutput(
+            tokens=tokens, inputs=inputs, soft=go_on, state={"phase": new_phase, "latent": count + go_on.long()}
+        )

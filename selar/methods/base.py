@@ -17,7 +17,6 @@ from typing import Optional, Protocol
 import torch
 from torch import Tensor
 
-
 # what an engine may be asked to feed as a row's next input (MethodSpec.inputs, Capabilities.inputs)
 INPUT_KINDS = ("token", "sparse", "dense", "hidden")
 
@@ -35,16 +34,19 @@ class Mixture:
     latent: Optional[Tensor] = None
 
     @staticmethod
-    def of_tokens(tokens: Tensor) -> "Mixture":
+    def of_tokens(tokens: Tensor) -> Mixture:
         return Mixture(tokens[:, None], torch.ones(tokens.shape[0], 1, device=tokens.device))
 
     @property
     def dense(self) -> bool:
         return self.ids is None
 
-    def select(self, keep: Tensor) -> "Mixture":
-        return Mixture(None if self.ids is None else self.ids[keep], self.weights[keep],
-                       None if self.latent is None else self.latent[keep])
+    def select(self, keep: Tensor) -> Mixture:
+        return Mixture(
+            None if self.ids is None else self.ids[keep],
+            self.weights[keep],
+            None if self.latent is None else self.latent[keep],
+        )
 
 
 @dataclass
@@ -64,25 +66,25 @@ class VocabInfo:
 
 @dataclass
 class StepContext:
-    logits: Tensor        # (B, V) float32 raw logits of the running rows
-    cand_ids: Tensor      # (B, C) the candidates of p_t, most probable first
-    cand_probs: Tensor    # (B, C) p_t on them (0 where filtered out); each row sums to 1
-    sampled: Tensor       # (B,) token drawn from p_t (its argmax when greedy)
-    reasoning: Tensor     # (B,) bool: the row is inside the soft scope (reasoning phase)
-    step: Tensor          # (B,) long: 0-based index of the token each row is emitting
+    logits: Tensor  # (B, V) float32 raw logits of the running rows
+    cand_ids: Tensor  # (B, C) the candidates of p_t, most probable first
+    cand_probs: Tensor  # (B, C) p_t on them (0 where filtered out); each row sums to 1
+    sampled: Tensor  # (B,) token drawn from p_t (its argmax when greedy)
+    reasoning: Tensor  # (B,) bool: the row is inside the soft scope (reasoning phase)
+    step: Tensor  # (B,) long: 0-based index of the token each row is emitting
     max_new_tokens: Tensor  # (B,) long: each row's token budget
-    temperature: float    # temperature of p_t (1.0 when greedy)
+    temperature: float  # temperature of p_t (1.0 when greedy)
     hidden: Optional[Tensor] = None  # (B, D) last hidden states, only for methods with needs_hidden
 
 
 @dataclass
 class StepOutput:
-    tokens: Tensor                    # (B,) the emitted tokens (the visible text)
-    inputs: Mixture                   # the next input of each row
-    soft: Tensor                      # (B,) bool: the input is not a plain token
+    tokens: Tensor  # (B,) the emitted tokens (the visible text)
+    inputs: Mixture  # the next input of each row
+    soft: Tensor  # (B,) bool: the input is not a plain token
     entropy: Optional[Tensor] = None  # (B,) the method's uncertainty signal, for traces
-    stop: Optional[Tensor] = None     # (B,) bool: the method ends these rows
-    state: Optional[dict] = None      # the new per-row state (None: unchanged)
+    stop: Optional[Tensor] = None  # (B,) bool: the method ends these rows
+    state: Optional[dict] = None  # the new per-row state (None: unchanged)
 
 
 class Method(Protocol):

@@ -29,6 +29,9 @@ class CoT:
         return {}
 
     def step(self, ctx: StepContext, state: dict) -> StepOutput:
-        return StepOutput(tokens=ctx.sampled, inputs=Mixture.of_tokens(ctx.sampled),
-                          soft=torch.zeros_like(ctx.reasoning),
-                          entropy=topk_entropy(ctx.cand_probs, self.o.k))
+        return StepOutput(
+            tokens=ctx.sampled,
+            inputs=Mixture.of_tokens(ctx.sampled),
+            soft=torch.zeros_like(ctx.reasoning),
+            entropy=topk_entropy(ctx.cand_probs, self.o.k),
+        )

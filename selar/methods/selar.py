@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError, check_range
+from ..symbols import symbol_mask
 from .base import StepContext, StepOutput, VocabInfo, token_or_mixture, topk_entropy
 
 GATE_SCOPES = ("row", "batch")
@@ -21,12 +22,12 @@ GATE_SCOPES = ("row", "batch")
 
 @dataclass
 class SeLaROptions:
-    tau: float = 0.5             # gate threshold on the normalised top-k entropy
-    k: int = 3                   # size of the soft top-k
-    push_weight: float = 1.0     # lambda of the contrastive push; 0 turns it off
+    tau: float = 0.5  # gate threshold on the normalised top-k entropy
+    k: int = 3  # size of the soft top-k
+    push_weight: float = 1.0  # lambda of the contrastive push; 0 turns it off
     protect_symbols: bool = True  # never soft when the emitted token is a math symbol (ref)
-    gate: bool = True            # False: soft at every reasoning step (ablation "no gate")
-    gate_scope: str = "row"      # "batch": reference code's batch-wide gate, for comparison
+    gate: bool = True  # False: soft at every reasoning step (ablation "no gate")
+    gate_scope: str = "row"  # "batch": reference code's batch-wide gate, for comparison
 
     def __post_init__(self) -> None:
         check_range("tau", self.tau, 0.0, 1.0)
@@ -57,8 +58,9 @@ class SeLaR:
         self.num_candidates = options.k
         self.symbols = None
         if options.protect_symbols:
-            from ..symbols import symbol_mask
-            self.symbols = vocab.symbol_mask if vocab.symbol_mask is not None else symbol_mask(vocab.tokenizer, vocab.size)
+            self.symbols = (
+                vocab.symbol_mask if vocab.symbol_mask is not None else symbol_mask(vocab.tokenizer, vocab.size)
+            )
 
     def init_state(self, n: int, device: torch.device) -> dict:
         if self.symbols is not None:

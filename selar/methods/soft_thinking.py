@@ -60,5 +60,10 @@ class SoftThinking:
         soft = r & (tokens == top1)
         if self.think_end is not None:
             soft = soft & (tokens != self.think_end)
-        return StepOutput(tokens=tokens, inputs=token_or_mixture(soft, tokens, ids, p), soft=soft,
-                          entropy=topk_entropy(ctx.cand_probs, 3), state={"streak": streak})
+        return StepOutput(
+            tokens=tokens,
+            inputs=token_or_mixture(soft, tokens, ids, p),
+            soft=soft,
+            entropy=topk_entropy(ctx.cand_probs, 3),
+            state={"streak": streak},
+        )

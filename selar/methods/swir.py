@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from ..config import check_range
+from ..symbols import symbol_mask
 from .base import Mixture, StepContext, StepOutput, VocabInfo, full_entropy
 
 
@@ -49,8 +50,9 @@ class SwiR:
         self.vocab = vocab
         self.symbols = None
         if options.protect_symbols:
-            from ..symbols import symbol_mask
-            self.symbols = vocab.symbol_mask if vocab.symbol_mask is not None else symbol_mask(vocab.tokenizer, vocab.size)
+            self.symbols = (
+                vocab.symbol_mask if vocab.symbol_mask is not None else symbol_mask(vocab.tokenizer, vocab.size)
+            )
         end = [] if vocab.think_end is None else [vocab.think_end]
         self.close_seq = end
         self.answer_seq = end + (vocab.encode(options.answer_prefix) if options.answer_prefix else [])
@@ -62,10 +64,16 @@ class SwiR:
         def z(dt):
             return torch.zeros(n, dtype=dt, device=device)
 
-        return {"latent": z(torch.bool), "h_ref": z(torch.float32), "last_switch": z(torch.long),
-                "switches": z(torch.long), "deadline": torch.full((n,), -1, dtype=torch.long, device=device),
-                "queue": torch.zeros(n, max(len(self.answer_seq), 1), dtype=torch.long, device=device),
-                "q_pos": z(torch.long), "q_len": z(torch.long)}
+        return {
+            "latent": z(torch.bool),
+            "h_ref": z(torch.float32),
+            "last_switch": z(torch.long),
+            "switches": z(torch.long),
+            "deadline": torch.full((n,), -1, dtype=torch.long, device=device),
+            "queue": torch.zeros(n, max(len(self.answer_seq), 1), dtype=torch.long, device=device),
+            "q_pos": z(torch.long),
+            "q_len": z(torch.long),
+        }
 
     @staticmethod
     def _inject(st: dict, rows: torch.Tensor, seq: list[int]) -> None:
@@ -108,8 +116,9 @@ class SwiR:
         if self.symbols is not None:
             latent_in = latent_in & ~self.symbols[tokens]
         if not bool((latent_in | to_exp | to_lat).any()):  # one sync per step: all rows explicit
-            return StepOutput(tokens=tokens, inputs=Mixture.of_tokens(tokens), soft=latent_in, entropy=h,
-                              stop=stop, state=st)
+            return StepOutput(
+                tokens=tokens, inputs=Mixture.of_tokens(tokens), soft=latent_in, entropy=h, stop=stop, state=st
+            )
         frac = (t.float() / ctx.max_new_tokens.clamp_min(1).float()).clamp(max=1.0)
         a = o.alpha0 + (1 - o.alpha0) * frac
         b = o.beta0 + (1 - o.beta0) * frac

@@ -5,6 +5,18 @@ from .engine import LlamaCppEngine, _Batch, llamacpp_greedy
 from .gguf import GGUF_TYPES, convert_gguf, embedding_table, resolve_gguf
 from .model import DEFAULT_CONTEXT, DEFAULT_MAX_ROWS, ENTRY, KV_TYPES, LlamaCppModel, load_llamacpp
 
-__all__ = ["LlamaCppEngine", "LlamaCppModel", "ENTRY", "load_llamacpp", "llamacpp_greedy", "convert_gguf",
-           "embedding_table", "resolve_gguf", "GGUF_TYPES", "KV_TYPES", "DEFAULT_CONTEXT", "DEFAULT_MAX_ROWS",
-           "_Batch"]
+__all__ = [
+    "LlamaCppEngine",
+    "LlamaCppModel",
+    "ENTRY",
+    "load_llamacpp",
+    "llamacpp_greedy",
+    "convert_gguf",
+    "embedding_table",
+    "resolve_gguf",
+    "GGUF_TYPES",
+    "KV_TYPES",
+    "DEFAULT_CONTEXT",
+    "DEFAULT_MAX_ROWS",
+    "_Batch",
+]

@@ -38,9 +38,19 @@ class LlamaCppModel(Model):
 
     engine = "llamacpp"
 
-    def __init__(self, gguf: Path, tokenizer: Any, name: str, source: str, *, max_rows: int = DEFAULT_MAX_ROWS,
-                 context: int = DEFAULT_CONTEXT, threads: int = 0, flash_attn: Optional[bool] = None,
-                 kv_type: str = "f16"):
+    def __init__(
+        self,
+        gguf: Path,
+        tokenizer: Any,
+        name: str,
+        source: str,
+        *,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        context: int = DEFAULT_CONTEXT,
+        threads: int = 0,
+        flash_attn: Optional[bool] = None,
+        kv_type: str = "f16",
+    ):
         self.capabilities = get_engine("llamacpp").capabilities
         lib = gg.lib()
         t0 = time.perf_counter()
@@ -62,16 +72,25 @@ class LlamaCppModel(Model):
         self.context = min(context, train_ctx) if train_ctx > 0 else context
         self.table = gg.embedding_table(self.gguf)
         if self.table.shape != (self.n_vocab, self.n_embd):
-            raise ModelLoadError(f"embedding table of {self.gguf.name} is {self.table.shape}, "
-                                 f"expected ({self.n_vocab}, {self.n_embd})")
+            raise ModelLoadError(
+                f"embedding table of {self.gguf.name} is {self.table.shape}, expected ({self.n_vocab}, {self.n_embd})"
+            )
         eog = [t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self.vocab, t)]
-        super().__init__(tokenizer, name=name, source=source, vocab_size=self.n_vocab, stop_ids=eog,
-                         max_positions=self.context, load_seconds=time.perf_counter() - t0)
+        super().__init__(
+            tokenizer,
+            name=name,
+            source=source,
+            vocab_size=self.n_vocab,
+            stop_ids=eog,
+            max_positions=self.context,
+            load_seconds=time.perf_counter() - t0,
+        )
         self._ctx = None
         self._owners: dict[int, weakref.ref] = {}  # llama.cpp sequence -> the engine using it
         self.info["serve_notes"] = [
             f"llama.cpp holds {self.max_rows} sequences of {self.context} positions (KV cache allocated up front; "
-            f"lower --max-batch, --max-prompt-tokens or --max-tokens to shrink it)"]
+            f"lower --max-batch, --max-prompt-tokens or --max-tokens to shrink it)"
+        ]
 
     def close(self) -> None:
         """Free the llama.cpp context and model now (otherwise when the model is collected)."""
@@ -94,8 +113,10 @@ class LlamaCppModel(Model):
                 if len(free) == k:
                     break
         if len(free) < k:
-            raise CapacityError(f"the llama.cpp engine decodes at most {self.max_rows} rows together "
-                                f"(load the model with a larger max_rows)")
+            raise CapacityError(
+                f"the llama.cpp engine decodes at most {self.max_rows} rows together "
+                f"(load the model with a larger max_rows)"
+            )
         for s in free:
             self._owners[s] = weakref.ref(engine)
         return np.array(free, dtype=np.int32)
@@ -123,10 +144,12 @@ class LlamaCppModel(Model):
             cp.no_perf = True
             self._ctx = lib.llama_init_from_model(self.lm, cp)
             if not self._ctx:
-                raise ModelLoadError(f"llama.cpp could not create a context of {self.max_rows} x {self.context} "
-                                     f"positions (out of memory? lower max_rows or context"
-                                     + ("; a q8_0 V cache needs flash_attn" if self.kv_type == "q8_0" else "")
-                                     + ")")
+                raise ModelLoadError(
+                    f"llama.cpp could not create a context of {self.max_rows} x {self.context} "
+                    f"positions (out of memory? lower max_rows or context"
+                    + ("; a q8_0 V cache needs flash_attn" if self.kv_type == "q8_0" else "")
+                    + ")"
+                )
             self._handles["ctx"] = self._ctx
         return self._ctx
 
@@ -134,8 +157,15 @@ class LlamaCppModel(Model):
         return LlamaCppEngine(self)
 
 
-def load_llamacpp(name_or_path: str, *, max_rows: int = DEFAULT_MAX_ROWS, context: int = DEFAULT_CONTEXT,
-                  threads: int = 0, flash_attn: Optional[bool] = None, kv_type: str = "f16") -> LlamaCppModel:
+def load_llamacpp(
+    name_or_path: str,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    context: int = DEFAULT_CONTEXT,
+    threads: int = 0,
+    flash_attn: Optional[bool] = None,
+    kv_type: str = "f16",
+) -> LlamaCppModel:
     """Load a catalog model or GGUF file on llama.cpp. `max_rows`: sequences decoded together
     (the largest batch); `context`: positions per sequence (prompt + generation; capped at the
     model's training context); `threads`: 0 for all cores; `flash_attn`: None lets llama.cpp
@@ -155,8 +185,17 @@ def load_llamacpp(name_or_path: str, *, max_rows: int = DEFAULT_MAX_ROWS, contex
         tok = gg.tokenizer(path, name_or_path)
     except Exception as e:
         raise ModelLoadError(f"could not read the tokenizer of {path.name}: {e}") from e
-    model = LlamaCppModel(path, tok, name=name_or_path, source=source, max_rows=max_rows, context=context,
-                          threads=threads, flash_attn=flash_attn, kv_type=kv_type)
+    model = LlamaCppModel(
+        path,
+        tok,
+        name=name_or_path,
+        source=source,
+        max_rows=max_rows,
+        context=context,
+        threads=threads,
+        flash_attn=flash_attn,
+        kv_type=kv_type,
+    )
     model.load_seconds = time.perf_counter() - t0
     return model
 
@@ -165,17 +204,21 @@ class _Entry:
     """The llama.cpp engine's registry entry."""
 
     @staticmethod
-    def load(name: str, *, dtype: Any = "auto", device: str = "auto", trust_remote_code: bool = False,
-             **options: Any) -> LlamaCppModel:
+    def load(
+        name: str, *, dtype: Any = "auto", device: str = "auto", trust_remote_code: bool = False, **options: Any
+    ) -> LlamaCppModel:
         if str(dtype).replace("torch.", "") not in ("auto", "None") or device not in ("auto", "cpu"):
-            raise ConfigError("dtype and device apply to the transformers engine; llama.cpp runs the GGUF's own "
-                              "quantisation on the CPU")
+            raise ConfigError(
+                "dtype and device apply to the transformers engine; llama.cpp runs the GGUF's own "
+                "quantisation on the CPU"
+            )
         extra = env_json("SELAR_LLAMACPP_ARGS")  # e.g. '{"kv_type": "f32", "threads": 4}' for CLI runs
         known = set(inspect.signature(load_llamacpp).parameters) - {"name_or_path"}
         unknown = sorted(set(extra) - known)
         if unknown:
-            raise ConfigError(f"SELAR_LLAMACPP_ARGS: unknown option(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"SELAR_LLAMACPP_ARGS: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return load_llamacpp(name, **{**extra, **options})
 
     @staticmethod

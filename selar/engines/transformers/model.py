@@ -21,8 +21,15 @@ class TransformersModel(Model):
 
     engine = "transformers"
 
-    def __init__(self, hf_model: Any, tokenizer: Any, name: str, source: str, load_seconds: float = 0.0,
-                 info: Optional[dict] = None):
+    def __init__(
+        self,
+        hf_model: Any,
+        tokenizer: Any,
+        name: str,
+        source: str,
+        load_seconds: float = 0.0,
+        info: Optional[dict] = None,
+    ):
         self.capabilities = get_engine("transformers").capabilities
         self.hf_model = hf_model
         cfg = getattr(hf_model, "generation_config", None)
@@ -30,10 +37,16 @@ class TransformersModel(Model):
         if eos is None:
             eos = tokenizer.eos_token_id
         stop = [eos] if isinstance(eos, int) else list(eos or [])
-        super().__init__(tokenizer, name=name, source=source,
-                         vocab_size=int(hf_model.get_input_embeddings().weight.shape[0]), stop_ids=stop,
-                         max_positions=getattr(hf_model.config, "max_position_embeddings", None),
-                         load_seconds=load_seconds, info=info)
+        super().__init__(
+            tokenizer,
+            name=name,
+            source=source,
+            vocab_size=int(hf_model.get_input_embeddings().weight.shape[0]),
+            stop_ids=stop,
+            max_positions=getattr(hf_model.config, "max_position_embeddings", None),
+            load_seconds=load_seconds,
+            info=info,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -50,8 +63,14 @@ class TransformersModel(Model):
         return TransformersEngine(self.hf_model, pad_id=self.pad_id)
 
 
-def from_pretrained(path: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool,
-                    gguf_file: Optional[str] = None, local_only: bool = True) -> tuple[Any, Any]:
+def from_pretrained(
+    path: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    trust_remote_code: bool,
+    gguf_file: Optional[str] = None,
+    local_only: bool = True,
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw: dict[str, Any] = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
@@ -63,8 +82,9 @@ def from_pretrained(path: str, dtype: torch.dtype, device: torch.device, trust_r
     return model, tok
 
 
-def load(name: str, *, dtype: Any = "auto", device: str = "auto", trust_remote_code: bool = False,
-         **options: Any) -> Model:
+def load(
+    name: str, *, dtype: Any = "auto", device: str = "auto", trust_remote_code: bool = False, **options: Any
+) -> Model:
     """Load a catalog model, folder, GGUF file or hub id with transformers."""
     if options:
         raise ConfigError(f"the transformers engine takes no options {sorted(options)}")
@@ -109,8 +129,10 @@ def _load_hub(name: str, dt: torch.dtype, dev: torch.device, trust_remote_code: 
     except OSError as e:
         text = str(e)
         if any(s in text for s in ("connect", "Connection", "resolve", "offline", "Max retries", "timed out")):
-            raise OfflineError(f"cannot reach the Hugging Face hub to download {name}; use a catalog model "
-                                   f"(`selar models list`), a folder or a GGUF file") from None
+            raise OfflineError(
+                f"cannot reach the Hugging Face hub to download {name}; use a catalog model "
+                f"(`selar models list`), a folder or a GGUF file"
+            ) from None
         raise ModelLoadError(f"could not load {name} from the hub: {text.strip().splitlines()[0]}") from None
 
 
