@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -266,6 +266,25 @@ def marker_end_tokens(tokens: Sequence[str], markers: Sequence[str]) -> Optional
     if any(not (c.isascii() and c.isprintable() and not c.isspace()) for c in last):
         return None
     return torch.tensor([any(c in t for c in last) or t.startswith("<0x") for t in tokens], dtype=torch.bool)
+
+
+_ENDS: dict[tuple[int, tuple[str, ...], int], tuple[object, Optional[Tensor]]] = {}
+
+
+def answer_guard(
+    tokenizer: Any, markers: Sequence[str], vocab_size: int, check: Callable[[list[int]], bool]
+) -> AnswerGuard:
+    """The guard of a model's tokenizer for these markers; `check(ids)` finds a marker in the text
+    of ids (e.g. `selar.text.stop_checker(tokenizer, markers)`). The token mask is built once per
+    tokenizer and markers."""
+    key = (id(tokenizer), tuple(markers), vocab_size)
+    if key not in _ENDS:
+        n = len(tokenizer)
+        ends = marker_end_tokens(tokenizer.convert_ids_to_tokens(list(range(n))), markers)
+        if ends is not None and vocab_size > n:  # ids the tokenizer does not name: always checked
+            ends = torch.cat([ends, torch.ones(vocab_size - n, dtype=torch.bool)])
+        _ENDS[key] = (tokenizer, ends)  # the tokenizer is kept, so its id is not reused
+    return AnswerGuard(check, max(len(m) for m in markers) + 16, _ENDS[key][1])
 
 
 def plain_rows(inputs: Mixture, tokens: Tensor, rows: Tensor) -> Mixture:

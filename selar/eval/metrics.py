@@ -1,5 +1,7 @@
 """Metrics of the papers: avg@N accuracy with a 95% interval, mean tokens (all / correct /
-wrong), TPCA, share of soft steps, time and tokens/s, and a paired test against `cot`."""
+wrong), TPCA, share of soft steps, time and tokens/s, and a paired test against `cot`; and the
+length report: the share of generations cut by the token limit and, for thinking models, the
+share that never closed their reasoning."""
 
 from __future__ import annotations
 
@@ -16,20 +18,23 @@ class Summary:
     dataset: str
     method: str
     problems: int
-    samples: int              # generations per problem (N of avg@N)
-    accuracy: float           # avg@N
+    samples: int  # generations per problem (N of avg@N)
+    accuracy: float  # avg@N
     ci_low: float
     ci_high: float
-    tokens: float             # mean generated tokens, all answers
+    tokens: float  # mean generated tokens, all answers
     tokens_correct: Optional[float]
     tokens_wrong: Optional[float]
-    tpca: Optional[float]     # total generated tokens / number of correct answers
-    soft_share: float         # soft steps / generated tokens
+    tpca: Optional[float]  # total generated tokens / number of correct answers
+    soft_share: float  # soft steps / generated tokens
     seconds: Optional[float]
     tokens_per_s: Optional[float]
     delta_vs_cot: Optional[float] = None
     p_vs_cot: Optional[float] = None
     test_vs_cot: Optional[str] = None
+    truncated: Optional[float] = None  # share of generations cut by the token limit
+    no_think_end: Optional[float] = None  # thinking models: share that never wrote </think>
+    max_tokens: Optional[int] = None  # longest generation
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +55,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
@@ -95,10 +100,26 @@ def summarize(records: list[dict], timings: list[dict], baseline: str = "cot") -
         ok = np.array([bool(r["correct"]) for r in recs])
         soft = sum(r["num_soft_steps"] for r in recs)
         secs, ttoks = time_of.get((dataset, method), (0.0, 0.0))
-        s = Summary(dataset, method, len(pp), samples, acc, lo, hi, float(toks.mean()),
-                    float(toks[ok].mean()) if ok.any() else None, float(toks[~ok].mean()) if (~ok).any() else None,
-                    float(toks.sum() / ok.sum()) if ok.any() else None, soft / max(toks.sum(), 1),
-                    secs or None, (ttoks / secs) if secs else None)
+        s = Summary(
+            dataset,
+            method,
+            len(pp),
+            samples,
+            acc,
+            lo,
+            hi,
+            float(toks.mean()),
+            float(toks[ok].mean()) if ok.any() else None,
+            float(toks[~ok].mean()) if (~ok).any() else None,
+            float(toks.sum() / ok.sum()) if ok.any() else None,
+            soft / max(toks.sum(), 1),
+            secs or None,
+            (ttoks / secs) if secs else None,
+        )
+        s.truncated = sum(r.get("finish_reason") == "length" for r in recs) / len(recs)
+        closed = [r["think_end"] for r in recs if r.get("think_end") is not None]
+        s.no_think_end = (len(closed) - sum(closed)) / len(closed) if closed else None
+        s.max_tokens = int(toks.max())
         base = groups.get((dataset, baseline))
         if base is not None and method != baseline:
             bp = per_problem(base)

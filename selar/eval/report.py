@@ -10,9 +10,10 @@ from pathlib import Path
 
 from ..errors import SelarError
 from .metrics import Summary, summarize
-from .runner import read_results
+from .rundir import read_results
 
 DATASET_ORDER = ["gsm8k", "math500", "gpqa", "aime2024", "aime2025"]
+METHOD_ORDER = ["cot", "soft-thinking", "swir", "selar"]
 
 
 def collect(dirs: list[str]) -> tuple[list[dict], list[dict]]:
@@ -42,7 +43,7 @@ def _order(names, preferred):
 
 def table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
     datasets = _order({s.dataset for s in summaries}, DATASET_ORDER)
-    methods = _order({s.method for s in summaries}, ["cot", "soft-thinking", "swir", "selar"])
+    methods = _order({s.method for s in summaries}, METHOD_ORDER)
     by = {(s.dataset, s.method): s for s in summaries}
     header = ["method"] + datasets + (["avg"] if len(datasets) > 1 else []) + ["tokens", "TPCA", "soft %"]
     rows = []
@@ -71,6 +72,29 @@ def table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def length_table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
+    """Per dataset and method: mean and longest generation, the share cut by the token limit and
+    (thinking models) the share that never wrote </think>."""
+    header = ["dataset", "method", "mean tokens", "max tokens", "cut by limit %", "no </think> %"]
+    rows = []
+    for s in sorted(summaries, key=lambda x: (_rank(x.dataset, DATASET_ORDER), _rank(x.method, METHOD_ORDER))):
+        rows.append(
+            [
+                s.dataset,
+                s.method,
+                f"{s.tokens:.0f}",
+                "-" if s.max_tokens is None else str(s.max_tokens),
+                "-" if s.truncated is None else f"{s.truncated * 100:.1f}",
+                "-" if s.no_think_end is None else f"{s.no_think_end * 100:.1f}",
+            ]
+        )
+    return header, rows
+
+
+def _rank(name: str, preferred: list[str]) -> tuple[int, str]:
+    return (preferred.index(name) if name in preferred else len(preferred), name)
+
+
 def markdown(header, rows) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -85,7 +109,7 @@ def plots(summaries: list[Summary], out: Path) -> list[Path]:
 
     paths = []
     datasets = _order({s.dataset for s in summaries}, DATASET_ORDER)
-    methods = _order({s.method for s in summaries}, ["cot", "soft-thinking", "swir", "selar"])
+    methods = _order({s.method for s in summaries}, METHOD_ORDER)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     markers = "osD^v<>p*h"
     for j, d in enumerate(datasets):
@@ -93,12 +117,20 @@ def plots(summaries: list[Summary], out: Path) -> list[Path]:
             s = next((x for x in summaries if x.dataset == d and x.method == m), None)
             if s is None:
                 continue
-            ax.errorbar(s.tokens, s.accuracy * 100, yerr=[[(s.accuracy - s.ci_low) * 100], [(s.ci_high - s.accuracy) * 100]],
-                        fmt=markers[j % len(markers)], color=f"C{i}", capsize=3,
-                        label=m if j == 0 else None)
+            ax.errorbar(
+                s.tokens,
+                s.accuracy * 100,
+                yerr=[[(s.accuracy - s.ci_low) * 100], [(s.ci_high - s.accuracy) * 100]],
+                fmt=markers[j % len(markers)],
+                color=f"C{i}",
+                capsize=3,
+                label=m if j == 0 else None,
+            )
     ax.set_xlabel("mean generated tokens")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("accuracy vs tokens (" + ", ".join(f"{markers[j % len(markers)]}={d}" for j, d in enumerate(datasets)) + ")")
+    ax.set_title(
+        "accuracy vs tokens (" + ", ".join(f"{markers[j % len(markers)]}={d}" for j, d in enumerate(datasets)) + ")"
+    )
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -141,11 +173,42 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
     out = Path(out_dir or dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(summaries)
-    md = ["# selar report", "", f"Runs: {', '.join(dirs)}", "",
-          "Accuracy (%) as avg@N with a 95% interval; against `cot`: (difference, p-value of a paired test).", "",
-          markdown(header, rows), "", "## Details", ""]
-    detail_cols = ["dataset", "method", "problems", "samples", "accuracy", "tokens", "tokens_correct", "tokens_wrong",
-                   "tpca", "soft_share", "seconds", "tokens_per_s", "delta_vs_cot", "p_vs_cot", "test_vs_cot"]
+    md = [
+        "# selar report",
+        "",
+        f"Runs: {', '.join(dirs)}",
+        "",
+        "Accuracy (%) as avg@N with a 95% interval; against `cot`: (difference, p-value of a paired test).",
+        "",
+        markdown(header, rows),
+        "",
+        "## Length and truncation",
+        "",
+        "Generations cut by the token limit, and (thinking models) generations that never closed their "
+        "reasoning with </think>: a high share means the limit, not the method, decided the answer.",
+        "",
+        markdown(*length_table(summaries)),
+        "",
+        "## Details",
+        "",
+    ]
+    detail_cols = [
+        "dataset",
+        "method",
+        "problems",
+        "samples",
+        "accuracy",
+        "tokens",
+        "tokens_correct",
+        "tokens_wrong",
+        "tpca",
+        "soft_share",
+        "seconds",
+        "tokens_per_s",
+        "delta_vs_cot",
+        "p_vs_cot",
+        "test_vs_cot",
+    ]
 
     def fmt(v):
         if v is None:

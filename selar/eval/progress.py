@@ -1,0 +1,55 @@
+"""Progress of an eval run: problems done, accuracy so far, tokens/s and ETA (a rich bar on a
+terminal, one line per update in a log)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional
+
+
+class Progress:
+    def __init__(self, total: int, done: int, enabled: bool = True, stats: Optional[dict] = None):
+        self.total, self.done, self.enabled = total, done, enabled
+        self.stats_ref = stats if stats is not None else {"correct": 0, "n": 0, "tokens": 0, "seconds": 0.0}
+        self.t0 = time.perf_counter()
+        self.start_done, self.tokens = done, 0
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
+
+            self.bar = Bar(
+                TextColumn("eval"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+            )
+            self.task = self.bar.add_task("eval", total=total, completed=done, info="")
+
+    def __enter__(self) -> Progress:
+        if self.bar:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *a) -> None:
+        if self.bar:
+            self.bar.__exit__(*a)
+
+    def update(self, n: int, tokens: int) -> None:
+        s = self.stats_ref
+        self.done += n
+        self.tokens += tokens
+        acc = s["correct"] / s["n"] if s["n"] else 0.0
+        tps = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
+        if self.bar:
+            self.bar.update(self.task, advance=n, info=f"acc {acc:.1%} | {tps:.1f} tok/s")
+        elif self.enabled:  # a log, not a terminal: one line per batch
+            rate = (self.done - self.start_done) / max(time.perf_counter() - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate else 0.0
+            print(
+                f"eval {self.done}/{self.total} | acc {acc:.1%} | {tps:.1f} tok/s | ETA {eta / 60:.1f} min",
+                file=sys.stderr,
+                flush=True,
+            )
