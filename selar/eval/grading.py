@@ -80,6 +80,27 @@ def choice_letter(text: str, reasoning_open: bool = False) -> Optional[str]:
     return None
 
 
+def boxed_form(text: str) -> str:
+    """How an answer boxes its result: "none" (no `\\boxed`), "ok", or "malformed": a `\\boxed`
+    not followed by `{` (e.g. `\\boxedboxed{72}`), an unclosed brace, or a last boxed content that
+    is empty or parses to nothing."""
+    from math_verify import parse
+
+    answer = final_text(text)
+    if "\\boxed" not in answer:
+        return "none"
+    if re.search(r"\\boxed(?!\s*\{)", answer):
+        return "malformed"
+    contents = boxed_contents(answer)
+    if len(contents) < answer.count("\\boxed") or not contents[-1].strip():
+        return "malformed"
+    try:
+        ok = bool(parse(f"${contents[-1]}$"))
+    except Exception:
+        ok = False
+    return "ok" if ok else "malformed"
+
+
 def gold_math(gold: str) -> str:
     """A gold answer as math-verify reads it: in `$...$` unless it has its own delimiters."""
     return gold if _UNESCAPED_DOLLAR.search(gold) or "\\boxed" in gold else f"${gold}$"

@@ -72,7 +72,7 @@ def write_html(rep: dict, dirs: list[str], out: Path) -> Path:
         "<p>Accuracy (%) as avg@N with a 95% interval; against <code>cot</code>: "
         "(difference, p-value of a paired test).</p>",
         table_html(header, rows),
-        "<h2>Length and truncation</h2>",
+        "<h2>Length, truncation and answer form</h2>",
         "<p>Generations cut by the token limit, and (thinking models) generations that never closed their "
         "reasoning with <code>&lt;/think&gt;</code>.</p>",
         table_html(*length_table(summaries)),

@@ -12,6 +12,8 @@ from typing import Optional
 
 import numpy as np
 
+from .grading import boxed_form
+
 
 @dataclass
 class Summary:
@@ -35,6 +37,8 @@ class Summary:
     truncated: Optional[float] = None  # share of generations cut by the token limit
     no_think_end: Optional[float] = None  # thinking models: share that never wrote </think>
     max_tokens: Optional[int] = None  # longest generation
+    boxed: Optional[float] = None  # share of answers that box a result (well-formed or not)
+    malformed_boxed: Optional[float] = None  # share of answers whose boxed result is malformed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +124,10 @@ def summarize(records: list[dict], timings: list[dict], baseline: str = "cot") -
         closed = [r["think_end"] for r in recs if r.get("think_end") is not None]
         s.no_think_end = (len(closed) - sum(closed)) / len(closed) if closed else None
         s.max_tokens = int(toks.max())
+        forms = [boxed_form(r["text"]) for r in recs if "text" in r]
+        if forms:
+            s.boxed = sum(f != "none" for f in forms) / len(forms)
+            s.malformed_boxed = forms.count("malformed") / len(forms)
         base = groups.get((dataset, baseline))
         if base is not None and method != baseline:
             bp = per_problem(base)

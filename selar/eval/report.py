@@ -7,6 +7,7 @@ import csv
 import json
 import warnings
 from pathlib import Path
+from typing import Optional
 
 from ..errors import SelarError
 from .metrics import Summary, summarize
@@ -73,9 +74,23 @@ def table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
 
 
 def length_table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
-    """Per dataset and method: mean and longest generation, the share cut by the token limit and
-    (thinking models) the share that never wrote </think>."""
-    header = ["dataset", "method", "mean tokens", "max tokens", "cut by limit %", "no </think> %"]
+    """Per dataset and method: mean and longest generation, the share cut by the token limit,
+    (thinking models) the share that never wrote </think>, and the share of answers that box a
+    result and whose boxed result is malformed (e.g. `\\boxedboxed{72}`)."""
+    header = [
+        "dataset",
+        "method",
+        "mean tokens",
+        "max tokens",
+        "cut by limit %",
+        "no </think> %",
+        "boxed %",
+        "malformed boxed %",
+    ]
+
+    def pct(v: Optional[float]) -> str:
+        return "-" if v is None else f"{v * 100:.1f}"
+
     rows = []
     for s in sorted(summaries, key=lambda x: (_rank(x.dataset, DATASET_ORDER), _rank(x.method, METHOD_ORDER))):
         rows.append(
@@ -84,8 +99,10 @@ def length_table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
                 s.method,
                 f"{s.tokens:.0f}",
                 "-" if s.max_tokens is None else str(s.max_tokens),
-                "-" if s.truncated is None else f"{s.truncated * 100:.1f}",
-                "-" if s.no_think_end is None else f"{s.no_think_end * 100:.1f}",
+                pct(s.truncated),
+                pct(s.no_think_end),
+                pct(s.boxed),
+                pct(s.malformed_boxed),
             ]
         )
     return header, rows
@@ -182,10 +199,12 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
         "",
         markdown(header, rows),
         "",
-        "## Length and truncation",
+        "## Length, truncation and answer form",
         "",
         "Generations cut by the token limit, and (thinking models) generations that never closed their "
-        "reasoning with </think>: a high share means the limit, not the method, decided the answer.",
+        "reasoning with </think>: a high share means the limit, not the method, decided the answer. "
+        "Boxed: answers with a \\boxed result; malformed: a \\boxed not followed by a brace, an unclosed "
+        "brace, or a boxed result that is empty or does not parse.",
         "",
         markdown(*length_table(summaries)),
         "",
