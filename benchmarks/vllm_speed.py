@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import selar
-    from selar.engines.vllm import default_environment, engine_kwargs, resolve_folder, architecture
+    from selar.engines.vllm import default_environment, engine_kwargs, resolve_folder
 
     default_environment()
     from vllm import LLM, SamplingParams
@@ -48,8 +48,8 @@ def main() -> None:
     vl = selar.load_model(args.model, engine="vllm", dtype=args.dtype, max_num_seqs=b, max_model_len=2048,
                           enforce_eager=args.eager)
     folder, _ = resolve_folder(args.model)
-    plain = LLM(**engine_kwargs(folder, architecture(folder), dtype=args.dtype, max_num_seqs=b, max_model_len=2048,
-                                plugin=False, enforce_eager=args.eager))
+    plain = LLM(**engine_kwargs(folder, None, dtype=args.dtype, max_num_seqs=b, max_model_len=2048,  # stock vLLM
+                                enforce_eager=args.eager))
 
     # acceptance 1: greedy selar, 4 prompts, same tokens on both engines (stop tokens on)
     check = PROMPTS[:4]

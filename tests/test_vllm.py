@@ -30,7 +30,8 @@ def vl(smollm2):  # the transformers fixture pulls the catalog model (and sets S
 @pytest.mark.parametrize("method,opts", [("selar", {}), ("selar-no-push", {"tau": 0.3}),
                                          ("soft-thinking", {"max_topk": 3}), ("cot", {})])
 def test_greedy_equals_transformers_engine(vl, smollm2, method, opts):
-    want = selar.generate(smollm2, PROMPTS[:4], method, temperature=0, max_new_tokens=64, batch_size=4, trace=True, **opts)
+    want = selar.generate(smollm2, PROMPTS[:4], method, temperature=0, max_new_tokens=64, batch_size=4, trace=True,
+                          **opts)
     got = selar.generate(vl, PROMPTS[:4], method, temperature=0, max_new_tokens=64, trace=True, **opts)
     if method != "cot":
         assert sum(r.num_soft_steps for r in want) > 10  # the soft path is exercised

@@ -1,0 +1,121 @@
+"""What a request asks of the vLLM plugin, and the server-wide defaults of `selar serve --engine vllm`.
+
+A request asks for a method through flat `selar_` options in `SamplingParams.extra_args` (so they
+pass through `vllm serve`'s `vllm_xargs`): `{"selar_method": "selar", "selar_tau": 0.5}`. Its
+sampling settings are the request's own (temperature, top_p, top_k, min_p, seed, max_tokens,
+stop); a `selar_<sampling setting>` overrides one (selar's runner does, and asks vLLM itself for
+plain greedy on the forced logits). Pure Python: nothing here needs vLLM except
+`make_sampling_params`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+from typing import Any, Optional
+
+from ...config import SAMPLING_FIELDS, GenerationConfig, SamplingConfig, env_json
+from ...errors import ConfigError
+from ...methods import all_option_names, make_config, option_names
+from ..base import get_engine, refuse_method
+
+PREFIX = "selar_"
+DEFAULTS_ENV = "SELAR_VLLM_DEFAULTS"  # the server's defaults, handed to vLLM's processes
+# sampling settings a request's selar_ options may override (max_tokens and stop are vLLM's own)
+OVERRIDABLE = ("temperature", "top_p", "top_k", "min_p", "seed")
+# where `selar serve --engine vllm --set NAME=...` goes: vLLM's generation config (the default of
+# requests that do not set it; vLLM's names), or the plugin's defaults
+GENERATION_CONFIG = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                     "max_new_tokens": "max_new_tokens"}
+NOT_CARRIED = {"stop": "vLLM takes stop strings from each request only (send `stop` with the request)"}
+
+
+def request_args(method: str, options: Optional[dict] = None, key: Optional[str] = None) -> dict:
+    """extra_args for a SamplingParams that runs `method` with these options."""
+    args: dict[str, Any] = {PREFIX + "method": method}
+    for k, v in (options or {}).items():
+        args[PREFIX + k] = v
+    if key is not None:
+        args[PREFIX + "key"] = key  # the request's soft-step record is kept for the runner
+    return args
+
+
+def _unprefixed(args: Optional[dict]) -> dict:
+    return {k[len(PREFIX):]: v for k, v in (args or {}).items() if isinstance(k, str) and k.startswith(PREFIX)}
+
+
+def server_defaults() -> dict:
+    """The server's defaults (unprefixed): `method`, method options, `seed`, `soft_scope`."""
+    return _unprefixed(env_json(DEFAULTS_ENV))
+
+
+def parse_request(params: Any) -> Optional[tuple[GenerationConfig, Optional[str]]]:
+    """(GenerationConfig, record key) of a request, or None when it asks for no method.
+
+    The request's own selar_ options are strict (an option its method lacks is an error); a
+    server default applies only where the request's method has that option and the request
+    does not set it. The seed: selar_seed, else the request's seed, else the server's, else random."""
+    own = _unprefixed(getattr(params, "extra_args", None))
+    defaults = server_defaults()
+    method = own.pop("method", defaults.get("method"))
+    if method is None:
+        return None
+    if not isinstance(method, str):
+        raise ConfigError(f"selar_method must be a method name, got {method!r}")
+    refuse_method("vllm", get_engine("vllm").capabilities, method)
+    key = own.pop("key", None)
+    fixed = sorted(own.keys() & {"max_new_tokens", "stop"})
+    if fixed:
+        raise ConfigError(f"selar_{fixed[0]} is not an option: max_tokens and stop are the request's own settings")
+    names = option_names(method)
+    # a server's sampling defaults other than soft_scope are vLLM's (generation config), not the plugin's
+    opts = {k: v for k, v in defaults.items() if k in names and (k not in SAMPLING_FIELDS or k == "soft_scope")}
+    opts.update(own)
+    seed = own.get("seed", getattr(params, "seed", None))
+    if seed is None:
+        seed = defaults.get("seed", random.getrandbits(62))
+    top_k = params.top_k if params.top_k and params.top_k > 0 else 0
+    request = {"temperature": float(params.temperature), "top_p": float(params.top_p), "top_k": int(top_k),
+               "min_p": float(params.min_p), "max_new_tokens": max(1, int(params.max_tokens or 1))}
+    cfg = make_config(method, **{**request, **opts, "seed": seed})
+    return cfg, key
+
+
+def make_sampling_params(cfg: GenerationConfig, seed: int, key: str, stop_ids: list[int]) -> Any:
+    """vLLM SamplingParams of one row of selar's runner: selar draws the token (seeded, as on
+    every engine) and forces it, so vLLM itself samples greedily from the forced logits."""
+    from vllm import SamplingParams
+
+    s = cfg.sampling
+    extra = request_args(cfg.method, asdict(cfg.options), key=key)
+    extra.update({PREFIX + k: getattr(s, k) for k in OVERRIDABLE})
+    extra[PREFIX + "seed"] = seed
+    if s.soft_scope != "auto":
+        extra[PREFIX + "soft_scope"] = s.soft_scope
+    return SamplingParams(temperature=0.0, max_tokens=s.max_new_tokens, stop=list(s.stop) or None,
+                          stop_token_ids=list(stop_ids), ignore_eos=not stop_ids,  # no stop ids: fixed length
+                          skip_special_tokens=True, extra_args=extra)
+
+
+def split_server_defaults(method: str, defaults: dict, max_tokens: Optional[int] = None) -> tuple[dict, dict]:
+    """Where `selar serve --engine vllm --method METHOD --set ...` defaults go: (vLLM generation-
+    config overrides, the plugin's defaults as the `SELAR_VLLM_DEFAULTS` object). Sampling settings
+    become vLLM's defaults for requests that do not set them (selar's paper settings where `--set`
+    gives none); method options, `soft_scope` and `seed` are the plugin's defaults for requests
+    that do not set them; what vLLM cannot take from a server is refused (ConfigError)."""
+    for name, why in NOT_CARRIED.items():
+        if name in defaults:
+            raise ConfigError(f"--set {name} cannot be a server default with --engine vllm: {why}")
+    unknown = sorted(set(defaults) - all_option_names())
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
+    check = {k: v for k, v in defaults.items() if k in option_names(method)}
+    make_config(method, **check)  # the values, validated as a request's would be
+    if max_tokens is not None and defaults.get("max_new_tokens", 0) > max_tokens:
+        raise ConfigError(f"--set max_new_tokens={defaults['max_new_tokens']} is more than --max-tokens {max_tokens}")
+    paper = SamplingConfig()
+    gen = {GENERATION_CONFIG[k]: getattr(paper, k) for k in ("temperature", "top_p", "top_k", "min_p")}
+    gen.update({GENERATION_CONFIG[k]: v for k, v in defaults.items() if k in GENERATION_CONFIG})
+    plugin = {PREFIX + "method": method}
+    plugin.update({PREFIX + k: v for k, v in defaults.items() if k not in GENERATION_CONFIG})
+    return gen, plugin

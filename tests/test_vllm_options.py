@@ -1,0 +1,160 @@
+"""The vLLM engine's pure parts, without vLLM: request options, the server defaults of
+`selar serve --engine vllm` (issue 16, bug 3) and its command line and environment (bug 2).
+vLLM's own `vllm serve` is replaced by a stand-in for `os.execv`, so these run everywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+
+from selar.cli import main
+from selar.config import SamplingConfig
+from selar.engines.vllm import launch, parse_request, request_args, split_server_defaults
+from selar.engines.vllm.request import DEFAULTS_ENV
+from selar.errors import CapabilityError, ConfigError
+
+SECRET = "sk-selar-test-3f9a1c"
+
+
+def params(extra=None, seed=None, temperature=0.7, max_tokens=32):
+    """The fields of a vLLM SamplingParams that the plugin reads."""
+    return SimpleNamespace(temperature=temperature, top_p=0.9, top_k=-1, min_p=0.0, max_tokens=max_tokens, seed=seed,
+                           extra_args=extra)
+
+
+@pytest.fixture
+def env(monkeypatch):
+    """Restore the variables `serve` sets in this process."""
+    for k in (DEFAULTS_ENV, launch.API_KEY_ENV, "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE"):
+        monkeypatch.setenv(k, "unset")
+        monkeypatch.delenv(k)
+    return monkeypatch
+
+
+@pytest.fixture
+def fake_vllm(env, tmp_path):
+    """`selar serve --engine vllm` up to the exec of `vllm serve`: returns what it would exec."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    execs = []
+    env.setattr(launch, "require_vllm", lambda: None)
+    env.setattr(launch, "soft_architecture", lambda f: "SelarLlamaForCausalLM")
+    env.setattr(os, "execv", lambda path, argv: execs.append((path, list(argv), dict(os.environ))))
+
+    def run(*args):
+        r = CliRunner().invoke(main, ["serve", "--engine", "vllm", "--model", str(folder), "--port", "8123", *args])
+        return r, (execs[-1] if execs else None)
+
+    return run
+
+
+# -- bug 2: the API key ------------------------------------------------------------------------
+def test_api_key_goes_through_the_environment_and_is_never_printed(fake_vllm):
+    r, (path, argv, environ) = fake_vllm("--api-key", SECRET)
+    assert r.exit_code == 0, r.output
+    assert not any(SECRET in a for a in argv), argv
+    assert "--api-key" not in argv
+    assert environ[launch.API_KEY_ENV] == SECRET  # vLLM reads VLLM_API_KEY
+    assert SECRET not in r.output and SECRET not in (r.stderr or "")
+    assert argv[1:4] == ["-m", "selar.engines.vllm.launch", "serve"]  # vLLM's CLI in this interpreter
+    assert "selar: vllm serve" in r.output  # the command is shown
+
+
+def test_api_key_from_selar_api_key_variable(fake_vllm, env):
+    env.setenv("SELAR_API_KEY", SECRET)
+    r, (_, argv, environ) = fake_vllm()
+    assert r.exit_code == 0, r.output
+    assert environ[launch.API_KEY_ENV] == SECRET and not any(SECRET in a for a in argv)
+    assert SECRET not in r.output
+
+
+def test_a_key_given_as_a_vllm_flag_is_hidden_when_printed(fake_vllm):
+    r, (_, argv, _) = fake_vllm(f"--vllm-arg=--api-key={SECRET}")
+    assert r.exit_code == 0, r.output
+    assert f"--api-key={SECRET}" in argv  # the user's own flag is passed on as given ...
+    assert SECRET not in r.output  # ... but not shown
+    assert launch.redacted(["vllm", "--api-key", SECRET, "--port", "1"]) == "vllm --api-key '***' --port 1"
+
+
+def test_no_key_no_variable(fake_vllm):
+    r, (_, _, environ) = fake_vllm()
+    assert r.exit_code == 0, r.output
+    assert launch.API_KEY_ENV not in environ
+
+
+# -- bug 3: --set defaults reach vLLM ----------------------------------------------------------
+def _override(argv):
+    return json.loads(argv[argv.index("--override-generation-config") + 1])
+
+
+def test_set_defaults_reach_vllm(fake_vllm):
+    r, (_, argv, environ) = fake_vllm("--method", "selar", "--set", "tau=0.45", "--set", "soft_scope=all", "--set",
+                                      "seed=7", "--set", "max_new_tokens=100", "--set", "temperature=0.3",
+                                      "--set", "mix_min_p=0.01")
+    assert r.exit_code == 0, r.output
+    gen = _override(argv)
+    assert gen["max_new_tokens"] == 100 and gen["temperature"] == 0.3  # vLLM's defaults for requests
+    assert gen["top_p"] == SamplingConfig().top_p  # unset ones: selar's paper settings
+    plugin = json.loads(environ[DEFAULTS_ENV])
+    assert plugin == {"selar_method": "selar", "selar_tau": 0.45, "selar_soft_scope": "all", "selar_seed": 7,
+                      "selar_mix_min_p": 0.01}
+
+
+@pytest.mark.parametrize("flag,message", [("stop=###", "stop cannot be a server default"),
+                                          ("soft_scope=everything", "soft_scope must be one of"),
+                                          ("max_new_tokens=5000", "more than --max-tokens"),
+                                          ("bogus=1", "unknown option")])
+def test_defaults_vllm_cannot_carry_are_refused_at_start(fake_vllm, flag, message):
+    r, execd = fake_vllm("--set", flag)
+    assert r.exit_code == 2 and execd is None
+    assert message in r.output
+
+
+def test_plugin_applies_the_server_defaults(env):
+    """The chain's far end: the plugin, given the server's defaults, uses them for requests that
+    do not set them, and a request's own settings win."""
+    _, plugin = split_server_defaults("selar", {"soft_scope": "all", "seed": 7, "tau": 0.45, "max_topk": 3})
+    env.setenv(DEFAULTS_ENV, json.dumps(plugin))
+    cfg, key = parse_request(params())  # no method of its own: the server's
+    assert cfg.method == "selar" and key is None
+    assert cfg.sampling.soft_scope == "all" and cfg.sampling.seed == 7 and cfg.options.tau == 0.45
+    assert cfg.sampling.temperature == 0.7 and cfg.sampling.max_new_tokens == 32  # the request's own
+    cfg, _ = parse_request(params(seed=11, extra=request_args("selar", {"soft_scope": "reasoning", "tau": 0.6})))
+    assert (cfg.sampling.seed, cfg.sampling.soft_scope, cfg.options.tau) == (11, "reasoning", 0.6)
+    cfg, _ = parse_request(params(extra=request_args("soft-thinking")))  # defaults only where the method has them
+    assert cfg.options.max_topk == 3 and cfg.sampling.seed == 7
+    cfg, _ = parse_request(params(extra=request_args("selar", {"seed": 5}), seed=11))
+    assert cfg.sampling.seed == 5  # selar_seed (selar's runner) over the request's seed
+
+
+# -- request options ---------------------------------------------------------------------------
+def test_requests_without_a_method_are_plain_vllm(env):
+    assert parse_request(params()) is None
+    assert parse_request(params(extra={"other_plugin": 1})) is None
+
+
+def test_request_options(env):
+    cfg, key = parse_request(params(extra=request_args("selar", {"k": 5, "temperature": 0.0}, key="r1"), seed=3))
+    assert (cfg.options.k, cfg.sampling.temperature, cfg.sampling.seed, key) == (5, 0.0, 3, "r1")
+    assert cfg.sampling.top_k == 0  # vLLM's -1: no top-k
+    a, _ = parse_request(params(extra=request_args("cot")))
+    b, _ = parse_request(params(extra=request_args("cot")))
+    assert a.sampling.seed != b.sampling.seed  # no seed anywhere: random, as OpenAI's API
+
+
+@pytest.mark.parametrize("extra,error,message", [
+    (request_args("selar", {"tau": 2.0}), ConfigError, "tau must be in"),
+    (request_args("selar", {"max_topk": 3}), ConfigError, "unknown option"),
+    (request_args("selar", {"max_new_tokens": 3}), ConfigError, "request's own settings"),
+    (request_args("swir"), CapabilityError, "SwiR feeds a dense mixture"),
+    (request_args("adaptive-latent"), CapabilityError, "only the transformers engine"),
+    (request_args("nonsense"), ConfigError, "unknown method"),
+])
+def test_bad_requests(env, extra, error, message):
+    with pytest.raises(error, match=message):
+        parse_request(params(extra=extra))
