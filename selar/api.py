@@ -85,8 +85,7 @@ def generate(
     if config is not None and method is not None and method != config.method:
         raise ConfigError(f"method {method!r} differs from config.method {config.method!r}; give one of them")
     cfg = config or make_config(method or "selar", **options)
-    single = isinstance(prompts, str)
-    prompts = [prompts] if single else list(prompts)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if prompt_token_ids is None:
         if not prompts:
             raise PromptError("no prompts given")
@@ -110,7 +109,7 @@ def generate(
     if len(seeds) != len(prompts):
         raise ConfigError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
     rows = model.run(prompt_token_ids, cfg, seeds, batch_size=batch_size, on_step=on_step)
-    return [make_result(model, cfg, p, ids, row, trace) for p, ids, row in zip(prompts, prompt_token_ids, rows)]
+    return [make_result(model, cfg, p, list(ids), row, trace) for p, ids, row in zip(prompts, prompt_token_ids, rows)]
 
 
 def new_session(

@@ -144,7 +144,9 @@ def install_packages(entry: CatalogEntry, log: Callable[[str], None] = print) ->
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["pip failed"]
         raise ModelLoadError(f"could not install the packages of {entry.name}: {tail[0]}")
-    metadata.distributions.cache_clear() if hasattr(metadata.distributions, "cache_clear") else None
+    clear = getattr(metadata.distributions, "cache_clear", None)
+    if clear is not None:
+        clear()
 
 
 def _natural_key(path: str) -> list:
@@ -255,7 +257,7 @@ def convert(entry: CatalogEntry, gguf: Path, log: Callable[[str], None] = print)
         log(f"converting {entry.name} to safetensors (once; takes up to a minute)")
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)

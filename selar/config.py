@@ -105,7 +105,7 @@ class GenerationConfig:
     options: Any = None  # the method's own Options dataclass instance
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "options": dataclasses.asdict(self.options),
@@ -113,7 +113,7 @@ class GenerationConfig:
         }
 
 
-def env_json(name: str) -> dict:
+def env_json(name: str) -> dict[str, Any]:
     """A JSON object from an environment variable ({} when unset)."""
     text = os.environ.get(name)
     if not text:

@@ -10,6 +10,8 @@ row's tokens depend only on its own seed and logits, never on the other rows of 
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 from torch import Tensor
 
@@ -53,7 +55,7 @@ def _srl(x: Tensor, n: int) -> Tensor:
     return (x >> n) & ((1 << (64 - n)) - 1)
 
 
-def hash_uniform(seeds: Tensor, steps, n: int) -> Tensor:
+def hash_uniform(seeds: Tensor, steps: Union[int, Tensor], n: int) -> Tensor:
     """(B, n) uniforms in (0, 1) from a splitmix64 hash of (seed, step, column); `steps` is an
     int or a (B,) tensor (rows that joined later have their own step counts)."""
     cols = torch.arange(n, dtype=torch.long, device=seeds.device)
@@ -65,7 +67,7 @@ def hash_uniform(seeds: Tensor, steps, n: int) -> Tensor:
     return (_srl(x, 40).double() + 0.5) / float(1 << 24)
 
 
-def sample(ids: Tensor, probs: Tensor, seeds: Tensor, steps) -> Tensor:
+def sample(ids: Tensor, probs: Tensor, seeds: Tensor, steps: Union[int, Tensor]) -> Tensor:
     """Draw one token per row from (ids, probs) with per-row seeds and steps."""
     u = hash_uniform(seeds, steps, probs.shape[1])
     gumbel = -torch.log(-torch.log(u))

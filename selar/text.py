@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
@@ -11,7 +12,7 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text if cut < 0 else text[:cut]
 
 
-def stop_checker(tokenizer, stops: Sequence[str]) -> Callable[[Sequence[int]], bool]:
+def stop_checker(tokenizer: Any, stops: Sequence[str]) -> Callable[[Sequence[int]], bool]:
     """`check(ids) -> bool`: whether the decoded tail of `ids` holds a stop string (only the tail
     that can hold one is decoded, so a check costs O(longest stop), not O(length))."""
     tail = max(len(s) for s in stops) + 16
@@ -41,7 +42,7 @@ class Detokenizer:
     tokens) waits for its next token; text after a stop string is never handed out, and a tail
     that may begin one is held back until it is decided (`final=True` releases everything)."""
 
-    def __init__(self, tokenizer, stops: Sequence[str] = ()):
+    def __init__(self, tokenizer: Any, stops: Sequence[str] = ()):
         self.tokenizer, self.stops = tokenizer, tuple(stops)
         self.ids: list[int] = []
         self.sent = ""

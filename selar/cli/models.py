@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -24,7 +25,7 @@ def models_list(as_json) -> None:
     """
     from ..catalog import CATALOG, cache_dir, is_pulled, packages_installed
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": e.name,
             "upstream": e.upstream,

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..config import GenerationConfig
-from ..decode import DecodeSession, RowOutput, run_to_end
+from ..decode import DecodeSession, RowOutput, answer_guard, run_to_end
 from ..errors import CapabilityError, ConfigError
 from ..methods import get_method_spec
 from ..methods.base import Mixture, VocabInfo
@@ -37,7 +37,7 @@ KIND_NAMES = {
 
 @dataclass(frozen=True)
 class Capabilities:
-    inputs: frozenset = frozenset({"token", "sparse", "dense"})  # input kinds it can feed
+    inputs: frozenset[str] = frozenset({"token", "sparse", "dense"})  # input kinds it can feed
     stepwise: bool = True  # runs the shared DecodeSession (rows join and leave between steps)
     streaming: bool = True  # per-token callbacks while decoding
     logit_lens: bool = False  # every layer's hidden states (selar analyze logit-lens)
@@ -74,7 +74,7 @@ def get_engine(name: str) -> EngineSpec:
         raise ConfigError(f"unknown engine {name!r}; known engines: {', '.join(ENGINES)}") from None
 
 
-def engines_with(capability: str, kinds: Optional[list] = None) -> list[str]:
+def engines_with(capability: str, kinds: Optional[list[str]] = None) -> list[str]:
     """Names of the engines that have a capability (or, for "inputs", feed all these kinds)."""
     if capability == "inputs":
         return [n for n, s in ENGINES.items() if set(kinds or ()) <= s.capabilities.inputs]
@@ -111,7 +111,7 @@ class Model:
 
     def __init__(
         self,
-        tokenizer,
+        tokenizer: Any,
         *,
         name: str,
         source: str,
@@ -119,7 +119,7 @@ class Model:
         stop_ids: Sequence[int],
         max_positions: Optional[int],
         load_seconds: float = 0.0,
-        info: Optional[dict] = None,
+        info: Optional[dict[str, Any]] = None,
     ):
         self.tokenizer, self.name, self.source = tokenizer, name, source
         self.vocab_size, self.max_positions = vocab_size, max_positions
@@ -175,7 +175,7 @@ class Model:
     def new_session(
         self,
         cfg: GenerationConfig,
-        on_step: Optional[Callable] = None,
+        on_step: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None,
         stop_check: Optional[Callable[[int, list[int]], bool]] = None,
     ) -> DecodeSession:
         """A decode session of this model with one method and sampling config (rows are added later)."""
@@ -196,6 +196,11 @@ class Model:
             max_positions=self.max_positions,
             stop_check=stop_check,
             on_step=on_step,
+            answer_guard=answer_guard(
+                self.tokenizer, s.answer_markers, self.vocab_size, stop_checker(self.tokenizer, s.answer_markers)
+            )
+            if s.guarded
+            else None,
         )
 
     def run(

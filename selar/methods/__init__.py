@@ -27,12 +27,12 @@ class MethodSpec:
     name: str
     factory: Callable[[Any, VocabInfo], Method]
     options: type
-    preset: dict = field(default_factory=dict)  # option overrides of a named variant
+    preset: dict[str, Any] = field(default_factory=dict)  # option overrides of a named variant
     help: str = ""
     # the input kinds the method feeds (engines refuse a method whose kinds they lack):
     # "token", "sparse" (a mixture of a few token embeddings), "dense" (a mixture over the whole
     # vocabulary), "hidden" (the model's last hidden state)
-    inputs: frozenset = frozenset({"token", "sparse"})
+    inputs: frozenset[str] = frozenset({"token", "sparse"})
     title: str = ""  # display name in messages (default: the name)
 
     @property

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torch import Tensor
 
 from ..config import check_range
 from ..errors import ConfigError
-from .base import Mixture, StepContext, StepOutput, VocabInfo
+from .base import Mixture, State, StepContext, StepOutput, VocabInfo
 
 
 @dataclass
@@ -47,13 +46,13 @@ class AdaptiveLatent:
         self.heads, self.opts = heads, opts
         self.max_latent = heads.max_latent if opts.max_latent_steps is None else opts.max_latent_steps
 
-    def init_state(self, n: int, device: torch.device) -> dict[str, Tensor]:
+    def init_state(self, n: int, device: torch.device) -> State:
         return {
             "phase": torch.zeros(n, dtype=torch.long, device=device),  # 0 before <bot>, 1 latent, 2 answer
             "latent": torch.zeros(n, dtype=torch.long, device=device),
         }  # latent steps taken
 
-    def step(self, ctx: StepContext, state: dict[str, Tensor]) -> StepOutput:
+    def step(self, ctx: StepContext, state: State) -> StepOutput:
         h = self.heads
         phase, count = state["phase"], state["latent"]
         p_stop = h.stop_prob(ctx.hidden)

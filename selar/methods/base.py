@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import Tensor
+
+# a method's per-row state: tensors with the batch first
+State = dict[str, Tensor]
 
 # what an engine may be asked to feed as a row's next input (MethodSpec.inputs, Capabilities.inputs)
 INPUT_KINDS = ("token", "sparse", "dense", "hidden")
@@ -57,11 +60,11 @@ class VocabInfo:
     think_start: Optional[int] = None
     think_end: Optional[int] = None
     symbol_mask: Optional[Tensor] = None  # (V,) bool: "math symbol" tokens (lazy, see symbols.py)
-    tokenizer: object = None
-    latent: object = None  # the model's latent-reasoning heads (selar.train), if it has them
+    tokenizer: Any = None
+    latent: Any = None  # the model's latent-reasoning heads (selar.train), if it has them
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
 
 @dataclass
@@ -84,7 +87,7 @@ class StepOutput:
     soft: Tensor  # (B,) bool: the input is not a plain token
     entropy: Optional[Tensor] = None  # (B,) the method's uncertainty signal, for traces
     stop: Optional[Tensor] = None  # (B,) bool: the method ends these rows
-    state: Optional[dict] = None  # the new per-row state (None: unchanged)
+    state: Optional[State] = None  # the new per-row state (None: unchanged)
 
 
 class Method(Protocol):
@@ -95,15 +98,16 @@ class Method(Protocol):
     # a method may set `needs_hidden = True`: it then gets ctx.hidden and may feed hidden states
     # back (Mixture.latent); engines without `supports_hidden` refuse it
 
-    def init_state(self, n: int, device: torch.device) -> dict[str, Tensor]: ...
-    def step(self, ctx: StepContext, state: dict[str, Tensor]) -> StepOutput: ...
+    def init_state(self, n: int, device: torch.device) -> State: ...
+    def step(self, ctx: StepContext, state: State) -> StepOutput: ...
 
 
 def topk_entropy(cand_probs: Tensor, k: int) -> Tensor:
     """Normalised entropy of p_t renormalised on its k most probable tokens, in [0, 1]."""
     p = cand_probs[:, :k]
     p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
-    return -torch.special.xlogy(p, p).sum(-1) / math.log(k)
+    h: Tensor = -torch.special.xlogy(p, p).sum(-1) / math.log(k)
+    return h
 
 
 def full_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:

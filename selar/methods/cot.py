@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import check_range
-from .base import Mixture, StepContext, StepOutput, VocabInfo, topk_entropy
+from .base import Mixture, State, StepContext, StepOutput, VocabInfo, topk_entropy
 
 
 @dataclass
@@ -25,10 +25,10 @@ class CoT:
         self.o = options
         self.num_candidates = options.k
 
-    def init_state(self, n: int, device: torch.device) -> dict:
+    def init_state(self, n: int, device: torch.device) -> State:
         return {}
 
-    def step(self, ctx: StepContext, state: dict) -> StepOutput:
+    def step(self, ctx: StepContext, state: State) -> StepOutput:
         return StepOutput(
             tokens=ctx.sampled,
             inputs=Mixture.of_tokens(ctx.sampled),

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, check_range
+from ..config import check_range
+from ..errors import ConfigError
 from ..symbols import symbol_mask
-from .base import StepContext, StepOutput, VocabInfo, token_or_mixture, topk_entropy
+from .base import State, StepContext, StepOutput, VocabInfo, token_or_mixture, topk_entropy
 
 GATE_SCOPES = ("row", "batch")
 
@@ -62,12 +63,12 @@ class SeLaR:
                 vocab.symbol_mask if vocab.symbol_mask is not None else symbol_mask(vocab.tokenizer, vocab.size)
             )
 
-    def init_state(self, n: int, device: torch.device) -> dict:
+    def init_state(self, n: int, device: torch.device) -> State:
         if self.symbols is not None:
             self.symbols = self.symbols.to(device)
         return {}
 
-    def step(self, ctx: StepContext, state: dict) -> StepOutput:
+    def step(self, ctx: StepContext, state: State) -> StepOutput:
         k = self.o.k
         p = ctx.cand_probs[:, :k]
         p_hat = p / p.sum(-1, keepdim=True)

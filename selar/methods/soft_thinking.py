@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import check_range
-from .base import StepContext, StepOutput, VocabInfo, full_entropy, token_or_mixture, topk_entropy
+from .base import State, StepContext, StepOutput, VocabInfo, full_entropy, token_or_mixture, topk_entropy
 
 
 @dataclass
@@ -40,10 +40,10 @@ class SoftThinking:
         self.think_end = vocab.think_end
         self.num_candidates = max(options.max_topk, 3)
 
-    def init_state(self, n: int, device: torch.device) -> dict:
+    def init_state(self, n: int, device: torch.device) -> State:
         return {"streak": torch.zeros(n, dtype=torch.long, device=device)}  # consecutive cold steps
 
-    def step(self, ctx: StepContext, state: dict) -> StepOutput:
+    def step(self, ctx: StepContext, state: State) -> StepOutput:
         o = self.o
         p = ctx.cand_probs[:, : o.max_topk]
         ids = ctx.cand_ids[:, : o.max_topk]

@@ -19,7 +19,7 @@ import torch
 
 from ..config import check_range
 from ..symbols import symbol_mask
-from .base import Mixture, StepContext, StepOutput, VocabInfo, full_entropy
+from .base import Mixture, State, StepContext, StepOutput, VocabInfo, full_entropy
 
 
 @dataclass
@@ -57,11 +57,11 @@ class SwiR:
         self.close_seq = end
         self.answer_seq = end + (vocab.encode(options.answer_prefix) if options.answer_prefix else [])
 
-    def init_state(self, n: int, device: torch.device) -> dict:
+    def init_state(self, n: int, device: torch.device) -> State:
         if self.symbols is not None:
             self.symbols = self.symbols.to(device)
 
-        def z(dt):
+        def z(dt: torch.dtype) -> torch.Tensor:
             return torch.zeros(n, dtype=dt, device=device)
 
         return {
@@ -76,7 +76,7 @@ class SwiR:
         }
 
     @staticmethod
-    def _inject(st: dict, rows: torch.Tensor, seq: list[int]) -> None:
+    def _inject(st: State, rows: torch.Tensor, seq: list[int]) -> None:
         """Queue `seq` as the next emitted tokens of `rows` (a (B,) bool mask)."""
         if not seq:
             return
@@ -86,7 +86,7 @@ class SwiR:
         st["q_pos"] = torch.where(rows, 0, st["q_pos"])
         st["q_len"] = torch.where(rows, len(seq), st["q_len"])
 
-    def step(self, ctx: StepContext, state: dict) -> StepOutput:
+    def step(self, ctx: StepContext, state: State) -> StepOutput:
         o, t, r = self.o, ctx.step, ctx.reasoning
         st = dict(state)
         h = full_entropy(ctx.logits)

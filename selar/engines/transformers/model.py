@@ -78,7 +78,7 @@ def from_pretrained(
         kw["gguf_file"] = gguf_file
     tok = AutoTokenizer.from_pretrained(path, **kw)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]
     return model, tok
 
 
