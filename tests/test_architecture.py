@@ -119,3 +119,86 @@ def test_option_values_beyond_int64_and_non_finite_are_refused():
         make_config("selar", temperature=10**30)
     assert make_config("selar", seed=(1 << 63) - 1).sampling.seed == (1 << 63) - 1
     torch.tensor([(1 << 63) - 1], dtype=torch.long)  # what the decode loop does with it
+
+
+# -- README: adding a method, adding an engine ----------------------------------------------------------
+def _readme_block(heading: str) -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index(heading) :]
+    return section[section.index("```python\n") + 10 : section.index("\n```", section.index("```python\n"))]
+
+
+def test_readme_example_method_runs_everywhere_a_method_name_is_taken(tiny):
+    code = _readme_block("#### Adding a method")
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+        assert "top2" in METHODS
+        r_soft = selar.generate(tiny, ["2 + 3 ="], "top2", tau=0.0, temperature=0, max_new_tokens=5, trace=True)[0]
+        r_cot = selar.generate(tiny, ["2 + 3 ="], "top2", tau=1.0, temperature=0, max_new_tokens=5)[0]
+        assert r_cot.token_ids == selar.generate(tiny, ["2 + 3 ="], "cot", temperature=0, max_new_tokens=5)[0].token_ids
+        assert r_soft.num_soft_steps > 0
+        with pytest.raises(ConfigError, match="tau must be in"):
+            make_config("top2", tau=2.0)
+        from selar.methods.base import Mixture
+
+        # its soft input is exactly the average of the two most probable tokens' embeddings
+        session = tiny.new_session(make_config("top2", tau=0.0, temperature=0, max_new_tokens=3))
+        fed = []
+        step = session.engine.step
+        session.engine.step = lambda mix: (fed.append(mix), step(mix))[1]  # type: ignore[method-assign]
+        session.add([selar.format_prompt(tiny, "2 + 3 =")], [0], [0])
+        logits = session.logits.clone()
+        session.step()
+        top2 = logits.topk(2).indices[0]
+        assert isinstance(fed[0], Mixture) and fed[0].ids[0].tolist() == top2.tolist()
+        assert fed[0].weights[0].tolist() == [0.5, 0.5]
+    finally:
+        METHODS.pop("top2", None)
+
+
+class _WrappedTransformers:
+    """A toy engine entry for the README's "Adding an engine": the transformers engine under another
+    name and with fewer capabilities (sparse mixtures only)."""
+
+    @staticmethod
+    def load(name, *, dtype="auto", device="auto", trust_remote_code=False, **options):
+        from conftest import make_model, make_tokenizer
+
+        from selar.engines.transformers import TransformersModel
+
+        tok = make_tokenizer()
+
+        class Mine(TransformersModel):
+            engine = "mine"
+
+        m = Mine(make_model(tok), tok, name=name, source="object")
+        m.capabilities = get_engine("mine").capabilities
+        return m
+
+    @staticmethod
+    def sizing(rows, positions):
+        return {}
+
+
+ENTRY = _WrappedTransformers()
+
+
+def test_an_engine_plugs_in_with_one_registration():
+    from selar.engines import EngineSpec, register_engine
+
+    register_engine(EngineSpec("mine", f"{__name__}:ENTRY", Capabilities(inputs=frozenset({"token", "sparse"}))))
+    try:
+        model = selar.load_model("tiny", engine="mine")
+        assert model.engine == "mine" and selar.engines.load_options("mine", 4, 64) == {}
+        ids = [selar.format_prompt(model, "How many clips?")]
+        ours = selar.generate(model, [], "cot", prompt_token_ids=ids, temperature=0, max_new_tokens=6)[0]
+        ref = model.hf_model.generate(torch.tensor(ids), max_new_tokens=6, do_sample=False, pad_token_id=model.pad_id)[
+            0, len(ids[0]) :
+        ].tolist()
+        assert ours.token_ids == ref[: len(ours.token_ids)]
+        with pytest.raises(CapabilityError, match="SwiR feeds a dense mixture .* the mine engine cannot feed"):
+            selar.generate(model, ["hi"], "swir", max_new_tokens=2)
+    finally:
+        ENGINES.pop("mine", None)
