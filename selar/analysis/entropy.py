@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..api import format_prompt, new_session
+from ..decode import run_continuous
 from ..methods import make_config
 
 TAUS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -17,18 +18,13 @@ TAUS = (0.3, 0.4, 0.5, 0.6, 0.7)
 def collect(model, prompts: list[str], method: str = "cot", batch_size: int = 8, progress=None, **options):
     """Per prompt, the traced entropy of every step (the method's `k`, 3 by default), decoded
     with continuous batching (a finished row is replaced by the next prompt at once)."""
-
     cfg = make_config(method, **options)
-    session = new_session(model, cfg)
-    queue, out = list(range(len(prompts)))[::-1], {}
-    while queue or session.size:
-        ids = [queue.pop() for _ in range(min(batch_size - session.size, len(queue)))]
-        if ids:
-            session.add([format_prompt(model, prompts[i]) for i in ids], ids, [cfg.sampling.seed] * len(ids))
-        for row in session.step():
-            out[row.id] = row.entropy
-            if progress:
-                progress(1)
+    ids = [format_prompt(model, p) for p in prompts]
+    out = {}
+    for row in run_continuous(new_session(model, cfg), ids, [cfg.sampling.seed] * len(ids), batch_size):
+        out[row.id] = row.entropy
+        if progress:
+            progress(1)
     return [out[i] for i in range(len(prompts))]
 
 
