@@ -86,9 +86,9 @@ def summarize(records: list[dict], timings: list[dict], baseline: str = "cot") -
         groups[(r["dataset"], r["method"])].append(r)
     time_of: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
     for t in timings:
-        acc = time_of[(t["dataset"], t["method"])]
-        acc[0] += t["seconds"]
-        acc[1] += t["tokens"]
+        spent = time_of[(t["dataset"], t["method"])]
+        spent[0] += t["seconds"]
+        spent[1] += t["tokens"]
     out = []
     for (dataset, method), recs in sorted(groups.items()):
         pp = per_problem(recs)

