@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from ..config import check_range
+from ..errors import ConfigError
 from ..symbols import symbol_mask
 from .base import Mixture, State, StepContext, StepOutput, VocabInfo, full_entropy
 
@@ -39,6 +40,8 @@ class SwiROptions:
         if self.max_switch_count is not None:
             check_range("max_switch_count", self.max_switch_count, 1, kind=int)
         check_range("answer_tokens", self.answer_tokens, 1, kind=int)
+        if not isinstance(self.answer_prefix, str):
+            raise ConfigError(f"answer_prefix must be a string, got {self.answer_prefix!r}")
 
 
 class SwiR:

@@ -1,14 +1,19 @@
-"""An OpenAI-compatible HTTP server with continuous batching (`selar serve`)."""
+"""An OpenAI-compatible HTTP server with continuous batching (`selar serve`): `protocol` checks
+requests at the door, `scheduler` runs them on one decode thread (faults contained per session,
+long prompts prefilled in chunks), `stream` turns rows into response bodies and server-sent
+events, `schema` describes it all in OpenAPI, `metrics` for Prometheus, `app` the routes."""
 
-from __future__ import annotations  # noqa: F404
+from __future__ import annotations
 
 import socket
 import threading
 import time
 from typing import Optional
 
-from .app import APIError, Settings, create_app, parse_request
-from .scheduler import Scheduler
+from .app import create_app
+from .health import Fault, Snapshot
+from .protocol import APIError, Settings, parse_request
+from .scheduler import Job, Scheduler
 
 
 class RunningServer:
@@ -23,18 +28,22 @@ class RunningServer:
         self.scheduler.stop()
 
 
-def build(model, settings: Settings, max_batch: int = 32, max_queue: int = 256):
-    scheduler = Scheduler(model, max_batch=max_batch, max_queue=max_queue)
+def build(model, settings: Settings, max_batch: int = 32, max_queue: int = 256, prefill_chunk: int = 512,
+          fault_limit: int = 3):
+    """(app, scheduler): the ASGI app and its started decode thread."""
+    scheduler = Scheduler(model, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk,
+                          fault_limit=fault_limit)
     scheduler.start()
     return create_app(model, scheduler, settings), scheduler
 
 
 def start_in_thread(model, settings: Optional[Settings] = None, host: str = "127.0.0.1", port: int = 0,
-                    max_batch: int = 32, max_queue: int = 256) -> RunningServer:
+                    max_batch: int = 32, max_queue: int = 256, prefill_chunk: int = 512,
+                    fault_limit: int = 3) -> RunningServer:
     import uvicorn
 
     settings = settings or Settings(model_name=model.name)
-    app, scheduler = build(model, settings, max_batch, max_queue)
+    app, scheduler = build(model, settings, max_batch, max_queue, prefill_chunk, fault_limit)
     if port == 0:
         with socket.socket() as s:
             s.bind((host, 0))
@@ -48,5 +57,5 @@ def start_in_thread(model, settings: Optional[Settings] = None, host: str = "127
     return RunningServer(server, thread, scheduler, f"http://{host}:{port}")
 
 
-__all__ = ["APIError", "Settings", "Scheduler", "create_app", "parse_request", "build", "start_in_thread",
-           "RunningServer"]
+__all__ = ["APIError", "Settings", "Scheduler", "Snapshot", "Job", "Fault", "create_app", "parse_request", "build",
+           "start_in_thread", "RunningServer"]
