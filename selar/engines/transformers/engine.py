@@ -1,4 +1,6 @@
-"""The Hugging Face transformers engine: a left-padded batch over a DynamicCache."""
+"""The Hugging Face transformers engine: a left-padded batch over the model's own cache (see
+`cache` for the cache kinds it moves rows of, and `family` for the probe that checks a family
+before any row is decoded)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ...methods.base import Mixture
+from . import cache as caches
+from .family import fit
 
 
 class TransformersEngine:
@@ -15,13 +19,15 @@ class TransformersEngine:
 
     def __init__(self, model, pad_id: int = 0):
         self.model = model
-        self.embed = model.get_input_embeddings()
-        self.device = self.embed.weight.device
-        self.dtype = self.embed.weight.dtype
+        self.fit = fit(model)  # raises CapabilityError for a family the engine cannot drive
+        self.embed_module = model.get_input_embeddings()
+        self.device = self.embed_module.weight.device
+        self.dtype = self.embed_module.weight.dtype
         self.pad_id = pad_id
         params = inspect.signature(model.forward).parameters
         self._keep_kw = ("logits_to_keep" if "logits_to_keep" in params
                          else "num_logits_to_keep" if "num_logits_to_keep" in params else None)
+        self._cache_position = "cache_position" in params  # some hybrids need it given (as generate does)
         self._table: Tensor | None = None
         self.cache = None
         self.mask: Tensor | None = None
@@ -31,13 +37,19 @@ class TransformersEngine:
         self.hidden: Tensor | None = None   # (B, D) last hidden state of each row, when kept
 
     # -- embedding of mixtures ------------------------------------------------------------
+    def embed(self, ids: Tensor) -> Tensor:
+        """Rows of these token ids as the model's own token path makes them: its embedding
+        module (which may scale), times the factor the probe found (1 for most families)."""
+        rows = self.embed_module(ids)
+        return rows if self.fit.embed_scale == 1.0 else rows * self.fit.embed_scale
+
     def embedding_table(self) -> Tensor:
-        """E(v) for every v, through the model's embedding module (which may scale)."""
+        """E(v) for every v, as `embed` gives it."""
         if self._table is None:
-            if type(self.embed) is nn.Embedding:
-                self._table = self.embed.weight
+            if type(self.embed_module) is nn.Embedding and self.fit.embed_scale == 1.0:
+                self._table = self.embed_module.weight
             else:
-                n = self.embed.weight.shape[0]
+                n = self.embed_module.weight.shape[0]
                 with torch.no_grad():
                     self._table = self.embed(torch.arange(n, device=self.device))
         return self._table
@@ -58,6 +70,9 @@ class TransformersEngine:
         kw = {self._keep_kw: 1} if self._keep_kw else {}
         if self.keep_hidden:
             kw["output_hidden_states"] = True
+        if self._cache_position:  # the columns these inputs take in the batch
+            width = self.mask.shape[1]
+            kw["cache_position"] = torch.arange(width - embeds.shape[1], width, device=self.device)
         out = self.model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=position_ids,
                          past_key_values=self.cache, use_cache=True, **kw)
         self.cache = out.past_key_values
@@ -71,8 +86,6 @@ class TransformersEngine:
     @torch.no_grad()
     def add(self, prompts: list[list[int]]) -> Tensor:
         """Prefill new rows (left-padded) and append them to the batch; their last logits."""
-        from transformers import DynamicCache
-
         n = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), n), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), n), dtype=torch.long)
@@ -83,7 +96,7 @@ class TransformersEngine:
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         old = (self.cache, self.mask, self.next_pos)
         old_hidden = self.hidden
-        self.cache, self.mask, self.next_pos = DynamicCache(), mask, pos[:, -1] + 1
+        self.cache, self.mask, self.next_pos = caches.new_cache(self.model, len(prompts)), mask, pos[:, -1] + 1
         logits = self._forward(self.embed(ids), pos)
         if old[0] is not None:  # join the running rows: left-pad the shorter side to one length
             self._join(*old)
@@ -93,19 +106,8 @@ class TransformersEngine:
 
     def _join(self, cache, mask: Tensor, next_pos: Tensor) -> None:
         width = max(mask.shape[1], self.mask.shape[1])
-
-        def lpad(x: Tensor, dim: int) -> Tensor:
-            extra = width - x.shape[dim]
-            if extra == 0:
-                return x
-            shape = list(x.shape)
-            shape[dim] = extra
-            return torch.cat([x.new_zeros(shape), x], dim=dim)
-
-        for old_layer, new_layer in zip(cache.layers, self.cache.layers):
-            new_layer.keys = torch.cat([lpad(old_layer.keys, 2), lpad(new_layer.keys, 2)])
-            new_layer.values = torch.cat([lpad(old_layer.values, 2), lpad(new_layer.values, 2)])
-        self.mask = torch.cat([lpad(mask, 1), lpad(self.mask, 1)])
+        self.cache = caches.join(cache, self.cache, width)
+        self.mask = torch.cat([caches.lpad(mask, width, 1), caches.lpad(self.mask, width, 1)])
         self.next_pos = torch.cat([next_pos, self.next_pos])
 
     def reset(self) -> None:
@@ -132,6 +134,4 @@ class TransformersEngine:
             self.hidden = self.hidden[keep]
         start = int(self.mask.argmax(-1).min())  # first column any kept row attends to
         self.mask = self.mask[:, start:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[keep, :, start:]
-            layer.values = layer.values[keep, :, start:]
+        caches.select(self.cache, keep, start)
