@@ -66,7 +66,7 @@ def test_sigkill_and_resume_equals_uninterrupted(setup, tmp_path):
     assert expected.count(b"\n") == 10 * 2 * 2
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "selar.cli", *eval_args(setup, killed)]
+    cmd = [sys.executable, "-m", "selar", *eval_args(setup, killed)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = killed / "results.jsonl"
     deadline = time.time() + 120
@@ -105,7 +105,7 @@ def test_shards_merge_into_the_single_run(setup, tmp_path):
             [
                 sys.executable,
                 "-m",
-                "selar.cli",
+                "selar",
                 *eval_args(setup, shards, "--num-shards", "2", "--shard-index", str(i)),
             ],
             stdout=subprocess.DEVNULL,
