@@ -113,6 +113,29 @@ def test_queue_full_answers_503(tiny):
         srv.stop()
 
 
+# (extra fields, the field the 400 names): each killed the decode thread, or gave 500 (issue 19)
+ISSUE_19 = [
+    ({"seed": 2 ** 63}, "seed"), ({"seed": -(2 ** 63) - 1}, "seed"), ({"seed": 10 ** 30}, "seed"),
+    ({"method": "selar", "k": 10 ** 6}, "k"), ({"method": "selar", "k": 2 ** 63 - 1}, "k"),
+    ({"method": "selar", "k": 2 ** 64}, "k"),
+    ({"method": "swir", "answer_prefix": True}, "answer_prefix"), ({"method": "swir", "answer_prefix": -1}, "answer_prefix"),
+    ({"method": "swir", "answer_prefix": 2.5}, "answer_prefix"),
+    ({"method": "swir", "answer_prefix": float("nan")}, "answer_prefix"),
+    ({"method": "swir", "max_switch_count": 2 ** 63}, "max_switch_count"),
+    ({"method": "swir", "max_switch_count": -(2 ** 70)}, "max_switch_count"),
+    # a model without latent heads: the method itself is refused, whatever its options
+    ({"method": "adaptive-latent"}, "method"), ({"method": "adaptive-latent", "max_latent_steps": 0}, "method"),
+    ({"method": "adaptive-latent", "max_latent_steps": None}, "method"),
+    ({"method": "adaptive-latent", "stop_threshold": 0}, "method"),
+    ({"method": "adaptive-latent", "stop_threshold": None}, "method"),
+    ({"temperature": 10 ** 30}, "temperature"), ({"temperature": float("inf")}, "temperature"),
+    ({"temperature": float("-inf")}, "temperature"), ({"top_p": float("nan")}, "top_p"),
+    ({"tau": float("nan")}, "tau"), ({"max_tokens": 2 ** 64}, "max_tokens"),
+    ({"model": "\ud800"}, "model"), ({"\ud800": 1}, "body"), ({"stop": ["\udfff"]}, "stop"),
+    ({"method": "\ud800x"}, "method"),
+]
+
+
 def _hostile_requests(n: int, seed: int = 0):
     rng = random.Random(seed)
     paths = ["/v1/chat/completions", "/v1/completions"]
@@ -122,8 +145,15 @@ def _hostile_requests(n: int, seed: int = 0):
     keys = ["messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "tau", "k", "method", "stream",
             "seed", "stop", "model", "push_weight", "n", "stream_options", "raw", "gate_scope", "window", "zzz"]
     for i in range(n):
-        kind = i % 6
+        kind = i % 7
         path = rng.choice(paths)
+        if kind == 6:  # the classes of issue 19: each killed the decode thread, or gave 500
+            body = dict(good if path.endswith("chat/completions") else {"prompt": "hi", "max_tokens": 2})
+            body.update(rng.choice(ISSUE_19)[0])
+            if rng.random() < 0.5:
+                body["stream"] = True
+            yield path, json.dumps(body).encode(), {"content-type": "application/json"}
+            continue
         if kind == 0:  # broken JSON
             body = json.dumps(good)[: rng.randint(0, 40)] + rng.choice(["", "}", "]]", "\x00", "{{"])
             yield path, body.encode(), {"content-type": "application/json"}
@@ -146,6 +176,62 @@ def _hostile_requests(n: int, seed: int = 0):
             else:
                 body = dict(good, **{"".join(rng.choices(string.ascii_letters, k=6)): rng.choice(values[:6])})
                 yield path, json.dumps(body).encode(), {"authorization": rng.choice(["", "Bearer x", "Basic y"])}
+
+
+@pytest.mark.parametrize("extra,param", ISSUE_19, ids=lambda e: json.dumps(e)[:40])
+@pytest.mark.parametrize("stream", [False, True])
+def test_issue_19_classes(server, extra, param, stream):
+    """Requests that killed the decode thread (or gave 500) are a 400 naming the field, the server
+    stays healthy, and a good request still works."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "stream": stream,
+            **extra}
+    with httpx.Client(base_url=server.url, timeout=60, headers={"authorization": "Bearer sekret"}) as http:
+        r = http.post("/v1/chat/completions", content=json.dumps(body).encode(),
+                      headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == param, r.text
+        assert http.get("/health").json()["status"] == "ok"
+        good = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                        "max_tokens": 2})
+        assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_lone_surrogates_in_content_give_400(server):
+    with httpx.Client(base_url=server.url, timeout=60, headers={"authorization": "Bearer sekret"}) as http:
+        for raw in (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', b'{"prompt": "a\\udc00b"}'):
+            path = "/v1/chat/completions" if b"messages" in raw else "/v1/completions"
+            r = http.post(path, content=raw)
+            assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"], r.text
+
+
+def test_every_option_at_its_extremes(server):
+    """Each option of each method (and each sampling setting) at extreme values of every JSON type:
+    200 or 400, never a 5xx; the server is healthy afterwards."""
+    import dataclasses
+
+    from selar.config import SAMPLING_FIELDS
+    from selar.methods import METHODS
+
+    values = [True, -1, 0, 2 ** 63 - 1, -(2 ** 63), 1e308, -1e-308, "x"]
+    seen, codes = set(), {}
+    with httpx.Client(base_url=server.url, timeout=60, headers={"authorization": "Bearer sekret"}) as http:
+        for name, spec in METHODS.items():
+            fields = [f.name for f in dataclasses.fields(spec.options)]
+            if spec.options in seen:
+                continue
+            seen.add(spec.options)
+            if name == "cot":
+                fields += [f for f in SAMPLING_FIELDS if f != "max_new_tokens"]
+            for f in fields:
+                for v in values:
+                    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "method": name, f: v}
+                    r = http.post("/v1/chat/completions", json=body)
+                    codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                    assert r.status_code in (200, 400), (name, f, v, r.status_code, r.text[:200])
+                    if r.status_code == 400:
+                        assert r.json()["error"]["param"] in (f, "method"), (name, f, v, r.text)
+        assert http.get("/health").json()["status"] == "ok"
+    assert codes.get(200) and codes.get(400)
 
 
 def test_fuzz_1000_hostile_requests(server):

@@ -56,7 +56,7 @@ def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
     schema.install(app, settings)
     metrics = Metrics()
     check = MethodCheck(model)
-    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="selar-parse")
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="selar-parse")
     app.state.metrics, app.state.scheduler = metrics, scheduler
     app.add_middleware(CountStatus, metrics=metrics)
 

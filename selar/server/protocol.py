@@ -167,10 +167,35 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
-def _prompt_ids(body: dict, kind: str, model, raw: bool) -> list[int]:
+def _too_long(tok, text: str, limit: int) -> Optional[int]:
+    """A lower bound of the tokens of a text far longer than `limit` tokens could be, from a
+    prefix (cut at a space, so the prefix has at most a few tokens more than its part of the
+    whole); None when the text may fit. A 1 MB prompt is refused without tokenising all of it."""
+    cut = 16 * limit
+    if len(text) <= cut:
+        return None
+    at = text.rfind(" ", cut // 2, cut)
+    n = len(tok.encode(text[: at if at > 0 else cut], add_special_tokens=False))
+    return n - 16 if n - 16 > limit else None
+
+
+def _prompt_ids(body: dict, kind: str, model, raw: bool, limit: int) -> list[int]:
     tok = model.tokenizer
+    where = "messages" if kind == "chat" else "prompt"
     if kind == "chat":
         msgs = _messages(body)
+        text = "\n".join(m["content"] for m in msgs)
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise APIError(400, "'prompt' must be a string (or a list of one string)", "prompt")
+        text = prompt
+    least = _too_long(tok, text, limit)
+    if least is not None:
+        raise APIError(400, f"the prompt has more than {least} tokens; this server allows {limit}", where)
+    if kind == "chat":
         if getattr(tok, "chat_template", None) and not raw:
             try:
                 text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=True)
@@ -178,13 +203,8 @@ def _prompt_ids(body: dict, kind: str, model, raw: bool) -> list[int]:
                 raise APIError(400, f"the chat template rejects these messages: {str(e)[:200]}", "messages") from None
             return list(tok.encode(text, add_special_tokens=False))
         return list(tok.encode("\n".join(m["content"] for m in msgs), add_special_tokens=True))
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise APIError(400, "'prompt' must be a string (or a list of one string)", "prompt")
     try:
-        return list(format_prompt(model, prompt, raw=raw))
+        return list(format_prompt(model, text, raw=raw))
     except SelarError as e:
         raise APIError(400, str(e), "prompt") from None
 
@@ -269,8 +289,9 @@ def parse_request(body: Any, kind: str, model, settings: Settings, check: Option
         first = msg.split(" ", 1)[0].strip("'")
         raise APIError(400, msg, first if first in own else "method") from None
 
+    limit = min(settings.max_prompt_tokens, (model.max_positions or settings.max_prompt_tokens + 1) - 1)
     try:
-        prompt_ids = _prompt_ids(body, kind, model, raw)
+        prompt_ids = _prompt_ids(body, kind, model, raw, limit)
     except APIError:
         raise
     except Exception as e:  # the tokenizer refuses this text
