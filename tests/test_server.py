@@ -118,7 +118,8 @@ ISSUE_19 = [
     ({"seed": 2 ** 63}, "seed"), ({"seed": -(2 ** 63) - 1}, "seed"), ({"seed": 10 ** 30}, "seed"),
     ({"method": "selar", "k": 10 ** 6}, "k"), ({"method": "selar", "k": 2 ** 63 - 1}, "k"),
     ({"method": "selar", "k": 2 ** 64}, "k"),
-    ({"method": "swir", "answer_prefix": True}, "answer_prefix"), ({"method": "swir", "answer_prefix": -1}, "answer_prefix"),
+    ({"method": "swir", "answer_prefix": True}, "answer_prefix"),
+    ({"method": "swir", "answer_prefix": -1}, "answer_prefix"),
     ({"method": "swir", "answer_prefix": 2.5}, "answer_prefix"),
     ({"method": "swir", "answer_prefix": float("nan")}, "answer_prefix"),
     ({"method": "swir", "max_switch_count": 2 ** 63}, "max_switch_count"),
@@ -169,7 +170,8 @@ def _hostile_requests(n: int, seed: int = 0):
             yield path, json.dumps(rng.choice([[], "str", 1, None, [good]])).encode(), {}
         elif kind == 4:  # deep nesting and oversize
             depth = rng.choice([50, 5000])
-            yield path, ("[" * depth + "]" * depth).encode() if rng.random() < 0.5 else b"{" + b'"a":' * 3 + b"1" + b"}", {}
+            nested = ("[" * depth + "]" * depth).encode()
+            yield path, nested if rng.random() < 0.5 else b"{" + b'"a":' * 3 + b"1" + b"}", {}
         else:  # unknown extra fields / bad auth / huge body
             if rng.random() < 0.3:
                 yield path, b'{"model": "tiny", "prompt": "' + b"a" * (70 * 1024) + b'"}', {}

@@ -148,7 +148,8 @@ def test_repeated_faults_turn_health_unhealthy_until_a_request_succeeds(tiny):
         assert h.json()["status"] == "unhealthy" and "RuntimeError: injected fault in step" in h.json()["cause"]
         assert "3 faults in a row" in h.json()["error"]["message"]
         assert _metric(httpx.get(srv.url + "/metrics").text, "selar_healthy") == 0
-        ok = httpx.post(srv.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 4, "method": "cot"}, timeout=60)
+        ok = httpx.post(srv.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 4, "method": "cot"},
+                        timeout=60)
         assert ok.status_code == 200
         assert httpx.get(srv.url + "/health").status_code == 200
         assert _metric(httpx.get(srv.url + "/metrics").text, "selar_healthy") == 1
