@@ -188,3 +188,15 @@ def test_old_protocol_run_dirs_are_not_continued(models, tmp_path):
     (out / "run.json").write_text(json.dumps(run))
     res = CliRunner().invoke(main, [*args, "--resume"])
     assert res.exit_code == 2 and "another evaluation protocol" in res.output
+
+
+def test_own_prompt_template_from_the_cli(models, tmp_path):
+    data = tmp_path / "mini.jsonl"
+    data.write_text(json.dumps({"question": "What is 1 + 1?", "answer": "2"}) + "\n")
+    out = tmp_path / "own"
+    args = ["eval", "--model", str(models / "plain"), "--data", str(data), "--methods", "cot", "-n", "2"]
+    cli([*args, "--dtype", "float32", "--out", str(out), "--prompt-template", "Q: {question}\nA:"])
+    assert read_results(out / "results.jsonl")[0]["prompt"] == "Q: What is 1 + 1?\nA:"
+    assert json.loads((out / "run.json").read_text())["protocol"]["prompt_template"] == "Q: {question}\nA:"
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "bad"), "--prompt-template", "no slot"])
+    assert res.exit_code == 2 and "{question}" in res.output

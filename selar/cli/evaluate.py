@@ -42,6 +42,12 @@ from .options import data_file_option, dtype_option, engine_option, model_option
     show_default=True,
     help="fixed batches (bit-identical resume) or continuous batching (faster; exact resume in float32)",
 )
+@click.option(
+    "--prompt-template",
+    default=None,
+    metavar="TEXT",
+    help="the user message, with {question} where the problem goes (default: the official protocol's)",
+)
 def eval_cmd(
     model,
     datasets,
@@ -65,6 +71,7 @@ def eval_cmd(
     num_shards,
     shard_index,
     schedule,
+    prompt_template,
 ):
     """Evaluate methods on benchmarks; results are appended to OUT/results.jsonl as they finish.
 
@@ -96,6 +103,7 @@ def eval_cmd(
         num_shards=num_shards,
         shard_index=shard_index,
         schedule=schedule,
+        prompt_template=prompt_template,
     )
     path = run_eval(cfg, out_dir, resume=resume, force=force)
     click.echo(f"results: {path}")
