@@ -49,6 +49,8 @@ class SamplingConfig:
     top_k: int = 20
     min_p: float = 0.0
     max_new_tokens: int = 1024
+    min_new_tokens: int = 0  # stop ids cannot be drawn before a row has this many tokens (as in transformers)
+    ignore_eos: bool = False  # stop ids do not end a row (rows run to max_new_tokens; for equal-work benchmarks)
     seed: int = 0
     stop: tuple[str, ...] = ()
     soft_scope: str = "auto"  # auto: "reasoning" for thinking models, "all" otherwise; or "guarded"
@@ -60,6 +62,9 @@ class SamplingConfig:
         check_range("top_k", self.top_k, 0, kind=int)
         check_range("min_p", self.min_p, 0.0, 1.0)
         check_range("max_new_tokens", self.max_new_tokens, 1, kind=int)
+        check_range("min_new_tokens", self.min_new_tokens, 0, self.max_new_tokens, kind=int)
+        if not isinstance(self.ignore_eos, bool):
+            raise ConfigError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
         check_range("seed", self.seed, kind=int)
         if isinstance(self.stop, str):
             self.stop = (self.stop,)

@@ -155,6 +155,9 @@ class DecodeSession:
     def step(self) -> list[RowOutput]:
         """Emit one token for every row; returns the rows that finished."""
         r = self.rows
+        if self.cfg.min_new_tokens and self.stop_ids.numel():  # stop ids cannot be drawn yet in early rows
+            early = r["step"] < self.cfg.min_new_tokens
+            self.logits[:, self.stop_ids] = self.logits[:, self.stop_ids].masked_fill(early[:, None], float("-inf"))
         ctx = step_context(
             self.logits,
             self.cfg,
@@ -194,7 +197,8 @@ class DecodeSession:
         if self.cancelled:
             gone = torch.tensor([i in self.cancelled for i in r["id"].tolist()], device=code.device)
             code = torch.where(gone, _CODE["cancelled"], code)
-        code = torch.where(torch.isin(tok, self.stop_ids), _CODE["stop"], code)
+        if not self.cfg.ignore_eos:
+            code = torch.where(torch.isin(tok, self.stop_ids), _CODE["stop"], code)
         done = code >= 0
         finished: list[RowOutput] = []
         if bool(done.any()):  # one host sync per step, and a cache copy only on these steps
