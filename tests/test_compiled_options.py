@@ -22,10 +22,18 @@ def _with_stop(model, stop: int):
 
 def _hf(model, prompt: str, n: int, **kw) -> list[int]:
     ids = torch.tensor([selar.format_prompt(model, prompt)])
-    out = model.hf_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                  max_new_tokens=n, pad_token_id=model.pad_id, top_k=None, top_p=None,
-                                  temperature=None, **kw)
-    return out[0, ids.shape[1]:].tolist()
+    out = model.hf_model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=n,
+        pad_token_id=model.pad_id,
+        top_k=None,
+        top_p=None,
+        temperature=None,
+        **kw,
+    )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def _greedy(model, n: int, **kw):
