@@ -200,3 +200,19 @@ def test_own_prompt_template_from_the_cli(models, tmp_path):
     assert json.loads((out / "run.json").read_text())["protocol"]["prompt_template"] == "Q: {question}\nA:"
     res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "bad"), "--prompt-template", "no slot"])
     assert res.exit_code == 2 and "{question}" in res.output
+
+
+def test_guard_needs_the_shared_decode_loop():
+    from selar.engines.base import Capabilities
+    from selar.eval.runner import run_options
+
+    class OwnScheduler:  # an engine that runs its own loop (as vLLM does)
+        capabilities = Capabilities(stepwise=False)
+        engine = "own"
+        is_thinking = False
+
+    cfg = EvalConfig(model="m", datasets=["gsm8k"], methods=["cot", "selar"])
+    assert run_options(cfg, OwnScheduler(), ["gsm8k"])[("gsm8k", "selar")] == {"tau": 0.5, "max_new_tokens": 1024}
+    cfg = EvalConfig(model="m", datasets=["gsm8k"], methods=["selar"], sets={"soft_scope": "guarded"})
+    with pytest.raises(ConfigError, match="answer guard"):
+        run_options(cfg, OwnScheduler(), ["gsm8k"])
