@@ -45,11 +45,20 @@ def main() -> None:
 
     b, n = args.batch_size, args.new_tokens
     tm = selar.load_model(args.model, dtype=args.dtype)
-    vl = selar.load_model(args.model, engine="vllm", dtype=args.dtype, max_num_seqs=b, max_model_len=2048,
-                          enforce_eager=args.eager)
+    vl = selar.load_model(
+        args.model, engine="vllm", dtype=args.dtype, max_num_seqs=b, max_model_len=2048, enforce_eager=args.eager
+    )
     folder, _ = resolve_folder(args.model)
-    plain = LLM(**engine_kwargs(folder, None, dtype=args.dtype, max_num_seqs=b, max_model_len=2048,  # stock vLLM
-                                enforce_eager=args.eager))
+    plain = LLM(
+        **engine_kwargs(
+            folder,
+            None,
+            dtype=args.dtype,
+            max_num_seqs=b,
+            max_model_len=2048,  # stock vLLM
+            enforce_eager=args.eager,
+        )
+    )
 
     # acceptance 1: greedy selar, 4 prompts, same tokens on both engines (stop tokens on)
     check = PROMPTS[:4]
@@ -58,9 +67,11 @@ def main() -> None:
     same = sum(w.token_ids == g.token_ids for w, g in zip(want, got))
     agree = sum(x == y for w, g in zip(want, got) for x, y in zip(w.token_ids, g.token_ids))
     total = sum(max(len(w.token_ids), len(g.token_ids)) for w, g in zip(want, got))
-    print(f"greedy {args.method}, {len(check)} prompts x {args.check_tokens} tokens, {args.dtype}: {same}/{len(check)} "
-          f"rows identical, {agree}/{total} tokens; soft steps transformers "
-          f"{[w.num_soft_steps for w in want]} vs vLLM {[g.num_soft_steps for g in got]}")
+    print(
+        f"greedy {args.method}, {len(check)} prompts x {args.check_tokens} tokens, {args.dtype}: {same}/{len(check)} "
+        f"rows identical, {agree}/{total} tokens; soft steps transformers "
+        f"{[w.num_soft_steps for w in want]} vs vLLM {[g.num_soft_steps for g in got]}"
+    )
 
     for m in (tm, vl):
         m.stop_ids = []  # fixed-length rows
@@ -69,8 +80,9 @@ def main() -> None:
     soft = {}
 
     def run_selar(model, method):
-        res = selar.generate(model, prompts, method, prompt_token_ids=enc, temperature=0, max_new_tokens=n,
-                             batch_size=b)
+        res = selar.generate(
+            model, prompts, method, prompt_token_ids=enc, temperature=0, max_new_tokens=n, batch_size=b
+        )
         assert all(r.num_tokens == n for r in res)
         soft[(model.engine, method)] = sum(r.num_soft_steps for r in res) / (b * n)
 
@@ -79,15 +91,21 @@ def main() -> None:
         outs = plain.generate([TokensPrompt(prompt_token_ids=e) for e in enc], sp, use_tqdm=False)
         assert all(len(o.outputs[0].token_ids) == n for o in outs)
 
-    fns = [lambda: run_selar(vl, args.method), lambda: run_selar(vl, "cot"), run_plain,
-           lambda: run_selar(tm, args.method)]
+    fns = [
+        lambda: run_selar(vl, args.method),
+        lambda: run_selar(vl, "cot"),
+        run_plain,
+        lambda: run_selar(tm, args.method),
+    ]
     for f in fns[:3]:  # warm-up (vLLM's first batches)
         f()
     best = interleaved(fns, args.repeats)
     tps = [b * n / t for t in best]
     names = [f"vLLM + {args.method}", "vLLM + cot (plugin)", "vLLM plain", f"transformers + {args.method}"]
-    print(f"\nmodel {args.model}, {args.dtype}, batch {b}, {n} new tokens per row, best of {args.repeats}"
-          f"{' (vLLM eager)' if args.eager else ''}")
+    print(
+        f"\nmodel {args.model}, {args.dtype}, batch {b}, {n} new tokens per row, best of {args.repeats}"
+        f"{' (vLLM eager)' if args.eager else ''}"
+    )
     print(f"{'':<26}{'tok/s':>8}")
     for name, t in zip(names, tps):
         print(f"{name:<26}{t:>8.1f}")

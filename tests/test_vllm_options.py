@@ -22,8 +22,9 @@ SECRET = "sk-selar-test-3f9a1c"
 
 def params(extra=None, seed=None, temperature=0.7, max_tokens=32):
     """The fields of a vLLM SamplingParams that the plugin reads."""
-    return SimpleNamespace(temperature=temperature, top_p=0.9, top_k=-1, min_p=0.0, max_tokens=max_tokens, seed=seed,
-                           extra_args=extra)
+    return SimpleNamespace(
+        temperature=temperature, top_p=0.9, top_k=-1, min_p=0.0, max_tokens=max_tokens, seed=seed, extra_args=extra
+    )
 
 
 @pytest.fixture
@@ -93,22 +94,48 @@ def _override(argv):
 
 
 def test_set_defaults_reach_vllm(fake_vllm):
-    r, (_, argv, environ) = fake_vllm("--method", "selar", "--set", "tau=0.45", "--set", "soft_scope=all", "--set",
-                                      "seed=7", "--set", "max_new_tokens=100", "--set", "temperature=0.3",
-                                      "--set", "mix_min_p=0.01")
+    r, (_, argv, environ) = fake_vllm(
+        "--method",
+        "selar",
+        "--set",
+        "tau=0.45",
+        "--set",
+        "soft_scope=all",
+        "--set",
+        "seed=7",
+        "--set",
+        "max_new_tokens=100",
+        "--set",
+        "temperature=0.3",
+        "--set",
+        "mix_min_p=0.01",
+    )
     assert r.exit_code == 0, r.output
     gen = _override(argv)
     assert gen["max_new_tokens"] == 100 and gen["temperature"] == 0.3  # vLLM's defaults for requests
     assert gen["top_p"] == SamplingConfig().top_p  # unset ones: selar's paper settings
     plugin = json.loads(environ[DEFAULTS_ENV])
-    assert plugin == {"selar_method": "selar", "selar_tau": 0.45, "selar_soft_scope": "all", "selar_seed": 7,
-                      "selar_mix_min_p": 0.01}
+    assert plugin == {
+        "selar_method": "selar",
+        "selar_tau": 0.45,
+        "selar_soft_scope": "all",
+        "selar_seed": 7,
+        "selar_mix_min_p": 0.01,
+    }
 
 
-@pytest.mark.parametrize("flag,message", [("stop=###", "stop cannot be a server default"),
-                                          ("soft_scope=everything", "soft_scope must be one of"),
-                                          ("max_new_tokens=5000", "more than --max-tokens"),
-                                          ("bogus=1", "unknown option")])
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("stop=###", "stop cannot be a server default"),
+        ("soft_scope=everything", "soft_scope must be one of"),
+        ("max_new_tokens=5000", "more than --max-tokens"),
+        ("bogus=1", "unknown option"),
+        ("min_new_tokens=4", "vLLM takes min_tokens from each request only"),
+        ("ignore_eos=true", "vLLM takes ignore_eos from each request only"),
+        ("soft_scope=guarded", "answer guard"),
+    ],
+)
 def test_defaults_vllm_cannot_carry_are_refused_at_start(fake_vllm, flag, message):
     r, execd = fake_vllm("--set", flag)
     assert r.exit_code == 2 and execd is None
@@ -147,14 +174,31 @@ def test_request_options(env):
     assert a.sampling.seed != b.sampling.seed  # no seed anywhere: random, as OpenAI's API
 
 
-@pytest.mark.parametrize("extra,error,message", [
-    (request_args("selar", {"tau": 2.0}), ConfigError, "tau must be in"),
-    (request_args("selar", {"max_topk": 3}), ConfigError, "unknown option"),
-    (request_args("selar", {"max_new_tokens": 3}), ConfigError, "request's own settings"),
-    (request_args("swir"), CapabilityError, "SwiR feeds a dense mixture"),
-    (request_args("adaptive-latent"), CapabilityError, "only the transformers engine"),
-    (request_args("nonsense"), ConfigError, "unknown method"),
-])
+@pytest.mark.parametrize(
+    "extra,error,message",
+    [
+        (request_args("selar", {"tau": 2.0}), ConfigError, "tau must be in"),
+        (request_args("selar", {"max_topk": 3}), ConfigError, "unknown option"),
+        (request_args("selar", {"max_new_tokens": 3}), ConfigError, "the request's own max_tokens"),
+        (request_args("selar", {"min_new_tokens": 3}), ConfigError, "the request's own min_tokens"),
+        (request_args("selar", {"soft_scope": "guarded"}), CapabilityError, "answer guard"),
+        (request_args("selar", {"answer_markers": ["x"]}), CapabilityError, "answer guard"),
+        (request_args("swir"), CapabilityError, "SwiR feeds a dense mixture"),
+        (request_args("adaptive-latent"), CapabilityError, "only the transformers engine"),
+        (request_args("nonsense"), ConfigError, "unknown method"),
+    ],
+)
 def test_bad_requests(env, extra, error, message):
     with pytest.raises(error, match=message):
         parse_request(params(extra=extra))
+
+
+def test_every_sampling_setting_has_its_place():
+    """Each of selar's sampling settings is applied by the plugin, left to vLLM's request, or
+    refused with a reason: none is dropped (a new one fails here until it is placed)."""
+    from selar.config import SAMPLING_FIELDS
+    from selar.engines.vllm import request as rq
+
+    placed = set(rq.OVERRIDABLE) | set(rq.PLUGIN_ONLY) | set(rq.VLLM_OWN) | set(rq.UNSUPPORTED)
+    assert placed == set(SAMPLING_FIELDS)
+    assert "the vLLM plugin does not apply it yet" not in rq.UNSUPPORTED.values(), rq.UNSUPPORTED

@@ -40,10 +40,29 @@ from .runner import (
     resolve_folder,
 )
 
-__all__ = ["ENTRY", "PREFIX", "TESTED_VLLM", "NON_STANDARD", "LOGITS_PROCESSOR", "WORKER_EXTENSION", "VLLMModel",
-           "WorkerExtension", "architecture", "check_architecture", "concrete_dtype", "default_environment",
-           "engine_kwargs", "load_vllm", "parse_request", "register", "request_args", "require_vllm",
-           "resolve_folder", "soft_name", "split_server_defaults"]
+__all__ = [
+    "ENTRY",
+    "PREFIX",
+    "TESTED_VLLM",
+    "NON_STANDARD",
+    "LOGITS_PROCESSOR",
+    "WORKER_EXTENSION",
+    "VLLMModel",
+    "WorkerExtension",
+    "architecture",
+    "check_architecture",
+    "concrete_dtype",
+    "default_environment",
+    "engine_kwargs",
+    "load_vllm",
+    "parse_request",
+    "register",
+    "request_args",
+    "require_vllm",
+    "resolve_folder",
+    "soft_name",
+    "split_server_defaults",
+]
 
 
 def __getattr__(name: str) -> Any:

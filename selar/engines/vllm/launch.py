@@ -29,13 +29,37 @@ API_KEY_ENV = "VLLM_API_KEY"
 SECRET_FLAGS = ("--api-key",)
 
 
-def serve_command(folder: str, soft_arch: str, *, host: str, port: int, dtype: str, max_num_seqs: int,
-                  max_model_len: Optional[int], generation_config: Optional[dict] = None,
-                  extra: tuple = ()) -> list[str]:
+def serve_command(
+    folder: str,
+    soft_arch: str,
+    *,
+    host: str,
+    port: int,
+    dtype: str,
+    max_num_seqs: int,
+    max_model_len: Optional[int],
+    generation_config: Optional[dict] = None,
+    extra: tuple = (),
+) -> list[str]:
     """The `vllm serve` command line that runs selar's plugin on a model folder."""
-    cmd = ["vllm", "serve", folder, "--host", host, "--port", str(port), "--dtype", dtype,
-           "--hf-overrides", json.dumps({"architectures": [soft_arch]}),
-           "--logits-processors", LOGITS_PROCESSOR, "--no-enable-prefix-caching", "--max-num-seqs", str(max_num_seqs)]
+    cmd = [
+        "vllm",
+        "serve",
+        folder,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--dtype",
+        dtype,
+        "--hf-overrides",
+        json.dumps({"architectures": [soft_arch]}),
+        "--logits-processors",
+        LOGITS_PROCESSOR,
+        "--no-enable-prefix-caching",
+        "--max-num-seqs",
+        str(max_num_seqs),
+    ]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
     if generation_config:
@@ -45,14 +69,35 @@ def serve_command(folder: str, soft_arch: str, *, host: str, port: int, dtype: s
     return cmd + list(extra)
 
 
-def serve_plan(model: str, folder: str, soft_arch: str, *, host: str, port: int, api_key: Optional[str],
-               max_batch: int, method: str, defaults: dict, max_prompt_tokens: int, max_tokens: int, dtype: str,
-               extra_args: tuple = ()) -> tuple[list[str], dict[str, str]]:
+def serve_plan(
+    model: str,
+    folder: str,
+    soft_arch: str,
+    *,
+    host: str,
+    port: int,
+    api_key: Optional[str],
+    max_batch: int,
+    method: str,
+    defaults: dict,
+    max_prompt_tokens: int,
+    max_tokens: int,
+    dtype: str,
+    extra_args: tuple = (),
+) -> tuple[list[str], dict[str, str]]:
     """(the `vllm serve` argv, the environment it needs beside ours). Pure: no vLLM needed."""
     gen, plugin = split_server_defaults(method, defaults, max_tokens)
-    cmd = serve_command(folder, soft_arch, host=host, port=port, dtype=concrete_dtype(dtype), max_num_seqs=max_batch,
-                        max_model_len=max_prompt_tokens + max_tokens, generation_config=gen,
-                        extra=("--served-model-name", model, *extra_args))
+    cmd = serve_command(
+        folder,
+        soft_arch,
+        host=host,
+        port=port,
+        dtype=concrete_dtype(dtype),
+        max_num_seqs=max_batch,
+        max_model_len=max_prompt_tokens + max_tokens,
+        generation_config=gen,
+        extra=("--served-model-name", model, *extra_args),
+    )
     env = {DEFAULTS_ENV: json.dumps(plugin)}
     if api_key:
         env[API_KEY_ENV] = api_key
@@ -77,23 +122,51 @@ def redacted(cmd: list[str]) -> str:
     return shlex.join(out)
 
 
-def serve(model: str, *, host: str, port: int, api_key: Optional[str], max_batch: int, method: str, defaults: dict,
-          max_prompt_tokens: int, max_tokens: int, dtype: str, extra_args: tuple = ()) -> None:
+def serve(
+    model: str,
+    *,
+    host: str,
+    port: int,
+    api_key: Optional[str],
+    max_batch: int,
+    method: str,
+    defaults: dict,
+    max_prompt_tokens: int,
+    max_tokens: int,
+    dtype: str,
+    extra_args: tuple = (),
+) -> None:
     """Replace this process by `vllm serve` on `model` with selar's plugin (never returns)."""
     split_server_defaults(method, defaults, max_tokens)  # what vLLM cannot carry is refused first
     require_vllm()
     folder, _ = resolve_folder(model)
-    cmd, env = serve_plan(model, folder, soft_architecture(folder), host=host, port=port, api_key=api_key,
-                          max_batch=max_batch, method=method, defaults=defaults, max_prompt_tokens=max_prompt_tokens,
-                          max_tokens=max_tokens, dtype=dtype, extra_args=extra_args)
+    cmd, env = serve_plan(
+        model,
+        folder,
+        soft_architecture(folder),
+        host=host,
+        port=port,
+        api_key=api_key,
+        max_batch=max_batch,
+        method=method,
+        defaults=defaults,
+        max_prompt_tokens=max_prompt_tokens,
+        max_tokens=max_tokens,
+        dtype=dtype,
+        extra_args=extra_args,
+    )
     os.environ.update(env)
     default_environment()
-    notes = [f"selar: {redacted(cmd)}",
-             f"selar: default method {method}{' (API key required)' if api_key else ''}; per request: extra_body="
-             '{"vllm_xargs": {"selar_method": "selar", "selar_tau": 0.5}}']
+    notes = [
+        f"selar: {redacted(cmd)}",
+        f"selar: default method {method}{' (API key required)' if api_key else ''}; per request: extra_body="
+        '{"vllm_xargs": {"selar_method": "selar", "selar_tau": 0.5}}',
+    ]
     if "max_new_tokens" in defaults:
-        notes.append(f"selar: max_new_tokens={defaults['max_new_tokens']} is the default of chat requests; vLLM's "
-                     f"completions follow the OpenAI protocol (16 tokens unless a request sets max_tokens)")
+        notes.append(
+            f"selar: max_new_tokens={defaults['max_new_tokens']} is the default of chat requests; vLLM's "
+            f"completions follow the OpenAI protocol (16 tokens unless a request sets max_tokens)"
+        )
     print("\n".join(notes), file=sys.stderr, flush=True)
     os.execv(sys.executable, [sys.executable, "-m", "selar.engines.vllm.launch", *cmd[1:]])
 

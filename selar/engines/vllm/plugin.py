@@ -38,8 +38,9 @@ def vocab_info(vllm_config: Any) -> VocabInfo:
     from transformers import AutoTokenizer
 
     mc = vllm_config.model_config
-    tok = AutoTokenizer.from_pretrained(mc.tokenizer, trust_remote_code=mc.trust_remote_code,
-                                        revision=mc.tokenizer_revision)
+    tok = AutoTokenizer.from_pretrained(
+        mc.tokenizer, trust_remote_code=mc.trust_remote_code, revision=mc.tokenizer_revision
+    )
     vocab = tok.get_vocab()
     start, end = (vocab.get(t) for t in THINK_TOKENS)
     return VocabInfo(size=mc.get_vocab_size(), think_start=start, think_end=end, tokenizer=tok)
@@ -60,8 +61,10 @@ def _make_processor_class() -> type:
 
         def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
             if vllm_config.cache_config.enable_prefix_caching:
-                raise ValueError("selar's vLLM plugin needs prefix caching off (--no-enable-prefix-caching): "
-                                 "cached blocks would carry soft inputs into other requests")
+                raise ValueError(
+                    "selar's vLLM plugin needs prefix caching off (--no-enable-prefix-caching): "
+                    "cached blocks would carry soft inputs into other requests"
+                )
             cap = vllm_config.scheduler_config.max_num_seqs
             self.state = SoftState(cap, device, vocab_info(vllm_config))
             set_state(self.state)

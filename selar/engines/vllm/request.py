@@ -3,9 +3,10 @@
 A request asks for a method through flat `selar_` options in `SamplingParams.extra_args` (so they
 pass through `vllm serve`'s `vllm_xargs`): `{"selar_method": "selar", "selar_tau": 0.5}`. Its
 sampling settings are the request's own (temperature, top_p, top_k, min_p, seed, max_tokens,
-stop); a `selar_<sampling setting>` overrides one (selar's runner does, and asks vLLM itself for
-plain greedy on the forced logits). Pure Python: nothing here needs vLLM except
-`make_sampling_params`.
+min_tokens, ignore_eos, stop); a `selar_<setting>` overrides the first five (selar's runner does,
+and asks vLLM itself for plain greedy on the forced logits); the others are vLLM's to apply.
+Every sampling setting of selar is placed in exactly one of these tables, so a new one is
+refused until it is placed. Pure Python: nothing here needs vLLM except `make_sampling_params`.
 """
 
 from __future__ import annotations
@@ -15,19 +16,32 @@ from dataclasses import asdict
 from typing import Any, Optional
 
 from ...config import SAMPLING_FIELDS, GenerationConfig, SamplingConfig, env_json
-from ...errors import ConfigError
+from ...errors import CapabilityError, ConfigError
 from ...methods import all_option_names, make_config, option_names
 from ..base import get_engine, refuse_method
 
 PREFIX = "selar_"
 DEFAULTS_ENV = "SELAR_VLLM_DEFAULTS"  # the server's defaults, handed to vLLM's processes
-# sampling settings a request's selar_ options may override (max_tokens and stop are vLLM's own)
+# sampling settings the plugin applies itself (a request's selar_ option, or the server's default)
 OVERRIDABLE = ("temperature", "top_p", "top_k", "min_p", "seed")
-# where `selar serve --engine vllm --set NAME=...` goes: vLLM's generation config (the default of
-# requests that do not set it; vLLM's names), or the plugin's defaults
-GENERATION_CONFIG = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
-                     "max_new_tokens": "max_new_tokens"}
-NOT_CARRIED = {"stop": "vLLM takes stop strings from each request only (send `stop` with the request)"}
+PLUGIN_ONLY = ("soft_scope",)
+# settings vLLM applies to every request: selar's name -> the request's own (SamplingParams) name
+VLLM_OWN = {"max_new_tokens": "max_tokens", "stop": "stop", "min_new_tokens": "min_tokens", "ignore_eos": "ignore_eos"}
+# `selar serve --engine vllm --set NAME=...`: vLLM's generation config holds these defaults (a
+# request's own settings win); vLLM has no server default for the other VLLM_OWN settings
+GENERATION_CONFIG = ("temperature", "top_p", "top_k", "min_p", "max_new_tokens")
+UNSUPPORTED = {  # selar settings the plugin cannot apply: name -> why
+    "answer_markers": "the answer guard (soft_scope=guarded) runs in selar's own decode loop only",
+}
+GUARDED = "soft_scope=guarded (the answer guard) runs in selar's own decode loop, which the vLLM engine does not use"
+# a sampling setting added to selar but not placed above is refused, not silently dropped
+UNSUPPORTED.update(
+    {
+        k: "the vLLM plugin does not apply it yet"
+        for k in SAMPLING_FIELDS
+        if k not in set(OVERRIDABLE) | set(PLUGIN_ONLY) | set(VLLM_OWN) | set(UNSUPPORTED)
+    }
+)
 
 
 def request_args(method: str, options: Optional[dict] = None, key: Optional[str] = None) -> dict:
@@ -41,12 +55,18 @@ def request_args(method: str, options: Optional[dict] = None, key: Optional[str]
 
 
 def _unprefixed(args: Optional[dict]) -> dict:
-    return {k[len(PREFIX):]: v for k, v in (args or {}).items() if isinstance(k, str) and k.startswith(PREFIX)}
+    return {k[len(PREFIX) :]: v for k, v in (args or {}).items() if isinstance(k, str) and k.startswith(PREFIX)}
 
 
 def server_defaults() -> dict:
     """The server's defaults (unprefixed): `method`, method options, `seed`, `soft_scope`."""
     return _unprefixed(env_json(DEFAULTS_ENV))
+
+
+def check_supported(cfg: GenerationConfig) -> None:
+    """CapabilityError for settings the plugin cannot apply."""
+    if cfg.sampling.guarded:
+        raise CapabilityError(GUARDED)
 
 
 def parse_request(params: Any) -> Optional[tuple[GenerationConfig, Optional[str]]]:
@@ -64,20 +84,27 @@ def parse_request(params: Any) -> Optional[tuple[GenerationConfig, Optional[str]
         raise ConfigError(f"selar_method must be a method name, got {method!r}")
     refuse_method("vllm", get_engine("vllm").capabilities, method)
     key = own.pop("key", None)
-    fixed = sorted(own.keys() & {"max_new_tokens", "stop"})
-    if fixed:
-        raise ConfigError(f"selar_{fixed[0]} is not an option: max_tokens and stop are the request's own settings")
+    for name in sorted(own.keys() & (set(VLLM_OWN) | set(UNSUPPORTED))):
+        if name in VLLM_OWN:
+            raise ConfigError(f"selar_{name} is not an option: the request's own {VLLM_OWN[name]} sets it")
+        raise CapabilityError(f"selar_{name}: {UNSUPPORTED[name]}")
     names = option_names(method)
-    # a server's sampling defaults other than soft_scope are vLLM's (generation config), not the plugin's
-    opts = {k: v for k, v in defaults.items() if k in names and (k not in SAMPLING_FIELDS or k == "soft_scope")}
+    # the server's sampling defaults other than these are vLLM's (generation config), not the plugin's
+    opts = {k: v for k, v in defaults.items() if k in names and (k not in SAMPLING_FIELDS or k in PLUGIN_ONLY)}
     opts.update(own)
     seed = own.get("seed", getattr(params, "seed", None))
     if seed is None:
         seed = defaults.get("seed", random.getrandbits(62))
     top_k = params.top_k if params.top_k and params.top_k > 0 else 0
-    request = {"temperature": float(params.temperature), "top_p": float(params.top_p), "top_k": int(top_k),
-               "min_p": float(params.min_p), "max_new_tokens": max(1, int(params.max_tokens or 1))}
+    request = {
+        "temperature": float(params.temperature),
+        "top_p": float(params.top_p),
+        "top_k": int(top_k),
+        "min_p": float(params.min_p),
+        "max_new_tokens": max(1, int(params.max_tokens or 1)),
+    }
     cfg = make_config(method, **{**request, **opts, "seed": seed})
+    check_supported(cfg)
     return cfg, key
 
 
@@ -86,15 +113,25 @@ def make_sampling_params(cfg: GenerationConfig, seed: int, key: str, stop_ids: l
     every engine) and forces it, so vLLM itself samples greedily from the forced logits."""
     from vllm import SamplingParams
 
+    check_supported(cfg)
     s = cfg.sampling
     extra = request_args(cfg.method, asdict(cfg.options), key=key)
     extra.update({PREFIX + k: getattr(s, k) for k in OVERRIDABLE})
     extra[PREFIX + "seed"] = seed
     if s.soft_scope != "auto":
         extra[PREFIX + "soft_scope"] = s.soft_scope
-    return SamplingParams(temperature=0.0, max_tokens=s.max_new_tokens, stop=list(s.stop) or None,
-                          stop_token_ids=list(stop_ids), ignore_eos=not stop_ids,  # no stop ids: fixed length
-                          skip_special_tokens=True, extra_args=extra)
+    # the model's stop ids as selar reads them, and only those (as on every engine): vLLM's own
+    # eos handling off, so a tokenizer eos outside them does not end rows here alone
+    return SamplingParams(
+        temperature=0.0,
+        max_tokens=s.max_new_tokens,
+        min_tokens=s.min_new_tokens,
+        stop=list(s.stop) or None,
+        stop_token_ids=[] if s.ignore_eos else list(stop_ids),
+        ignore_eos=True,
+        skip_special_tokens=True,
+        extra_args=extra,
+    )
 
 
 def split_server_defaults(method: str, defaults: dict, max_tokens: Optional[int] = None) -> tuple[dict, dict]:
@@ -103,19 +140,23 @@ def split_server_defaults(method: str, defaults: dict, max_tokens: Optional[int]
     become vLLM's defaults for requests that do not set them (selar's paper settings where `--set`
     gives none); method options, `soft_scope` and `seed` are the plugin's defaults for requests
     that do not set them; what vLLM cannot take from a server is refused (ConfigError)."""
-    for name, why in NOT_CARRIED.items():
-        if name in defaults:
-            raise ConfigError(f"--set {name} cannot be a server default with --engine vllm: {why}")
     unknown = sorted(set(defaults) - all_option_names())
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
-    check = {k: v for k, v in defaults.items() if k in option_names(method)}
-    make_config(method, **check)  # the values, validated as a request's would be
+    for name in sorted(defaults.keys() & (set(VLLM_OWN) | set(UNSUPPORTED))):
+        if name in UNSUPPORTED:
+            raise CapabilityError(f"--set {name} is not supported with --engine vllm: {UNSUPPORTED[name]}")
+        if name not in GENERATION_CONFIG:
+            raise ConfigError(
+                f"--set {name} cannot be a server default with --engine vllm: vLLM takes {VLLM_OWN[name]} from "
+                f"each request only (send `{VLLM_OWN[name]}` with the request)"
+            )
+    check_supported(make_config(method, **{k: v for k, v in defaults.items() if k in option_names(method)}))
     if max_tokens is not None and defaults.get("max_new_tokens", 0) > max_tokens:
         raise ConfigError(f"--set max_new_tokens={defaults['max_new_tokens']} is more than --max-tokens {max_tokens}")
     paper = SamplingConfig()
-    gen = {GENERATION_CONFIG[k]: getattr(paper, k) for k in ("temperature", "top_p", "top_k", "min_p")}
-    gen.update({GENERATION_CONFIG[k]: v for k, v in defaults.items() if k in GENERATION_CONFIG})
+    gen = {k: getattr(paper, k) for k in GENERATION_CONFIG if k != "max_new_tokens"}
+    gen.update({k: v for k, v in defaults.items() if k in GENERATION_CONFIG})  # vLLM's names are these
     plugin = {PREFIX + "method": method}
     plugin.update({PREFIX + k: v for k, v in defaults.items() if k not in GENERATION_CONFIG})
     return gen, plugin

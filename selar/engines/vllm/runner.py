@@ -66,19 +66,24 @@ def resolve_folder(name_or_path: str) -> tuple[str, str]:
     """(folder or hub id, source kind) of a model for vLLM: catalog models are pulled (as
     safetensors); GGUF files and `selar train` adapters are refused."""
     if name_or_path.endswith(".gguf"):
-        raise ModelLoadError(f"{name_or_path}: the vLLM engine takes a model folder, a catalog name or a hub id, "
-                             f"not a GGUF file (run GGUF files with --engine llamacpp)")
+        raise ModelLoadError(
+            f"{name_or_path}: the vLLM engine takes a model folder, a catalog name or a hub id, "
+            f"not a GGUF file (run GGUF files with --engine llamacpp)"
+        )
     src = resolve(name_or_path)
     if src.kind == "catalog":
         return str(catalog.pull(name_or_path)), "catalog"
     if src.kind == "gguf":
-        raise ModelLoadError(f"{name_or_path}: the vLLM engine takes a model folder, a catalog name or a hub id, "
-                             f"not a GGUF file (run GGUF files with --engine llamacpp)")
+        raise ModelLoadError(
+            f"{name_or_path}: the vLLM engine takes a model folder, a catalog name or a hub id, "
+            f"not a GGUF file (run GGUF files with --engine llamacpp)"
+        )
     if src.kind == "folder":
         assert src.path is not None
         if src.loader is not None:
-            raise ModelLoadError(f"{src.path} is loaded by {src.loader}, which the vLLM engine cannot run; "
-                                 f"use the transformers engine")
+            raise ModelLoadError(
+                f"{src.path} is loaded by {src.loader}, which the vLLM engine cannot run; use the transformers engine"
+            )
         if not (src.path / "config.json").is_file():
             raise ModelLoadError(f"{src.path} has no config.json, so it is not a model folder")
         return str(src.path), "folder"
@@ -114,11 +119,19 @@ def soft_architecture(folder: str) -> str:
     return check_architecture(arch, family)
 
 
-def engine_kwargs(folder: str, soft_arch: Optional[str], *, dtype: str, max_num_seqs: int,
-                  max_model_len: Optional[int], **extra: Any) -> dict:
+def engine_kwargs(
+    folder: str, soft_arch: Optional[str], *, dtype: str, max_num_seqs: int, max_model_len: Optional[int], **extra: Any
+) -> dict:
     """vllm.LLM keyword arguments; `soft_arch` None: stock vLLM (no plugin), for comparisons."""
-    kw = dict(model=folder, tokenizer=folder, dtype=dtype, max_num_seqs=max_num_seqs, seed=0,
-              enable_prefix_caching=False, **extra)
+    kw = dict(
+        model=folder,
+        tokenizer=folder,
+        dtype=dtype,
+        max_num_seqs=max_num_seqs,
+        seed=0,
+        enable_prefix_caching=False,
+        **extra,
+    )
     if max_model_len:
         kw["max_model_len"] = max_model_len
     if soft_arch is None:
@@ -126,8 +139,11 @@ def engine_kwargs(folder: str, soft_arch: Optional[str], *, dtype: str, max_num_
     if torch.cuda.is_available() and "compilation_config" not in kw and not kw.get("enforce_eager"):
         # full CUDA graphs would freeze the outer forward's data-dependent soft-row selection
         kw["compilation_config"] = {"cudagraph_mode": "PIECEWISE"}
-    kw.update(hf_overrides={"architectures": [soft_arch]}, logits_processors=[LOGITS_PROCESSOR],
-              worker_extension_cls=WORKER_EXTENSION)
+    kw.update(
+        hf_overrides={"architectures": [soft_arch]},
+        logits_processors=[LOGITS_PROCESSOR],
+        worker_extension_cls=WORKER_EXTENSION,
+    )
     return kw
 
 
@@ -155,31 +171,51 @@ class VLLMModel(Model):
         self.llm, self.folder, self.arch = llm, folder, arch
         tok = AutoTokenizer.from_pretrained(folder)
         mc = llm.llm_engine.model_config
-        super().__init__(tok, name=name, source="vllm", vocab_size=mc.get_vocab_size(),
-                         stop_ids=_stop_ids(folder, tok), max_positions=mc.max_model_len,
-                         load_seconds=load_seconds, info=info)
+        super().__init__(
+            tok,
+            name=name,
+            source="vllm",
+            vocab_size=mc.get_vocab_size(),
+            stop_ids=_stop_ids(folder, tok),
+            max_positions=mc.max_model_len,
+            load_seconds=load_seconds,
+            info=info,
+        )
         self.pad_id = self.stop_ids[0] if self.stop_ids else 0
 
     @property
     def dtype(self) -> torch.dtype:
         return self.llm.llm_engine.model_config.dtype
 
-    def run(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, seeds: Sequence[int], *,
-            batch_size: int = 16, on_step: Optional[Callable] = None) -> list[RowOutput]:
+    def close(self) -> None:
+        """Stop vLLM's engine process (it holds the weights and the KV cache)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
+    def run(
+        self,
+        prompts: Sequence[Sequence[int]],
+        cfg: GenerationConfig,
+        seeds: Sequence[int],
+        *,
+        batch_size: int = 16,
+        on_step: Optional[Callable] = None,
+    ) -> list[RowOutput]:
         """Decode these prompts (one request each) to the end; RowOutputs in prompt order."""
         self.check_method(cfg.method)
         if on_step is not None:
             self.require("streaming", "token streaming")
         return self.run_rows(prompts, cfg, seeds)
 
-    def run_rows(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, seeds: Sequence[int],
-                 progress: bool = False) -> list[RowOutput]:
+    def run_rows(
+        self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, seeds: Sequence[int], progress: bool = False
+    ) -> list[RowOutput]:
         from vllm.inputs import TokensPrompt
 
         keys = [uuid.uuid4().hex for _ in prompts]
         params = [make_sampling_params(cfg, seed, key, self.stop_ids) for seed, key in zip(seeds, keys)]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
-                                 use_tqdm=progress)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=progress)
         recs: dict = {}
         for part in self.llm.collective_rpc("selar_records", args=(keys,)):
             recs = recs or part
@@ -200,8 +236,15 @@ class VLLMModel(Model):
         return rows
 
 
-def load_vllm(name_or_path: str, *, dtype: str = "auto", max_num_seqs: int = 16, max_model_len: Optional[int] = None,
-              enforce_eager: bool = False, **vllm_args: Any) -> VLLMModel:
+def load_vllm(
+    name_or_path: str,
+    *,
+    dtype: str = "auto",
+    max_num_seqs: int = 16,
+    max_model_len: Optional[int] = None,
+    enforce_eager: bool = False,
+    **vllm_args: Any,
+) -> VLLMModel:
     """Load a model into vLLM with selar's plugin. Extra keyword arguments go to `vllm.LLM`
     (e.g. tensor_parallel_size=2, gpu_memory_utilization=0.8); SELAR_VLLM_ARGS (JSON) adds more."""
     require_vllm()
@@ -218,8 +261,9 @@ def load_vllm(name_or_path: str, *, dtype: str = "auto", max_num_seqs: int = 16,
     extra = env_json(ARGS_ENV)  # e.g. '{"tensor_parallel_size": 2}' for CLI runs
     extra.update(vllm_args)
     extra.setdefault("enforce_eager", enforce_eager)
-    llm = LLM(**engine_kwargs(folder, soft_arch, dtype=dtype, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                              **extra))
+    llm = LLM(
+        **engine_kwargs(folder, soft_arch, dtype=dtype, max_num_seqs=max_num_seqs, max_model_len=max_model_len, **extra)
+    )
     info = {"vllm": vllm_version(), "architecture": soft_arch, "dtype": dtype}
     return VLLMModel(llm, folder, name_or_path, arch, time.perf_counter() - t0, info)
 
@@ -228,8 +272,9 @@ class _Entry:
     """The vLLM engine's registry entry."""
 
     @staticmethod
-    def load(name: str, *, dtype: Any = "auto", device: str = "auto", trust_remote_code: bool = False,
-             **options: Any) -> VLLMModel:
+    def load(
+        name: str, *, dtype: Any = "auto", device: str = "auto", trust_remote_code: bool = False, **options: Any
+    ) -> VLLMModel:
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigError("vLLM places the model itself; give device auto (tensor_parallel_size=N for GPUs)")
         if trust_remote_code:

@@ -20,7 +20,7 @@ from ...decode import step_context
 from ...errors import CapabilityError
 from ...methods import get_method_spec
 from ...methods.base import VocabInfo
-from .request import parse_request
+from .request import VLLM_OWN, parse_request
 
 MAX_GROUPS = 32  # distinct method/sampling configurations kept at once
 MAX_RECORDS = 4096  # finished requests' soft-step records kept for the runner
@@ -34,16 +34,22 @@ class SoftState:
         self.cap, self.device, self.vocab = capacity, device, vocab
         z = lambda dt, fill=0: torch.full((capacity,), fill, dtype=dt, device=device)  # noqa: E731
         self.t: dict[str, Tensor] = {
-            "group": z(torch.long, -1), "seed": z(torch.long), "step": z(torch.long),
-            "prompt_len": z(torch.long), "limit": z(torch.long), "reasoning": z(torch.bool),
-            "scoped": z(torch.bool), "last_pos": z(torch.long, -2), "pend_pos": z(torch.long, -1),
+            "group": z(torch.long, -1),
+            "seed": z(torch.long),
+            "step": z(torch.long),
+            "prompt_len": z(torch.long),
+            "limit": z(torch.long),
+            "reasoning": z(torch.bool),
+            "scoped": z(torch.bool),
+            "last_pos": z(torch.long, -2),
+            "pend_pos": z(torch.long, -1),
             "pend_ids": torch.zeros(capacity, 1, dtype=torch.long, device=device),
             "pend_w": torch.zeros(capacity, 1, dtype=torch.float32, device=device),
             "rec_soft": torch.zeros(capacity, 64, dtype=torch.bool, device=device),
             "rec_ent": torch.zeros(capacity, 64, dtype=torch.float32, device=device),
         }
         self.keys: list[Optional[str]] = [None] * capacity
-        self.groups: dict[str, dict] = {}     # config json -> {"id", "method", "cfg", "state"}
+        self.groups: dict[str, dict] = {}  # config json -> {"id", "method", "cfg", "state"}
         self.by_id: dict[int, dict] = {}
         self.next_id = 0
         self.any_pending = False
@@ -53,7 +59,7 @@ class SoftState:
     # group of requests sharing one method and sampling config
     def group_of(self, cfg: Any) -> dict:
         d = cfg.to_dict()  # seeds and token limits are per row, not part of a group
-        d["sampling"] = {k: v for k, v in d["sampling"].items() if k not in ("seed", "max_new_tokens", "stop")}
+        d["sampling"] = {k: v for k, v in d["sampling"].items() if k != "seed" and k not in VLLM_OWN}
         key = json.dumps(d, sort_keys=True, default=str)
         g = self.groups.get(key)
         if g is None:
@@ -166,8 +172,7 @@ class SoftState:
             if gid < 0:
                 continue
             # the common case, one group holding every row, needs no row search
-            rows = (torch.arange(b, device=group.device) if present == [gid]
-                    else (group == gid).nonzero()[:, 0])
+            rows = torch.arange(b, device=group.device) if present == [gid] else (group == gid).nonzero()[:, 0]
             soft.append(self._step_group(self.by_id[gid], rows, logits, real[rows]))
         self.any_pending = bool(torch.cat(soft).any()) if soft else False
         return logits
@@ -178,8 +183,15 @@ class SoftState:
         lg = logits[rows]
         step = t["step"][rows]
         state = {k: v[rows] for k, v in g["state"].items()}
-        ctx = step_context(lg, cfg, method.num_candidates, seeds=t["seed"][rows], steps=step,
-                           reasoning=t["reasoning"][rows], limit=t["limit"][rows])
+        ctx = step_context(
+            lg,
+            cfg,
+            method.num_candidates,
+            seeds=t["seed"][rows],
+            steps=step,
+            reasoning=t["reasoning"][rows],
+            limit=t["limit"][rows],
+        )
         out = method.step(ctx, state)
         if out.stop is not None or out.inputs.dense or out.inputs.latent is not None:
             raise CapabilityError(f"method {method.name!r} needs inputs the vLLM plugin cannot feed")
@@ -261,5 +273,3 @@ def current_state() -> Optional[SoftState]:
 def set_state(state: Optional[SoftState]) -> None:
     global _STATE
     _STATE = state
-
-
