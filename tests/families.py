@@ -106,13 +106,25 @@ FAMILIES: dict[str, Callable[[dict], Any]] = {
 HYBRID = {"qwen3_next", "falcon_h1", "granitemoehybrid"}
 
 
-def make_family_model(family: str, tok, seed: int = 0, head_scale: float = 8.0):
+# as llama.cpp runs them: its llama, qwen2 and phi3 graphs have no sliding window (a Mistral or
+# Qwen2 GGUF attends to everything), and its qwen3moe graph has experts in every layer
+LLAMACPP = {"mistral": {"sliding_window": None}, "qwen2": {"use_sliding_window": False, "sliding_window": None},
+            "phi3": {"sliding_window": None}, "qwen3_moe": {"decoder_sparse_step": 1},
+            "gemma2": {"tie_word_embeddings": True}}  # llama.cpp's gemma2 has no separate output head
+
+
+def make_family_model(family: str, tok, seed: int = 0, head_scale: float = 8.0, llamacpp: bool = False):
     """A tiny random `family` causal LM over `tok`'s vocabulary, float32, in eval mode. Its
     output head is scaled by `head_scale` so that next-token distributions range from flat to
-    peaked (SeLaR's gate then goes both ways, and greedy near-ties are rare)."""
+    peaked (SeLaR's gate then goes both ways, and greedy near-ties are rare). `llamacpp`: the
+    variant llama.cpp's graph for the family computes (see LLAMACPP)."""
     from transformers import AutoModelForCausalLM
 
     cfg = FAMILIES[family](_common(len(tok), tok.eos_token_id, tok.pad_token_id))
+    for k, v in (LLAMACPP.get(family, {}) if llamacpp else {}).items():
+        setattr(cfg, k, v)
+    if llamacpp and hasattr(cfg, "layer_types") and family in ("mistral", "qwen2", "phi3"):
+        cfg.layer_types = ["full_attention"] * cfg.num_hidden_layers
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa").eval()
     with torch.no_grad():
