@@ -6,14 +6,20 @@ whole batch: a batch of token ids when every row's input is a plain token, else 
 float input rows, the mixture `sum_j w_j E(v_j)` taken from the embedding table. llama.cpp has
 no API to read that table, so `token_embd.weight` is dequantised once with the `gguf` package
 and cached (memory-mapped `.npy`) beside the model, or in the selar cache when that folder is
-read-only. The `llama_batch` structures are built over numpy arrays allocated once, so a step
-fills them with a few vectorised writes, without per-row Python work.
+read-only. Float rows are what llama.cpp's token path feeds its first layer for the same mixture:
+some architectures transform token ids only (Gemma 3 scales by sqrt(n_embd)), so the engine
+applies that factor itself (`gguf.float_row_scale`), checks once per model that a float row
+E(t) gives the logits of token t (`FloatRows`), and refuses float rows otherwise. The
+`llama_batch` structures are built over numpy arrays allocated once, so a step fills them with
+a few vectorised writes, without per-row Python work.
 """
 
 from __future__ import annotations
 
 import ctypes
-from typing import TYPE_CHECKING, Any
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -21,6 +27,7 @@ from torch import Tensor
 
 from ...errors import CapabilityError, CapacityError, PromptError
 from ...methods.base import Mixture
+from . import gguf as gg
 
 if TYPE_CHECKING:
     from .model import LlamaCppModel
@@ -51,14 +58,57 @@ class _Batch:
         self.b.logits = self.out.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
 
 
+@dataclass(frozen=True)
+class FloatRows:
+    arch: str
+    scale: float = 1.0             # float rows = sum_j w_j E(v_j) * scale
+    refusal: Optional[str] = None  # why llama.cpp cannot take float rows for this architecture
+
+    def require(self, what: str) -> None:
+        if self.refusal is not None:
+            raise CapabilityError(f"{what} feeds float input rows, which llama.cpp cannot take for a {self.arch} "
+                                  f"model: {self.refusal}; use the transformers engine")
+
+
+_FLOAT_ROWS: weakref.WeakKeyDictionary[Any, FloatRows] = weakref.WeakKeyDictionary()
+
+
+def float_rows(model: LlamaCppModel) -> FloatRows:
+    """How this model takes float input rows: the architecture's known transform (see
+    `gguf.float_row_scale`), then checked once on the model itself: token t and the float row
+    E(t) * scale, each alone at position 0, must give the same logits."""
+    got = _FLOAT_ROWS.get(model)
+    if got is None:
+        arch, scale, refusal = gg.float_row_scale(model.lib, model.lm, model.n_embd)
+        got = FloatRows(arch, scale, refusal)
+        if refusal is None:
+            eng = LlamaCppEngine(model, rows=got)
+            t = min(model.n_vocab - 1, 100)
+            try:
+                seq = model.alloc_seqs(eng, 1)
+            except CapacityError:
+                return got  # every sequence busy: check on a later call
+            try:
+                a = eng._probe(seq, tokens=np.array([t], dtype=np.int32))
+                b = eng._probe(seq, rows=(model.table[t] * scale)[None].astype(np.float32))
+            finally:
+                model.free_seqs(seq)
+            if not np.allclose(a, b, rtol=0, atol=1e-3 * max(1.0, float(np.abs(a).max()))):
+                got = FloatRows(arch, scale, f"its graph treats a float row E(t) differently from token t (max |logit "
+                                             f"diff| {float(np.abs(a - b).max()):.3g})")
+        _FLOAT_ROWS[model] = got
+    return got
+
+
 class LlamaCppEngine:
     """The engine protocol (add/step/select/reset) over one llama.cpp context."""
 
-    def __init__(self, model: "LlamaCppModel"):
+    def __init__(self, model: LlamaCppModel, rows: Optional[FloatRows] = None):
         self.model, self.lib = model, model.lib
         self.ctx = model.context_handle()
         self.vocab_size = model.n_vocab
         self.table = model.table
+        self.rows = rows if rows is not None else float_rows(model)
         cap = max(512, model.max_rows)
         self.tokens = _Batch(self.lib, cap)
         self.embeds = _Batch(self.lib, model.max_rows, model.n_embd)
@@ -75,6 +125,19 @@ class LlamaCppEngine:
             raise RuntimeError(f"llama_decode failed ({rc}): " + {2: "aborted"}.get(rc, "error"))
         ptr = self.lib.llama_get_logits(self.ctx)
         return np.ctypeslib.as_array(ptr, shape=(n_out, self.vocab_size))
+
+    def _probe(self, seq: np.ndarray, tokens: Optional[np.ndarray] = None, rows: Optional[np.ndarray] = None
+               ) -> np.ndarray:
+        """Logits of one input (a token or a float row) alone at position 0 of sequence `seq`."""
+        b = self.tokens if tokens is not None else self.embeds
+        if tokens is not None:
+            b.token[:1] = tokens
+        else:
+            b.embd[:1] = rows
+        b.pos[:1], b.seq[:1], b.out[:1] = 0, seq, 1
+        out = self._decode(b, 1, 1).copy()
+        self.lib.llama_memory_seq_rm(self.lib.llama_get_memory(self.ctx), int(seq[0]), -1, -1)
+        return out
 
     # -- protocol ---------------------------------------------------------------------------
     def add(self, prompts: list[list[int]]) -> Tensor:
@@ -114,6 +177,7 @@ class LlamaCppEngine:
             b = self.tokens
             b.token[:n] = inputs.ids[:, 0].numpy()
         else:
+            self.rows.require("a soft input")
             b = self.embeds
             b.embd[:n] = self._mix(inputs)
         b.pos[:n] = self.pos
@@ -124,11 +188,14 @@ class LlamaCppEngine:
         return logits
 
     def _mix(self, inputs: Mixture) -> np.ndarray:
+        """sum_j w_j E(v_j), times the architecture's token-path factor (1 for most)."""
         w = inputs.weights.float().numpy()
         if inputs.dense:
-            return w[:, : self.table.shape[0]] @ self.table
-        rows = self.table[inputs.ids.numpy().reshape(-1)].reshape(*inputs.ids.shape, -1)
-        return np.einsum("bm,bmd->bd", w, rows)
+            mix = w[:, : self.table.shape[0]] @ self.table
+        else:
+            rows = self.table[inputs.ids.numpy().reshape(-1)].reshape(*inputs.ids.shape, -1)
+            mix = np.einsum("bm,bmd->bd", w, rows)
+        return mix if self.rows.scale == 1.0 else mix * np.float32(self.rows.scale)
 
     def select(self, keep: Tensor) -> None:
         """Keep these rows; the sequences of the others are cleared and become free."""
@@ -143,7 +210,7 @@ class LlamaCppEngine:
         self.pos = np.zeros(0, dtype=np.int32)
 
 
-def llamacpp_greedy(model: "LlamaCppModel", prompt: list[int], n: int) -> list[int]:
+def llamacpp_greedy(model: LlamaCppModel, prompt: list[int], n: int) -> list[int]:
     """llama.cpp's own greedy generation (its greedy sampler over its own logits), one sequence,
     independently of the engine above: the reference for tests. It clears the model's context,
     so no engine may be decoding on the model meanwhile."""

@@ -45,8 +45,7 @@ def _table_path(gguf: Path) -> Path:
     beside = gguf.parent / f".{gguf.name}.embd-{key}.npy"
     if os.access(gguf.parent, os.W_OK):
         return beside
-    from ...catalog import cache_dir
-    return cache_dir() / "embeddings" / f"{gguf.stem}-{key}.npy"
+    return catalog.cache_dir() / "embeddings" / f"{gguf.stem}-{key}.npy"
 
 
 def embedding_table(gguf: Path) -> np.ndarray:
@@ -85,6 +84,45 @@ def resolve_gguf(name_or_path: str) -> tuple[Path, str]:
         raise ModelLoadError(f"the llama.cpp engine needs a GGUF file; {src.path} holds {len(ggufs)} .gguf files")
     raise ModelLoadError(f"the llama.cpp engine runs a catalog model ({', '.join(catalog.CATALOG)}) or a GGUF "
                          f"file; {name_or_path!r} is neither (hub ids and adapters need the transformers engine)")
+
+
+# How llama.cpp's graphs (src/models at llama-cpp-python 0.3.36) treat a batch of float input rows
+# where it differs from a batch of token ids. The engine's rows must be what the token path
+# feeds the first layer, so it applies token-only transforms itself and refuses float rows
+# where they cannot be reproduced. Transforms applied on both paths need nothing: Gemma 1/2's
+# sqrt(n_embd), Granite's `embedding_scale` (in build_inp_embd), MiniCPM3's scale_embd, AFMoE's
+# sqrt(n_embd), RWKV's and others' embedding norms. MTP/next-n heads (Qwen3-Next, GLM, DeepSeek)
+# also branch on token ids, but only in speculative heads, which this engine does not run.
+TOKEN_ONLY_SQRT_SCALE = {"gemma3", "gemma-embedding"}  # token rows scaled by sqrt(n_embd); float rows not
+FLOAT_ROWS_REFUSED = {
+    "gemma3n": "its per-layer token embeddings are looked up by token id (float rows get the padding token's)",
+    "gemma4": "its per-layer token embeddings are looked up by token id (float rows get the padding token's)",
+    "qwen4exp": "its per-layer token embeddings are looked up by token id",
+    "cogvlm": "it runs float rows through its vision expert's weights, token ids through its text weights",
+    "qwen3vl": "it takes float rows as image features with deepstack channels",
+    "qwen3vlmoe": "it takes float rows as image features with deepstack channels",
+}
+
+
+def meta(ll: Any, lm: Any, key: str) -> str | None:
+    """A GGUF metadata value of a loaded llama.cpp model, as text (None when absent)."""
+    buf = ctypes.create_string_buffer(256)
+    n = ll.llama_model_meta_val_str(lm, key.encode(), buf, len(buf))
+    return buf.value.decode(errors="replace") if n >= 0 else None
+
+
+def float_row_scale(ll: Any, lm: Any, n_embd: int) -> tuple[str, float, str | None]:
+    """(architecture, factor the engine applies to float rows so they equal the token path's
+    rows, reason llama.cpp cannot take float rows for this architecture or None)."""
+    arch = meta(ll, lm, "general.architecture") or "unknown"
+    if arch in FLOAT_ROWS_REFUSED:
+        return arch, 1.0, FLOAT_ROWS_REFUSED[arch]
+    if meta(ll, lm, f"{arch}.deepstack_mapping") is not None or meta(ll, lm, f"{arch}.n_deepstack_layers") not in (
+            None, "0"):
+        return arch, 1.0, "it takes float rows as image features with deepstack channels"
+    if arch in TOKEN_ONLY_SQRT_SCALE:
+        return arch, float(np.sqrt(np.float32(n_embd))), None
+    return arch, 1.0, None
 
 
 GGUF_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # llama_ftype of convert_gguf's output

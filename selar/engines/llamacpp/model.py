@@ -17,7 +17,7 @@ from ...config import env_json
 from ...errors import CapacityError, ConfigError, ModelLoadError
 from ..base import Model, get_engine
 from . import gguf as gg
-from .engine import LlamaCppEngine
+from .engine import LlamaCppEngine, float_rows
 
 DEFAULT_MAX_ROWS = 16
 DEFAULT_CONTEXT = 4096
@@ -155,6 +155,15 @@ class LlamaCppModel(Model):
 
     def make_engine(self) -> LlamaCppEngine:
         return LlamaCppEngine(self)
+
+    def check_method(self, method: str) -> None:
+        """Also refuse methods that feed float rows on architectures llama.cpp cannot feed them to."""
+        super().check_method(method)
+        from ...methods import get_method_spec
+
+        spec = get_method_spec(method)
+        if spec.inputs - {"token"}:
+            float_rows(self).require(spec.display)
 
 
 def load_llamacpp(
