@@ -15,6 +15,19 @@ import selar  # noqa: E402
 from selar.server import Settings, start_in_thread  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: the tiny model's ops are too small to share, and on a busy machine
+    two threads spin against each other (5x slower); results do not depend on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 @pytest.fixture(scope="module")
 def server(tiny_thinking):
     srv = start_in_thread(tiny_thinking, Settings(model_name="tiny", api_key="sekret", max_tokens=64,

@@ -25,6 +25,19 @@ PROMPTS = ["How many clips did Natalia sell?", "Weng earns $12 an hour.", "First
            "Then 48 + 24 = 72.", "0 1 2 3 4 5", "So the final answer is"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: the tiny model's ops are too small to share, and on a busy machine
+    two threads spin against each other (5x slower); results do not depend on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 @dataclass
 class FaultyOptions:
     fail_at: int = 3  # the step that raises (-1: none)

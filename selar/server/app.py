@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from . import schema
 from .metrics import CONTENT_TYPE, Metrics
@@ -99,6 +100,8 @@ def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
 
         try:
             await asyncio.wait_for(read(), settings.body_timeout)
+        except ClientDisconnect:
+            raise APIError(499, "the client closed the request") from None  # for the log and /metrics only
         except asyncio.TimeoutError:
             raise APIError(408, f"the request body did not arrive within {settings.body_timeout:g} s",
                            headers={"Connection": "close"}) from None
