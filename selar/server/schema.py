@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ..config import INT64_MAX, INT64_MIN, SOFT_SCOPES
+from ..config import INT64_MAX, INT64_MIN, SOFT_SCOPES, SamplingConfig
 from ..methods import METHODS
 from .protocol import IGNORED, MAX_STOPS, ROLES, Settings
 
@@ -133,16 +133,28 @@ def _option_type(types: set) -> Any:
     return Optional[Union[tuple(kinds)]] if len(kinds) > 1 else Optional[kinds.pop()]
 
 
-def _method_fields() -> dict[str, tuple]:
+def _fields(classes: dict[str, type]) -> dict[str, tuple]:
+    """Request fields for the fields of these option dataclasses (by owner name)."""
     types: dict[str, set] = {}
     owners: dict[str, list[str]] = {}
-    for name, spec in METHODS.items():
-        hints = typing.get_type_hints(spec.options)
-        for f in dataclasses.fields(spec.options):
+    for owner, cls in classes.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
             types.setdefault(f.name, set()).add(hints[f.name])
-            owners.setdefault(f.name, []).append(name)
+            owners.setdefault(f.name, []).append(owner)
     return {k: (_option_type(t), Field(None, description=f"option of {', '.join(owners[k])}"))
             for k, t in types.items()}
+
+
+# sampling settings with their ranges (the others are described from SamplingConfig's types)
+SAMPLING = {
+    "temperature": (Optional[typing.Annotated[float, Field(ge=0, le=1e4)]], Field(None, description="0: greedy")),
+    "top_p": (Optional[typing.Annotated[float, Field(gt=0, le=1)]], None),
+    "top_k": (Optional[typing.Annotated[int, Field(ge=0, le=INT64_MAX)]], Field(None, description="0: off")),
+    "min_p": (Optional[typing.Annotated[float, Field(ge=0, le=1)]], None),
+    "seed": (Optional[Int64], Field(None, description="default: random")),
+    "soft_scope": (Optional[Literal[SOFT_SCOPES]], None),
+}
 
 
 def request_models(settings: Settings) -> tuple[type[BaseModel], type[BaseModel]]:
@@ -159,17 +171,13 @@ def request_models(settings: Settings) -> tuple[type[BaseModel], type[BaseModel]
         "method": (Optional[Literal[tuple(METHODS)]], Field(None, description=f"default: {settings.default_method}")),
         "raw": (Optional[bool], Field(None, description="skip the chat template")),
         "stop": (Optional[Union[str, typing.Annotated[list[str], Field(min_length=1, max_length=MAX_STOPS)]]], None),
-        "temperature": (Optional[typing.Annotated[float, Field(ge=0, le=1e4)]], None),
-        "top_p": (Optional[typing.Annotated[float, Field(gt=0, le=1)]], None),
-        "top_k": (Optional[typing.Annotated[int, Field(ge=0, le=INT64_MAX)]], None),
-        "min_p": (Optional[typing.Annotated[float, Field(ge=0, le=1)]], None),
-        "seed": (Optional[Int64], None),
-        "soft_scope": (Optional[Literal[SOFT_SCOPES]], None),
         "answer_markers": (Optional[Union[str, typing.Annotated[list[str], Field(min_length=1,
                                                                                   max_length=MAX_STOPS)]]], None),
+        **SAMPLING,
         **{k: (Any, Field(None, description="accepted and ignored")) for k in sorted(IGNORED)},
     }
-    options = {k: v for k, v in _method_fields().items() if k not in common}
+    classes = {"every method": SamplingConfig, **{name: spec.options for name, spec in METHODS.items()}}
+    options = {k: v for k, v in _fields(classes).items() if k not in common}
     cfg = ConfigDict(extra="forbid")
     fields: dict[str, Any] = {**common, **options}
     chat: type[BaseModel] = create_model(
