@@ -7,7 +7,8 @@ linear-attention (Qwen3-Next) or Mamba-2 (Falcon-H1, Granite 4) layers."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -11,22 +11,29 @@ import math
 
 import pytest
 import torch
-
-import selar
-from selar.decode import run_to_end
-from selar.engines.transformers import TransformersEngine
-from selar.errors import CapabilityError
-from selar.methods import make_config
-
 from conftest import make_tokenizer  # noqa: E402
 from families import FAMILIES, WINDOW, make_family_model, token_rows  # noqa: E402
 from test_selar_formula import reference_input, reference_p  # noqa: E402
+
+import selar
+from selar.engines.transformers import TransformersEngine
+from selar.errors import CapabilityError
+from selar.methods import make_config
 
 PROMPTS = ["How many clips did Natalia sell?",
            "Weng earns $12 an hour for babysitting. Yesterday she did 50 minutes. How much did she earn?",
            "2 + 3 =",
            "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. Total?"]
 N = 24
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread (no thread synchronisation per op, which dominates at this size)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
