@@ -235,8 +235,16 @@ class SelarLM(LM):
         return m.run(prompts, cfg, seeds, batch_size=len(prompts))
 
     def _text(self, token_ids: list[int], until: list[str]) -> str:
+        """The answer lm-eval grades: after the last think-end token (found by id, since a
+        tokenizer may treat it as special and drop it from decoded text), cut at `until`."""
+        think_end = self.think_end
+        if self.think_end_id is not None and self.think_end_id in token_ids:
+            token_ids = token_ids[len(token_ids) - token_ids[::-1].index(self.think_end_id) :]
+            think_end = None
         text = self.model.tokenizer.decode(token_ids, skip_special_tokens=True)
-        return str(postprocess_generated_text(text, until, self.think_end))
+        if think_end is None and self.think_end_id is not None:
+            text = text.lstrip()
+        return str(postprocess_generated_text(text, until, think_end))
 
     def get_model_info(self) -> dict:
         m = self.model
