@@ -79,6 +79,7 @@ class DecodeSession:
         stop_ids: Sequence[int],
         think_end: Optional[int],
         reasoning_scope: bool,
+        think_start: Optional[int] = None,
         max_positions: Optional[int] = None,
         stop_check: Optional[Callable[[int, list[int]], bool]] = None,
         on_step: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None,
@@ -87,6 +88,7 @@ class DecodeSession:
         self.engine, self.method, self.cfg = engine, method, cfg
         self.guard = answer_guard
         self.think_end = think_end if reasoning_scope else None
+        self.think_start = think_start
         self.max_positions, self.stop_check, self.on_step = max_positions, stop_check, on_step
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
         self.need = method.num_candidates
@@ -129,7 +131,7 @@ class DecodeSession:
             "seed": torch.tensor(list(seeds), dtype=torch.long, device=dev),
             "limit": torch.tensor(limit, dtype=torch.long, device=dev),
             "step": torch.zeros(n, dtype=torch.long, device=dev),
-            "reasoning": torch.ones(n, dtype=torch.bool, device=dev),
+            "reasoning": torch.tensor([self._reasoning_open(p) for p in prompts], dtype=torch.bool, device=dev),
             "check": torch.tensor(
                 list(check_stops) if check_stops is not None else [self.stop_check is not None] * n,
                 dtype=torch.bool,
@@ -146,6 +148,17 @@ class DecodeSession:
         self.logits = torch.cat([self.logits, logits])
         self.rows = {k: _cat(self.rows[k], new[k]) for k in self.rows}
         self.state = {k: _cat(self.state[k], state[k]) for k in self.state}
+
+    def _reasoning_open(self, prompt: Sequence[int]) -> bool:
+        """Whether a row starts inside its reasoning: not when its prompt ends a think block
+        (a thinking model's template with thinking off puts an empty one there)."""
+        if self.think_end is not None:
+            for t in reversed(prompt):
+                if t == self.think_end:
+                    return False
+                if t == self.think_start:
+                    break
+        return True
 
     def cancel(self, row_id: int) -> None:
         """Finish a row at the next step (e.g. its client went away)."""

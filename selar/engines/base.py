@@ -192,6 +192,7 @@ class Model:
             s,
             stop_ids=self.stop_ids,
             think_end=self.think_end,
+            think_start=self.think_start,
             reasoning_scope=s.reasoning_only(self.is_thinking),
             max_positions=self.max_positions,
             stop_check=stop_check,
