@@ -49,9 +49,11 @@ def vl(request):
         )
     request.getfixturevalue("smollm2")  # pulls the catalog model (and sets SELAR_CACHE), or skips
     # 4 sequences at once for 7 prompts: rows join as others finish (adds, removals, condensing)
-    return selar.load_model(
+    model = selar.load_model(
         "smollm2-135m", engine="vllm", dtype="float32", max_num_seqs=4, max_model_len=1024, enforce_eager=True
     )
+    yield model
+    model.close()
 
 
 @pytest.mark.parametrize(
@@ -206,12 +208,14 @@ def test_cli_generate(vl, monkeypatch):
 
 def test_selar_serve_engine_vllm(vl, smollm2):
     """`selar serve --engine vllm` runs `vllm serve` with the plugin: the server's default method,
-    per-request methods through vllm_xargs, bad options as HTTP 400."""
+    per-request methods through vllm_xargs, bad options as HTTP 400; the API key is required, and
+    is neither on the server's command line nor in what it prints (issue 16, bug 2)."""
     import os
     import socket
     import subprocess
     import sys
     import time
+    from pathlib import Path
 
     openai = pytest.importorskip("openai")
     with socket.socket() as s:
@@ -244,9 +248,12 @@ def test_selar_serve_engine_vllm(vl, smollm2):
         "tau=0.3",
         "--vllm-arg=--enforce-eager",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    key = "sk-serve-test-2b7e91"
+    env = {**os.environ, "SELAR_API_KEY": key}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    err = ""
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         deadline = time.time() + 600
         while True:
             try:
@@ -256,6 +263,12 @@ def test_selar_serve_engine_vllm(vl, smollm2):
                 assert proc.poll() is None, proc.stderr.read()[-3000:]
                 assert time.time() < deadline, "vllm serve did not come up"
                 time.sleep(2)
+        if os.path.exists(f"/proc/{proc.pid}/cmdline"):  # the process exec'd itself into vLLM's server
+            argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+            assert b"selar.engines.vllm.launch" in argv and key.encode() not in argv
+        stranger = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            stranger.models.list()
         prompt = "The three primary colours are"  # a raw completion SmolLM2 continues
         default = client.completions.create(model="smollm2-135m", prompt=prompt, max_tokens=24, temperature=0)
         cot = client.completions.create(
@@ -277,6 +290,7 @@ def test_selar_serve_engine_vllm(vl, smollm2):
     finally:
         proc.terminate()
         try:
-            proc.wait(60)
+            err = proc.communicate(timeout=60)[1] or ""
         except subprocess.TimeoutExpired:
             proc.kill()
+    assert "selar: vllm serve" in err and key not in err

@@ -21,7 +21,7 @@ from .state import current_state
 PREFIX = "Selar"
 # Text decoders whose token path uses the ids beyond one embedding lookup, so a mixture of
 # embeddings cannot stand for a token (found by reading every text-generation model of vLLM
-# 0.32; tests/test_vllm_architectures.py rechecks the installed vLLM's sources).
+# 0.32; tests/test_vllm_families.py rechecks the installed vLLM's sources).
 NON_STANDARD = {
     "Gemma3nForCausalLM": "its per-layer embeddings are looked up from the token ids",
     "Gemma4ForCausalLM": "its per-layer embeddings are looked up from the token ids",
