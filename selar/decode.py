@@ -167,12 +167,13 @@ class DecodeSession:
     @torch.no_grad()
     def step(self) -> list[RowOutput]:
         """Emit one token for every row; returns the rows that finished."""
-        r = self.rows
+        r, logits = self.rows, self.logits
+        assert logits is not None, "step() needs rows (add them first)"
         if self.cfg.min_new_tokens and self.stop_ids.numel():  # stop ids cannot be drawn yet in early rows
             early = r["step"] < self.cfg.min_new_tokens
-            self.logits[:, self.stop_ids] = self.logits[:, self.stop_ids].masked_fill(early[:, None], float("-inf"))
+            logits[:, self.stop_ids] = logits[:, self.stop_ids].masked_fill(early[:, None], float("-inf"))
         ctx = step_context(
-            self.logits,
+            logits,
             self.cfg,
             self.need,
             seeds=r["seed"],

@@ -4,16 +4,31 @@ an already loaded model."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import torch
 
 from ... import catalog, hub
+from ...config import GenerationConfig
+from ...decode import RowOutput
 from ...devices import resolve_device, resolve_dtype
-from ...errors import ConfigError, ModelLoadError, OfflineError
+from ...errors import CapabilityError, ConfigError, ModelLoadError, OfflineError
 from ...sources import import_string, resolve
 from ..base import Model, get_engine
 from .engine import TransformersEngine
+
+COMPILE_MODES = ("auto", "on", "off")
+# compile="auto" compiles the decode step once the model's decode work (rows x new tokens, declared
+# by `run` or `expect_work`) reaches this: a compilation costs minutes on a small CPU, about what
+# eager decoding loses over this many tokens
+AUTO_WORK = 16384
+
+
+def check_compile(value: Any) -> str:
+    if value not in COMPILE_MODES:
+        raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
+    return str(value)
 
 
 class TransformersModel(Model):
@@ -29,9 +44,12 @@ class TransformersModel(Model):
         source: str,
         load_seconds: float = 0.0,
         info: Optional[dict] = None,
+        compile: str = "auto",
     ):
         self.capabilities = get_engine("transformers").capabilities
         self.hf_model = hf_model
+        self.compile = check_compile(compile)  # the compiled static-cache engine: auto, on or off
+        self.work = 0.0  # decode work declared so far (rows x new tokens), for compile="auto"
         cfg = getattr(hf_model, "generation_config", None)
         eos = getattr(cfg, "eos_token_id", None)
         if eos is None:
@@ -60,7 +78,47 @@ class TransformersModel(Model):
         return getattr(self.hf_model, "selar_latent", None)
 
     def make_engine(self) -> TransformersEngine:
+        """The compiled static-cache engine (`static`) when `compile` asks for it and the family
+        allows it, else the eager engine."""
+        from . import slots, static
+
+        mode = check_compile(self.compile)
+        if mode == "off" or (mode == "auto" and self.work < AUTO_WORK and slots.compiled(self.hf_model) is None):
+            return TransformersEngine(self.hf_model, pad_id=self.pad_id)
+        why = static.support(self.hf_model)
+        if why is None:
+            return static.StaticEngine(self.hf_model, pad_id=self.pad_id, strict=mode == "on")
+        if mode == "on":
+            raise CapabilityError(
+                f"compile=on: {why}, so the compiled static-cache engine cannot run it; "
+                f"use compile=auto or off (the eager engine)"
+            )
         return TransformersEngine(self.hf_model, pad_id=self.pad_id)
+
+    def expect_work(self, tokens: float) -> None:
+        """Declare decode work to come (rows x new tokens; float("inf") for a server): under
+        compile="auto", sessions made after the total reaches AUTO_WORK run compiled."""
+        self.work += max(0.0, float(tokens))
+
+    @property
+    def compile_seconds(self) -> float:
+        """Time spent compiling this model's decode step so far (apart from decode time)."""
+        from . import slots
+
+        step = slots.compiled(self.hf_model)
+        return 0.0 if step is None else step.compile_seconds
+
+    def run(
+        self,
+        prompts: Sequence[Sequence[int]],
+        cfg: GenerationConfig,
+        seeds: Sequence[int],
+        *,
+        batch_size: int = 16,
+        on_step: Optional[Callable[[list[int], list[int], list[bool]], None]] = None,
+    ) -> list[RowOutput]:
+        self.expect_work(len(prompts) * cfg.sampling.max_new_tokens)
+        return super().run(prompts, cfg, seeds, batch_size=batch_size, on_step=on_step)
 
 
 def from_pretrained(
@@ -83,9 +141,18 @@ def from_pretrained(
 
 
 def load(
-    name: str, *, dtype: Any = "auto", device: str = "auto", trust_remote_code: bool = False, **options: Any
+    name: str,
+    *,
+    dtype: Any = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    compile: str = "auto",
+    **options: Any,
 ) -> Model:
-    """Load a catalog model, folder, GGUF file or hub id with transformers."""
+    """Load a catalog model, folder, GGUF file or hub id with transformers. `compile`: "on" decodes
+    with the compiled static-cache engine, "off" with the eager one, "auto" compiles once the work
+    declared pays for it (see TransformersModel.make_engine)."""
+    check_compile(compile)
     if options:
         raise ConfigError(f"the transformers engine takes no options {sorted(options)}")
     dev = resolve_device(device)
@@ -94,6 +161,8 @@ def load(
     src = resolve(name)
     if src.loader is not None:  # a registered folder kind, e.g. a `selar train` adapter
         loaded: Model = import_string(src.loader)(src.path, dtype=dt, device=str(dev))
+        if isinstance(loaded, TransformersModel):
+            loaded.compile = compile
         return loaded
     try:
         if src.kind == "catalog":
@@ -115,7 +184,9 @@ def load(
     except (ValueError, KeyError, RuntimeError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"could not load {name}: {msg}") from e
-    return TransformersModel(model, tok, name=name, source=src.kind, load_seconds=time.perf_counter() - t0)
+    return TransformersModel(
+        model, tok, name=name, source=src.kind, load_seconds=time.perf_counter() - t0, compile=compile
+    )
 
 
 def _load_hub(name: str, dt: torch.dtype, dev: torch.device, trust_remote_code: bool) -> tuple[Any, Any]:
@@ -136,9 +207,9 @@ def _load_hub(name: str, dt: torch.dtype, dev: torch.device, trust_remote_code: 
         raise ModelLoadError(f"could not load {name} from the hub: {text.strip().splitlines()[0]}") from None
 
 
-def wrap(hf_model: Any, tokenizer: Any, name: str = "model") -> TransformersModel:
+def wrap(hf_model: Any, tokenizer: Any, name: str = "model", compile: str = "auto") -> TransformersModel:
     """Use an already loaded transformers model and tokenizer."""
-    return TransformersModel(hf_model, tokenizer, name=name, source="object")
+    return TransformersModel(hf_model, tokenizer, name=name, source="object", compile=compile)
 
 
 class _Entry:

@@ -1,0 +1,296 @@
+"""The static engine: the transformers engine's rows in a preallocated KV cache, decoded by one
+compiled step (`slots`), as gpt-fast does, so each step costs what the hardware needs rather than
+Python and dispatch time.
+
+- The cache holds `slots` rows of `length` columns per layer; row r of the session lives in slot
+  `slots[r]` with its prompt at columns 0.. and its next token at column `pos`. It grows (more
+  slots, more columns) when rows need it; the compiled step has both as dynamic dimensions.
+- A step runs the lowest `bucket` slots (1, 2, 4, 8, ...) that hold every row; slots of rows that
+  left are refilled by rows that join, and rows move down when the bucket can shrink, so rows join
+  and leave without recompiling.
+- Prefill runs outside the compiled step: the new rows as a left-padded batch through the model's
+  own forward and cache, exactly as the eager engine does, then moved into their slots.
+
+`support(model)` says whether a family can run here: full-attention layers in a standard
+transformers cache, and a probe that the static step gives the eager engine's logits (sliding
+windows, linear attention and recurrent state are not served: the eager engine runs them).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ...methods.base import Mixture
+from . import cache as caches
+from .engine import TransformersEngine
+from .slots import Step, step_of
+
+WIDTH_STEP = 128  # the step attends to a multiple of this many columns (fewer shapes for CUDA graphs)
+MIN_LENGTH = 512  # columns allocated at first (more as rows need them)
+
+
+MIN_BUCKET = 2  # one compiled graph for every batch size (a dimension of size 1 would be specialised)
+
+
+def bucket(n: int) -> int:
+    """The number of slots a step runs for n rows: a power of two, at least MIN_BUCKET."""
+    return max(MIN_BUCKET, 1 << max(0, n - 1).bit_length())
+
+
+class StaticEngine(TransformersEngine):
+    """The transformers engine's contract (add/step/select/reset) over a static cache."""
+
+    def __init__(self, model: Any, pad_id: int = 0, *, compile: bool = True, strict: bool = False):
+        super().__init__(model, pad_id=pad_id)
+        self.step_fn: Step = step_of(model, compile)
+        self.strict = strict  # a failed compilation raises (else the step runs as is, with a warning)
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+        self.slots: list[int] = []  # the slot of each row, in the session's row order
+        self.pos: Optional[Tensor] = None  # (S,) next column of each slot
+        self.high = 0  # an upper bound of every row's next column (host side, no sync per step)
+        self.slot_hidden: Optional[Tensor] = None  # (S, D) last hidden state of each slot, when kept
+
+    # -- the cache ----------------------------------------------------------------------------
+    def _allocate(self, layers: list[tuple[Tensor, Tensor]], slots: int, length: int) -> None:
+        old_k, old_v = self.keys, self.values
+        s0 = old_k[0].shape[0] if old_k else 0
+        l0 = old_k[0].shape[2] if old_k else 0
+        slots, length = max(slots, s0), max(length, l0)
+        self.keys, self.values = [], []
+        for i, (k, v) in enumerate(layers):
+            nk = k.new_zeros(slots, k.shape[1], length, k.shape[3])
+            nv = v.new_zeros(slots, v.shape[1], length, v.shape[3])
+            if old_k:
+                nk[:s0, :, :l0] = old_k[i]
+                nv[:s0, :, :l0] = old_v[i]
+            if nk.device.type == "cuda":  # fixed addresses for CUDA graphs
+                torch._dynamo.mark_static_address(nk)
+                torch._dynamo.mark_static_address(nv)
+            self.keys.append(nk)
+            self.values.append(nv)
+        pos = torch.zeros(slots, dtype=torch.long, device=self.device)
+        if self.pos is not None:
+            pos[: self.pos.shape[0]] = self.pos
+        self.pos = pos
+        if self.slot_hidden is not None:
+            h = self.slot_hidden.new_zeros(slots, self.slot_hidden.shape[1])
+            h[: self.slot_hidden.shape[0]] = self.slot_hidden
+            self.slot_hidden = h
+
+    def _fit(self, slots: int, columns: int, layers: list[tuple[Tensor, Tensor]]) -> None:
+        """Room for slots 0..slots-1 and for `columns` columns (grows by doubling). The buffers keep
+        one slot and WIDTH_STEP columns beyond any step's bucket and width: a size that equalled
+        the buffer's would be specialised by the compiler (and recompiled when it no longer does)."""
+        have_s = self.keys[0].shape[0] - 1 if self.keys else 0
+        have_l = self.keys[0].shape[2] - WIDTH_STEP if self.keys else 0
+        columns = -(-columns // WIDTH_STEP) * WIDTH_STEP
+        if self.keys and slots <= have_s and columns <= have_l:
+            return
+        new_s = bucket(slots) if not self.keys else have_s if slots <= have_s else max(2 * have_s, bucket(slots))
+        new_l = max(MIN_LENGTH, columns) if not self.keys else have_l if columns <= have_l else max(2 * have_l, columns)
+        self._allocate(layers, new_s + 1, -(-new_l // WIDTH_STEP) * WIDTH_STEP + WIDTH_STEP)
+
+    # -- rows -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def add(self, prompts: list[list[int]]) -> Tensor:
+        """Prefill new rows (a left-padded batch through the model's own cache) and move them
+        into free slots; their last logits."""
+        n, width = len(prompts), max(len(p) for p in prompts)
+        lens = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = (torch.arange(width)[None] >= (width - lens)[:, None]).long()
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        ids, mask, lens = ids.to(self.device), mask.to(self.device), lens.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        logits, cache, hidden = self._prefill(ids, mask, pos)
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        new = self._take(n)
+        self._fit(bucket(max(self.slots + new) + 1), max(self.high, width) + 1, layers)
+        # slot column j of row i is prefill column j + (width - len_i), for j < width
+        src = (torch.arange(width, device=self.device)[None] + (width - lens)[:, None]).clamp_max(width - 1)
+        dst = torch.tensor(new, dtype=torch.long, device=self.device)
+        for (k, v), kc, vc in zip(layers, self.keys, self.values):
+            at = src[:, None, :, None].expand(n, k.shape[1], width, k.shape[3])
+            kc[dst, :, :width] = k.gather(2, at)
+            vc[dst, :, :width] = v.gather(2, at)
+        assert self.pos is not None
+        self.pos[dst] = lens
+        if hidden is not None:
+            if self.slot_hidden is None:
+                self.slot_hidden = hidden.new_zeros(self.pos.shape[0], hidden.shape[1])
+            self.slot_hidden[dst] = hidden
+        self.slots += new
+        self.high = max(self.high, width)
+        self._sync_hidden()
+        return logits
+
+    def _prefill(self, ids: Tensor, mask: Tensor, pos: Tensor) -> tuple[Tensor, Any, Optional[Tensor]]:
+        """The eager engine's prefill: the same forward on the same left-padded batch."""
+        cache = caches.new_cache(self.model, ids.shape[0])
+        kw: dict[str, Any] = {self.step_fn.keep_kw: 1} if self.step_fn.keep_kw else {}
+        if getattr(self, "_cache_position", False):
+            kw["cache_position"] = torch.arange(ids.shape[1], device=self.device)
+        out = self.model(
+            inputs_embeds=self.embed(ids),
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=self.keep_hidden,
+            **kw,
+        )
+        logits = out.logits[:, -1, :].float()
+        if self.vocab_size is None:
+            self.vocab_size = logits.shape[-1]
+        hidden = out.hidden_states[-1][:, -1, :] if self.keep_hidden else None
+        return logits, out.past_key_values, hidden
+
+    def _take(self, n: int) -> list[int]:
+        """n free slots, lowest first."""
+        top = max(self.slots, default=-1) + 1
+        free = sorted(set(range(top)) - set(self.slots))[:n]
+        return free + list(range(top, top + n - len(free)))
+
+    def _sync_hidden(self) -> None:
+        if self.slot_hidden is not None and self.keep_hidden:
+            self.hidden = self.slot_hidden[self._slot_index()]
+
+    def _slot_index(self) -> Tensor:
+        return torch.tensor(self.slots, dtype=torch.long, device=self.device)
+
+    def reset(self) -> None:
+        """Drop every row (the cache stays allocated for the rows of the next batch)."""
+        self.slots, self.high, self.hidden = [], 0, None
+
+    def select(self, keep: Tensor) -> None:
+        """Keep these rows; the others' slots are free. Rows move down when the bucket can shrink."""
+        kept = keep.tolist()
+        gone = [self.slots[i] for i in sorted(set(range(len(self.slots))) - set(kept))]
+        self.slots = [self.slots[i] for i in kept]
+        assert self.pos is not None
+        if gone:  # a free slot inside the bucket writes its column 0 until a row takes it
+            self.pos[torch.tensor(gone, device=self.device)] = 0
+        if self.slots and bucket(len(self.slots)) < bucket(max(self.slots) + 1):
+            self._compact()
+        if self.slots:
+            self.high = int(self.pos[self._slot_index()].max())
+        self._sync_hidden()
+
+    def _compact(self) -> None:
+        """Move the rows of the highest slots into the lowest free ones."""
+        target = bucket(len(self.slots))
+        movers = [r for r, s in enumerate(self.slots) if s >= target]
+        holes = sorted(s for s in set(range(target)) - set(self.slots))[: len(movers)]
+        src = torch.tensor([self.slots[r] for r in movers], device=self.device)
+        dst = torch.tensor(holes, device=self.device)
+        cols = min(self.high + 1, self.keys[0].shape[2])
+        for kc, vc in zip(self.keys, self.values):
+            kc[dst, :, :cols] = kc[src, :, :cols]
+            vc[dst, :, :cols] = vc[src, :, :cols]
+        assert self.pos is not None
+        self.pos[dst] = self.pos[src]
+        if self.slot_hidden is not None:
+            self.slot_hidden[dst] = self.slot_hidden[src]
+        for r, s in zip(movers, holes):
+            self.slots[r] = s
+
+    # -- the step -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, inputs: Mixture) -> Tensor:
+        embeds = self.embed_mixture(inputs)
+        if inputs.latent is not None and self.hidden is not None:  # hidden-state inputs
+            heads = getattr(self.model, "selar_latent", None)
+            h = self.hidden if heads is None else heads.project(self.hidden)
+            embeds = torch.where(inputs.latent[:, None, None], h[:, None, :].to(embeds.dtype), embeds)
+        b = bucket(max(self.slots) + 1)
+        self._fit(b, self.high + 1, list(zip(self.keys, self.values)))
+        assert self.pos is not None
+        dense = self.slots == list(range(b))
+        idx = None if dense else self._slot_index()
+        if not dense:
+            full = embeds.new_zeros(b, 1, embeds.shape[2])
+            full[idx] = embeds
+            embeds = full
+        pos = self.pos[:b]
+        width = -(-(self.high + 1) // WIDTH_STEP) * WIDTH_STEP
+        cols = torch.arange(width, device=self.device)
+        mask = torch.where(cols[None] <= pos[:, None], 0.0, torch.finfo(self.dtype).min).to(self.dtype)
+        logits, hidden = self.step_fn(
+            embeds, pos.clone(), mask[:, None, None, :], self.keys, self.values, self.keep_hidden, self.strict
+        )
+        if idx is None:
+            self.pos[:b] += 1
+        else:
+            self.pos[idx] += 1
+        self.high += 1
+        if idx is not None:
+            logits = logits[idx]
+            hidden = None if hidden is None else hidden[idx]
+        if hidden is not None:
+            if self.slot_hidden is None:
+                self.slot_hidden = hidden.new_zeros(self.pos.shape[0], hidden.shape[1])
+            self.slot_hidden[self._slot_index()] = hidden
+            self.hidden = hidden
+        if self.vocab_size is None:
+            self.vocab_size = logits.shape[-1]
+        return logits
+
+
+_VERDICTS: weakref.WeakKeyDictionary[Any, Optional[str]] = weakref.WeakKeyDictionary()
+
+
+def support(model: Any) -> Optional[str]:
+    """None when the static engine can run this model, else why not (one clause). Checked once
+    per model: the cache kind, then a probe of the static step against the eager engine."""
+    if model not in _VERDICTS:
+        _VERDICTS[model] = _check(model)
+    return _VERDICTS[model]
+
+
+def _check(model: Any) -> Optional[str]:
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    from .family import family_name, fit
+
+    fit(model)  # raises CapabilityError for a family the eager engine cannot drive either
+    family = family_name(model)
+    cache = caches.new_cache(model, 1)
+    if not isinstance(cache, DynamicCache):
+        return f"the {family} family keeps recurrent state (linear attention or Mamba layers) beside its KV cache"
+    kinds = {type(layer) for layer in cache.layers if type(layer) is not DynamicLayer}
+    if any(issubclass(k, DynamicSlidingWindowLayer) for k in kinds):
+        return f"the {family} family has sliding-window attention layers"
+    if kinds:
+        return f"the {family} family has {', '.join(sorted(k.__name__ for k in kinds))} cache layers"
+    try:
+        ok = _probe(model)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError, IndexError) as e:
+        return f"the static step of the {family} family failed ({type(e).__name__}: {str(e).strip()[:160]})"
+    return None if ok else f"the static step of the {family} family does not give the eager engine's logits"
+
+
+@torch.no_grad()
+def _probe(model: Any) -> bool:
+    """Two rows of different lengths, a third joining later, one leaving: the static step
+    (not compiled) against the eager engine, logits compared at every step."""
+    n = int(model.get_input_embeddings().weight.shape[0])
+    prompts = [[(7 * i + 3) % n for i in range(k)] for k in (5, 3, 4)]
+    eager, static = TransformersEngine(model), StaticEngine(model, compile=False)
+    pairs = [(eager.add(prompts[:2]), static.add(prompts[:2]))]
+    toks = torch.tensor([11 % n, 13 % n], device=static.device)
+    for _ in range(2):
+        mix = Mixture.of_tokens(toks)
+        pairs.append((eager.step(mix), static.step(mix)))
+    pairs.append((eager.add(prompts[2:]), static.add(prompts[2:])))
+    keep = torch.tensor([0, 2], device=static.device)
+    eager.select(keep)
+    static.select(keep)
+    mix = Mixture.of_tokens(torch.tensor([17 % n, 19 % n], device=static.device))
+    pairs.append((eager.step(mix), static.step(mix)))
+    return all(torch.allclose(a, b, rtol=1e-3, atol=1e-3 * max(1.0, float(a.abs().max()))) for a, b in pairs)

@@ -1,0 +1,240 @@
+"""The compiled static-cache engine (compile="on"): `cot` greedy equals transformers' own
+`generate`, every method equals the eager engine step by step (tokens, soft steps, entropies),
+with rows joining and leaving a running batch, the cache growing, and hidden-state inputs; the
+compile="auto" policy; families the static cache cannot hold fall back (auto) or are refused (on).
+
+One tiny model is compiled for the whole module (the graph is shared by every batch size, width
+and method), so the compilation is paid once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model, make_tokenizer
+
+import selar
+from selar.engines.transformers import TransformersEngine, static
+from selar.engines.transformers.model import AUTO_WORK
+from selar.engines.transformers.static import StaticEngine
+from selar.errors import CapabilityError, ConfigError
+from selar.methods import make_config
+from selar.methods.base import Mixture
+
+PROMPTS = [
+    "How many clips did Natalia sell?",
+    "2 + 3 =",
+    "Weng earns $12 an hour for babysitting. Yesterday she did 50 minutes. How much did she earn?",
+    "First, 48 / 2 = 24. Then",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread (thread synchronisation per op dominates at this size)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    tok = make_tokenizer(thinking=True)
+    return selar.wrap(make_model(tok, seed=1), tok, name="tiny-compiled", compile="on")
+
+
+@pytest.fixture(scope="module")
+def eager(compiled):
+    return selar.wrap(compiled.hf_model, compiled.tokenizer, name="tiny-eager", compile="off")
+
+
+def hf_greedy(model, prompts, n):
+    """Independent reference: transformers' own generate on the same left-padded batch."""
+    enc = [selar.format_prompt(model, p) for p in prompts]
+    width = max(map(len, enc))
+    ids = torch.tensor([[model.pad_id] * (width - len(e)) + e for e in enc])
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc])
+    out = model.hf_model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=n,
+        eos_token_id=model.stop_ids,
+        pad_token_id=model.pad_id,
+        top_k=None,
+        top_p=None,
+        temperature=None,
+    )
+    rows = []
+    for r in out[:, width:].tolist():
+        rows.append(r[: next((i + 1 for i, t in enumerate(r) if t in model.stop_ids), len(r))])
+    return rows
+
+
+def test_cot_greedy_equals_generate(compiled):
+    assert isinstance(compiled.make_engine(), StaticEngine)
+    got = [r.token_ids for r in selar.generate(compiled, PROMPTS, "cot", temperature=0, max_new_tokens=24)]
+    assert got == hf_greedy(compiled, PROMPTS, 24)
+    assert compiled.compile_seconds > 0  # reported apart from decoding
+
+
+def joined_run(model, method, **kw):
+    """Rows joining a running batch at different steps (and leaving as they finish)."""
+    s = model.new_session(make_config(method, **kw))
+    enc = [selar.format_prompt(model, p) for p in PROMPTS]
+    got = {}
+
+    def steps(n):
+        for _ in range(n):
+            got.update({r.id: r for r in s.step()})
+
+    s.add([enc[0]], [0], [5])
+    steps(4)
+    s.add(enc[1:3], [1, 2], [5, 5])
+    steps(3)
+    s.add([enc[3]], [3], [5])
+    while s.size:
+        steps(1)
+    return [got[i] for i in range(len(PROMPTS))], s.engine
+
+
+@pytest.mark.parametrize("method", ["cot", "selar", "soft-thinking", "swir"])
+def test_rows_joining_and_leaving_match_eager_step_by_step(compiled, eager, method):
+    kw = dict(temperature=0.7, max_new_tokens=16, seed=5)
+    want, eng = joined_run(eager, method, **kw)
+    got, engine = joined_run(compiled, method, **kw)
+    assert isinstance(engine, StaticEngine) and not isinstance(eng, StaticEngine)
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    assert [r.soft for r in got] == [r.soft for r in want]
+    assert [r.finish_reason for r in got] == [r.finish_reason for r in want]
+    for a, b in zip(got, want):
+        assert a.entropy == pytest.approx(b.entropy, abs=1e-4)
+    solo = [selar.generate(eager, [p], method, **kw)[0].token_ids for p in PROMPTS]
+    assert [r.token_ids for r in got] == solo  # and each row equals the prompt decoded alone
+
+
+def test_cache_grows_without_recompiling(compiled, eager, monkeypatch):
+    selar.generate(compiled, PROMPTS[:1], "cot", temperature=0, max_new_tokens=2)  # the graph exists
+    graphs = (compiled.compile_seconds, torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    monkeypatch.setattr(static, "MIN_LENGTH", 128)  # prompts of ~20 tokens + 150 new ones cross it
+    kw = dict(temperature=0, max_new_tokens=150, ignore_eos=True)
+    got = selar.generate(compiled, PROMPTS, "selar", batch_size=3, **kw)
+    want = selar.generate(eager, PROMPTS, "selar", batch_size=3, **kw)
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    assert all(r.num_tokens == 150 for r in got)
+    assert (compiled.compile_seconds, torch._dynamo.utils.counters["stats"]["unique_graphs"]) == graphs
+
+
+def test_hidden_state_inputs_match_eager(compiled):
+    """Rows whose next input is their own last hidden state (Mixture.latent), beside token rows."""
+    hf, n = compiled.hf_model, compiled.vocab_size
+    a, b = TransformersEngine(hf, pad_id=compiled.pad_id), StaticEngine(hf, pad_id=compiled.pad_id, strict=True)
+    a.keep_hidden = b.keep_hidden = True
+    enc = [selar.format_prompt(compiled, p) for p in PROMPTS]
+    pairs = [(a.add(enc[:2]), b.add(enc[:2]))]
+    gen = torch.Generator().manual_seed(0)
+    for i in range(8):
+        if i == 3:
+            pairs.append((a.add(enc[2:]), b.add(enc[2:])))
+        if i == 5:
+            keep = torch.tensor([1, 2, 3])
+            a.select(keep)
+            b.select(keep)
+        rows = a.hidden.shape[0]
+        mix = Mixture.of_tokens(torch.randint(0, n, (rows,), generator=gen))
+        mix.latent = torch.rand(rows, generator=gen) < 0.5
+        torch.testing.assert_close(b.hidden, a.hidden, rtol=1e-4, atol=1e-4)
+        pairs.append((a.step(mix), b.step(mix)))
+    for x, y in pairs:
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_compiles_only_when_the_work_pays(compiled):
+    tok = make_tokenizer()
+    m = selar.wrap(make_model(tok, seed=4), tok, name="auto")
+    assert m.compile == "auto" and type(m.make_engine()) is TransformersEngine
+    selar.generate(m, PROMPTS, "cot", temperature=0, max_new_tokens=40)  # a one-off generate: eager
+    assert type(m.make_engine()) is TransformersEngine and m.compile_seconds == 0
+    m.expect_work(AUTO_WORK)  # a long job declared (eval, serve, sweeps)
+    assert isinstance(m.make_engine(), StaticEngine)
+    m.compile = "off"
+    assert type(m.make_engine()) is TransformersEngine
+    # a model whose step is compiled already runs compiled under auto, whatever the work
+    again = selar.wrap(compiled.hf_model, compiled.tokenizer, compile="auto")
+    selar.generate(compiled, PROMPTS[:1], "cot", temperature=0, max_new_tokens=2)
+    assert isinstance(again.make_engine(), StaticEngine)
+    with pytest.raises(ConfigError, match="compile must be one of auto, on, off"):
+        selar.wrap(compiled.hf_model, compiled.tokenizer, compile="yes")
+
+
+def _sliding(tok):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        sliding_window=8,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    return MistralForCausalLM(cfg).eval()
+
+
+def _recurrent(tok):
+    from transformers import FalconH1Config, FalconH1ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = FalconH1Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        mamba_d_ssm=64,
+        mamba_n_heads=4,
+        mamba_d_head=16,
+        mamba_n_groups=1,
+        mamba_d_state=16,
+        mamba_d_conv=4,
+        mamba_expand=1,
+        mamba_chunk_size=16,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    return FalconH1ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize(("build", "why"), [(_sliding, "sliding-window"), (_recurrent, "recurrent state")])
+def test_families_the_static_cache_cannot_hold(build, why):
+    tok = make_tokenizer()
+    hf = build(tok)
+    m = selar.wrap(hf, tok, name="other")
+    m.expect_work(AUTO_WORK)
+    assert type(m.make_engine()) is TransformersEngine  # auto: the eager engine runs it
+    assert selar.generate(m, PROMPTS[:2], "selar", temperature=0, max_new_tokens=4)[0].num_tokens == 4
+    with pytest.raises(CapabilityError, match=f"compile=on: the .* family (has|keeps) {why}"):
+        selar.wrap(hf, tok, compile="on").make_engine()
+
+
+@pytest.mark.slow
+def test_smollm2_compiled_matches_generate_and_eager(smollm2):
+    m = selar.wrap(smollm2.hf_model, smollm2.tokenizer, name="smollm2", compile="on")
+    got = [r.token_ids for r in selar.generate(m, PROMPTS, "cot", temperature=0, max_new_tokens=40)]
+    assert got == hf_greedy(m, PROMPTS, 40)
+    assert any(len(r) < 40 for r in got)  # some row stops early: rows leave the batch
+    kw = dict(temperature=0, max_new_tokens=40, protect_symbols=False, tau=0.5)
+    eager = selar.wrap(smollm2.hf_model, smollm2.tokenizer, compile="off")
+    a, b = selar.generate(m, PROMPTS, "selar", **kw), selar.generate(eager, PROMPTS, "selar", **kw)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert [r.num_soft_steps for r in a] == [r.num_soft_steps for r in b] and sum(r.num_soft_steps for r in a) > 0
