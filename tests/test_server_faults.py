@@ -174,7 +174,7 @@ def test_repeated_faults_turn_health_unhealthy_until_a_request_succeeds(tiny):
 def test_capacity_faults_answer_507_with_retry_after(tiny, where):
     srv = _server(tiny)
     try:
-        body = {"prompt": "hi", "max_tokens": 8, "method": "test-faulty", "fail_at": 1, "fail_in": where,
+        body = {"prompt": "hi", "max_tokens": 8, "method": "test-faulty", "fail_at": 0, "fail_in": where,
                 "capacity": True}
         r = httpx.post(srv.url + "/v1/completions", json=body, timeout=60)
         assert r.status_code == 507 and r.headers["retry-after"] == "5", r.text
@@ -218,8 +218,8 @@ def test_bug5_a_stream_whose_row_fails_raises_instead_of_finishing(tiny):
     try:
         seen = []
         with pytest.raises(openai.APIError) as e:
-            for c in client.completions.create(model="tiny", prompt="hi", max_tokens=20, stream=True,
-                                               extra_body={"method": "test-faulty", "fail_at": 4}):
+            for c in client.completions.create(model="tiny", prompt="How many clips?", max_tokens=20, stream=True,
+                                               temperature=0, extra_body={"method": "test-faulty", "fail_at": 4}):
                 seen.append(c.choices[0].finish_reason)
         assert "stop" not in seen and e.value.body["code"] == 500
     finally:
@@ -231,8 +231,9 @@ def test_bug5_a_stream_whose_row_is_cancelled_raises_instead_of_finishing(tiny):
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
     try:
         seen = []
-        stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
-                                                max_tokens=200, stream=True,
+        # (greedy, this prompt runs to 200 tokens)
+        msgs = [{"role": "user", "content": "Weng earns $12 an hour."}]
+        stream = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=200, stream=True, temperature=0,
                                                 extra_body={"method": "test-faulty", "fail_at": -1, "delay": 0.02})
         with pytest.raises(openai.APIError):
             for i, c in enumerate(stream):
