@@ -73,7 +73,7 @@ def _output_class() -> type:
     from transformers.generation.utils import GenerateDecoderOnlyOutput
 
     @dataclasses.dataclass
-    class SelarGenerateOutput(GenerateDecoderOnlyOutput):  # type: ignore[misc]
+    class SelarGenerateOutput(GenerateDecoderOnlyOutput):
         """transformers' decoder-only output plus what selar knows of each row."""
 
         soft: Optional[torch.Tensor] = None  # (rows, new tokens) bool: the next input was a soft mixture

@@ -17,9 +17,11 @@ Each request is decoded as selar eval decodes it: the prompt through the chat te
 lm-eval applies it (`--apply_chat_template`, as `selar eval` always does), the protocol's
 answer guard on non-thinking models, every row seeded alone by (seed, task, document, repeat)
 with `selar.eval.runner.row_seed` (the seeds `selar eval --data TASK.jsonl` gives when the task
-is named after the file). Sampling comes from the task's `generation_kwargs` (`do_sample`,
-`temperature`, `top_p`, `top_k`, `min_p`; greedy when it sets none, as lm-eval's own models do),
-else from model_args; `until` strings stop a row and are cut off, `max_gen_toks` bounds it.
+is named after the file), in batches of `batch_size` requests in lm-eval's order (as selar eval's
+fixed schedule batches its problems: the same batches, so float32 results agree row for row).
+Sampling comes from the task's `generation_kwargs` (`do_sample`, `temperature`, `top_p`,
+`top_k`, `min_p`; greedy when it sets none, as lm-eval's own models do), else from model_args;
+`until` strings stop a row and are cut off, `max_gen_toks` bounds it.
 
 Thinking models: the returned text is what follows the last `</think>` (the reasoning is
 stripped, as lm-eval expects with `think_end_token`), and the `until` strings stop a row only
@@ -177,9 +179,10 @@ class SelarLM(LM):
             opts, until = self._options(gen_kwargs)
             cfg = make_config(self.method, **opts)
             ids = {i: self._encode(requests[i].args[0], opts["max_new_tokens"]) for i in idx}
-            order = sorted(idx, key=lambda i: len(ids[i]))
-            for b in range(0, len(order), self.batch_size):
-                chunk = order[b : b + self.batch_size]
+            # batches in request order (documents, each one's repeats together), as selar eval's
+            # fixed schedule cuts its problems, so that both runs decode the same batches
+            for b in range(0, len(idx), self.batch_size):
+                chunk = idx[b : b + self.batch_size]
                 rows = self._run(cfg, [ids[i] for i in chunk], [seeds[i] for i in chunk])
                 for i, row in zip(chunk, rows):
                     out[i] = self._text(row.token_ids, until)
