@@ -74,3 +74,24 @@ def test_options_are_validated():
     with pytest.raises(ConfigError, match="ignore_eos"):
         SamplingConfig(ignore_eos="yes")  # type: ignore[arg-type]
     assert SamplingConfig(max_new_tokens=8, min_new_tokens=8, ignore_eos=True).min_new_tokens == 8
+
+
+def test_compile_option_and_its_load_options():
+    import click
+    from click.testing import CliRunner
+
+    from selar.cli.options import compile_load_options, compile_option
+
+    @click.command()
+    @compile_option
+    def cmd(compile_mode):
+        click.echo(compile_mode)
+
+    assert CliRunner().invoke(cmd, []).output.strip() == "auto"
+    assert CliRunner().invoke(cmd, ["--compile", "on"]).output.strip() == "on"
+    assert CliRunner().invoke(cmd, ["--compile", "yes"]).exit_code == 2
+    assert compile_load_options("transformers", "off") == {"compile": "off"}
+    assert compile_load_options("llamacpp", "auto") == {}
+    with pytest.raises(SystemExit) as e:
+        compile_load_options("llamacpp", "on")
+    assert e.value.code == 2

@@ -122,6 +122,33 @@ def method_option(default: str = "selar", help: str = "") -> Callable:
     return click.option("--method", default=default, show_default=True, help=help or f"one of: {_method_help()}")
 
 
+def compile_option(f: Callable) -> Callable:
+    """--compile auto|on|off, passed to the loader as `compile` (see `compile_load_options`)."""
+    return click.option(
+        "--compile",
+        "compile_mode",
+        type=click.Choice(["auto", "on", "off"]),
+        default="auto",
+        show_default=True,
+        help="transformers engine: decode with the compiled static-cache engine (on), the eager one (off), "
+        "or compile once the job is long enough to pay for it (auto: eval, serve, sweeps; not a short generate)",
+    )(f)
+
+
+def compile_load_options(engine: str, mode: str) -> dict[str, Any]:
+    """Load options for --compile on this engine: {"compile": mode} for an engine whose loader takes
+    it; nothing for others at the default (auto); a clear error when asked of an engine without it."""
+    import inspect
+
+    from ..engines import get_engine
+
+    if "compile" in inspect.signature(get_engine(engine).load().load).parameters:
+        return {"compile": mode}
+    if mode != "auto":
+        fail(f"--compile {mode} applies to the transformers engine only, not to {engine}")
+    return {}
+
+
 def dtype_option(f: Callable) -> Callable:
     return click.option(
         "--dtype",

@@ -235,5 +235,9 @@ class Model:
                 results[i] = row
         return [r for r in results if r is not None]
 
+    def expect_work(self, tokens: float) -> None:
+        """Declare decode work to come (rows x new tokens; float("inf") for a server), so an engine
+        may prepare for a long job (the transformers engine compiles its step under compile="auto")."""
+
     def close(self) -> None:
         """Free what the engine holds outside Python's memory (llama.cpp handles, vLLM workers)."""
