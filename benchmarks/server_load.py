@@ -69,7 +69,7 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "selar.cli", "serve", "--model", args.model, "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "selar", "serve", "--model", args.model, "--port", str(port),
                                "--max-batch", str(args.max_batch), "--max-queue", str(4 * args.requests)],
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -84,7 +84,8 @@ def main() -> None:
             sys.exit("the server did not start")
         asyncio.run(run(url, 2, False, 8, args.method))  # warm-up
         report = {}
-        for name, conc, n in (("concurrent", True, args.requests), ("sequential", False, args.sequential or args.requests)):
+        runs = (("concurrent", True, args.requests), ("sequential", False, args.sequential or args.requests))
+        for name, conc, n in runs:
             results, wall = asyncio.run(run(url, n, conc, args.max_tokens, args.method))
             ok = [r for r in results if not isinstance(r, Exception)]
             errors = [r for r in results if isinstance(r, Exception)]
