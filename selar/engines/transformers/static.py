@@ -61,6 +61,8 @@ class StaticEngine(TransformersEngine):
         s0 = old_k[0].shape[0] if old_k else 0
         l0 = old_k[0].shape[2] if old_k else 0
         slots, length = max(slots, s0), max(length, l0)
+        if not old_k and self._reuse(layers, slots, length):
+            return
         self.keys, self.values = [], []
         for i, (k, v) in enumerate(layers):
             nk = k.new_zeros(slots, k.shape[1], length, k.shape[3])
@@ -81,6 +83,25 @@ class StaticEngine(TransformersEngine):
             h = self.slot_hidden.new_zeros(slots, self.slot_hidden.shape[1])
             h[: self.slot_hidden.shape[0]] = self.slot_hidden
             self.slot_hidden = h
+
+    def _reuse(self, layers: list[tuple[Tensor, Tensor]], slots: int, length: int) -> bool:
+        """Take the model's pooled buffers (a finished session's) when they are large enough: no
+        allocation per batch, and the same addresses for CUDA graphs."""
+        pooled = _POOL.pop(self.model, None)
+        if pooled is None:
+            return False
+        keys, values = pooled
+        ok = len(keys) == len(layers) and all(
+            c.shape[0] >= slots
+            and c.shape[2] >= length
+            and (c.shape[1], c.shape[3], c.dtype) == (k.shape[1], k.shape[3], k.dtype)
+            for c, (k, _) in zip(keys, layers)
+        )
+        if not ok:
+            return False
+        self.keys, self.values = keys, values
+        self.pos = torch.zeros(keys[0].shape[0], dtype=torch.long, device=self.device)
+        return True
 
     def _fit(self, slots: int, columns: int, layers: list[tuple[Tensor, Tensor]]) -> None:
         """Room for slots 0..slots-1 and for `columns` columns (grows by doubling). The buffers keep
@@ -165,7 +186,12 @@ class StaticEngine(TransformersEngine):
         return torch.tensor(self.slots, dtype=torch.long, device=self.device)
 
     def reset(self) -> None:
-        """Drop every row (the cache stays allocated for the rows of the next batch)."""
+        """Drop every row; the cache goes to the model's pool, for the next batch or session."""
+        if self.keys:
+            pooled = _POOL.get(self.model)
+            if pooled is None or pooled[0][0].numel() <= self.keys[0].numel():
+                _POOL[self.model] = (self.keys, self.values)
+        self.keys, self.values, self.pos, self.slot_hidden = [], [], None, None
         self.slots, self.high, self.hidden = [], 0, None
 
     def select(self, keep: Tensor) -> None:
@@ -242,6 +268,7 @@ class StaticEngine(TransformersEngine):
         return logits
 
 
+_POOL: weakref.WeakKeyDictionary[Any, tuple[list[Tensor], list[Tensor]]] = weakref.WeakKeyDictionary()
 _VERDICTS: weakref.WeakKeyDictionary[Any, Optional[str]] = weakref.WeakKeyDictionary()
 
 
