@@ -154,7 +154,7 @@ def test_auto_compiles_only_when_the_work_pays(compiled):
     m = selar.wrap(make_model(tok, seed=4), tok, name="auto")
     assert m.compile == "auto" and type(m.make_engine()) is TransformersEngine
     selar.generate(m, PROMPTS, "cot", temperature=0, max_new_tokens=40)  # a one-off generate: eager
-    assert type(m.make_engine()) is TransformersEngine and m.compile_seconds == 0
+    assert type(m.make_engine()) is TransformersEngine and m.warm_up() == 0 and m.compile_seconds == 0
     m.expect_work(AUTO_WORK)  # a long job declared (eval, serve, sweeps)
     assert isinstance(m.make_engine(), StaticEngine)
     m.compile = "off"
@@ -163,6 +163,7 @@ def test_auto_compiles_only_when_the_work_pays(compiled):
     again = selar.wrap(compiled.hf_model, compiled.tokenizer, compile="auto")
     selar.generate(compiled, PROMPTS[:1], "cot", temperature=0, max_new_tokens=2)
     assert isinstance(again.make_engine(), StaticEngine)
+    assert again.warm_up() == compiled.compile_seconds > 0  # the same step: nothing compiled again
     with pytest.raises(ConfigError, match="compile must be one of auto, on, off"):
         selar.wrap(compiled.hf_model, compiled.tokenizer, compile="yes")
 

@@ -108,6 +108,19 @@ class TransformersModel(Model):
         step = slots.compiled(self.hf_model)
         return 0.0 if step is None else step.compile_seconds
 
+    def warm_up(self) -> float:
+        """Compile the decode step now, if this model decodes compiled (e.g. a server before its
+        first request): a two-token run of one row. Returns the seconds spent compiling."""
+        from ...methods import make_config
+        from .static import StaticEngine
+
+        session = self.new_session(make_config("cot", temperature=0, max_new_tokens=2, ignore_eos=True))
+        if isinstance(session.engine, StaticEngine):
+            session.add([[self.pad_id]], [0], [0])
+            while session.size:
+                session.step()
+        return self.compile_seconds
+
     def run(
         self,
         prompts: Sequence[Sequence[int]],
