@@ -211,6 +211,17 @@ def test_issue_19_classes(server, extra, param, stream):
         assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] >= 1
 
 
+@pytest.mark.parametrize("extra", [{"method": "soft-thinking", "cold_stop": "no"},
+                                   {"method": "swir", "protect_symbols": 1}, {"method": "selar", "gate": "false"},
+                                   {"method": "selar", "gate_scope": 5}, {"ignore_eos": 0}, {"soft_scope": True}])
+def test_boolean_and_text_options_are_type_checked(client, extra):
+    name = next(k for k in extra if k != "method")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       extra_body=extra)
+    assert e.value.body["param"] == name and name in e.value.message
+
+
 def test_lone_surrogates_in_content_give_400(server):
     with httpx.Client(base_url=server.url, timeout=60, headers={"authorization": "Bearer sekret"}) as http:
         for raw in (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', b'{"prompt": "a\\udc00b"}'):

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import typing
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 from ..api import format_prompt
-from ..config import INT64_MAX, INT64_MIN, GenerationConfig
+from ..config import INT64_MAX, INT64_MIN, GenerationConfig, SamplingConfig
 from ..errors import SelarError
 from ..methods import all_option_names, get_method_spec, make_config, option_names
 
@@ -143,6 +144,28 @@ class MethodCheck:
             self.seen[key] = True
             while len(self.seen) > self.size:
                 self.seen.popitem(last=False)
+
+
+def _kind_error(name: str, value: Any, hint: Any) -> Optional[str]:
+    """What a boolean or text option must be, when `value` is not that (numbers are checked by
+    the options' own ranges); None when it fits or is not one of those."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is Union else [hint]
+    if len(args) != 1:
+        return None
+    kind = args[0]
+    if kind is bool and not isinstance(value, bool):
+        return f"{name} must be true or false, got {value!r}"
+    if kind is str and not isinstance(value, str):
+        return f"{name} must be a string, got {value!r}"
+    return None
+
+
+def _check_kinds(method: str, opts: dict) -> None:
+    hints = {**typing.get_type_hints(SamplingConfig), **typing.get_type_hints(get_method_spec(method).options)}
+    for name, value in opts.items():
+        msg = _kind_error(name, value, hints.get(name))
+        if msg:
+            raise APIError(400, msg, name)
 
 
 def _messages(body: dict) -> list[dict]:
@@ -280,6 +303,7 @@ def parse_request(body: Any, kind: str, model, settings: Settings, check: Option
         opts["seed"] = int.from_bytes(uuid.uuid4().bytes[:6], "big")  # OpenAI semantics: random unless given
     elif _is_int(body["seed"]) and not INT64_MIN <= body["seed"] <= INT64_MAX:
         raise APIError(400, f"'seed' must be a 64-bit integer, got {body['seed']}", "seed")
+    _check_kinds(method, opts)
     try:
         cfg = make_config(method, **opts)
         if check is not None:
