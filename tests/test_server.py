@@ -288,3 +288,37 @@ def test_stop_strings_in_requests(tiny):
         assert streamed == cut.text
     finally:
         srv.stop()
+
+
+def test_metrics_in_prometheus_text_format(tiny):
+    """/metrics parses as the Prometheus text format, and its counters equal what the clients saw."""
+    import re
+
+    srv = start_in_thread(tiny, Settings(model_name="tiny", max_tokens=16))
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        usages = [client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": q}],
+                                                 max_tokens=8, extra_body={"method": "selar"}).usage
+                  for q in ("How many clips?", "Weng earns $12", "hi")]
+        for _ in range(2):
+            with pytest.raises(openai.BadRequestError):
+                client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], top_p=2)
+        text = httpx.get(srv.url + "/metrics").text
+        samples, typed = {}, set()
+        for line in text.splitlines():
+            if line.startswith("# TYPE "):
+                name, kind = line.split()[2:4]
+                assert kind in ("counter", "gauge") and name not in typed
+                typed.add(name)
+            elif not line.startswith("# HELP "):
+                m = re.fullmatch(r'([a-z_]+)(\{[a-z_]+="[^"]*"(?:,[a-z_]+="[^"]*")*\})? (-?[0-9.e+-]+|NaN)', line)
+                assert m and m.group(1) in typed, line
+                samples[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+        assert samples['selar_requests_total{path="/v1/chat/completions",status="200"}'] == 3
+        assert samples['selar_requests_total{path="/v1/chat/completions",status="400"}'] == 2
+        assert samples["selar_tokens_total"] == sum(u.completion_tokens for u in usages)
+        assert samples["selar_soft_steps_total"] == sum(u.model_extra["soft_steps"] for u in usages)
+        assert samples["selar_queue_length"] == samples["selar_running_rows"] == 0
+        assert samples["selar_healthy"] == 1 and samples['selar_faults_total{kind="server"}'] == 0
+    finally:
+        srv.stop()
