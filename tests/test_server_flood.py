@@ -287,3 +287,16 @@ def test_a_body_that_never_arrives_times_out(tiny):
         assert httpx.get(srv.url + "/health").status_code == 200
     finally:
         srv.stop()
+
+
+def test_chunks_only_for_the_eager_row_layout(tiny):
+    """An engine that keeps its rows its own way (e.g. the static-cache slots) is prefilled in one call."""
+    from selar.server.prefill import chunks_for
+
+    class OwnRows(TransformersEngine):
+        def add(self, prompts):
+            return super().add(prompts)
+
+    assert chunks_for(TransformersEngine(tiny.hf_model, pad_id=tiny.pad_id)) is not None
+    assert chunks_for(SlowEngine(tiny.hf_model, pad_id=tiny.pad_id)) is not None  # only _forward differs
+    assert chunks_for(OwnRows(tiny.hf_model, pad_id=tiny.pad_id)) is None

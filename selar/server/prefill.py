@@ -34,7 +34,9 @@ def chunks_for(engine: Any) -> Optional[Chunks]:
         from ..engines.transformers import TransformersEngine
     except ImportError:  # pragma: no cover - transformers is a core dependency
         return None
-    if isinstance(engine, TransformersEngine) and _plain_cache(engine):
+    # the eager engine's row layout only (not a subclass that keeps its rows otherwise, e.g. static slots)
+    same = all(getattr(type(engine), m, None) is getattr(TransformersEngine, m) for m in ("add", "_join", "select"))
+    if isinstance(engine, TransformersEngine) and same and _plain_cache(engine):
         return lambda prompts, chunk: transformers_chunks(engine, prompts, chunk)
     return None
 
