@@ -20,10 +20,12 @@ from selar.engines.transformers import TransformersEngine
 from selar.errors import CapabilityError
 from selar.methods import make_config
 
-PROMPTS = ["How many clips did Natalia sell?",
-           "Weng earns $12 an hour for babysitting. Yesterday she did 50 minutes. How much did she earn?",
-           "2 + 3 =",
-           "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. Total?"]
+PROMPTS = [
+    "How many clips did Natalia sell?",
+    "Weng earns $12 an hour for babysitting. Yesterday she did 50 minutes. How much did she earn?",
+    "2 + 3 =",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. Total?",
+]
 N = 24
 
 
@@ -56,8 +58,17 @@ def hf_greedy(model, enc, n, stop):
     pad = model.pad_id
     ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc])
     mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc])
-    out = model.hf_model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
-                                  eos_token_id=stop, pad_token_id=pad, top_k=None, top_p=None, temperature=None)
+    out = model.hf_model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=n,
+        eos_token_id=stop,
+        pad_token_id=pad,
+        top_k=None,
+        top_p=None,
+        temperature=None,
+    )
     rows = []
     for r in out[:, width:].tolist():
         cut = next((i + 1 for i, t in enumerate(r) if t in stop), len(r))
@@ -84,8 +95,12 @@ def test_cot_greedy_equals_generate(family, tok):
     model.stop_ids = stop = [early_stop_token(free)]
     want = [r[: r.index(stop[0]) + 1] if stop[0] in r else r for r in free]
     assert any(len(r) < N for r in want) and any(len(r) == N for r in want)  # rows finish early
-    got = [r.token_ids for r in selar.generate(model, PROMPTS, "cot", temperature=0, max_new_tokens=N, batch_size=4,
-                                               prompt_token_ids=enc)]
+    got = [
+        r.token_ids
+        for r in selar.generate(
+            model, PROMPTS, "cot", temperature=0, max_new_tokens=N, batch_size=4, prompt_token_ids=enc
+        )
+    ]
     assert got == want
 
 
@@ -166,8 +181,17 @@ def test_selar_equals_float64_reference(family, tok):
     top_k, top_p, k, lam = 20, 0.95, 3, 1.0
     enc = [selar.format_prompt(model, p) for p in PROMPTS]
     tau = median_entropy(model, enc, k)  # so that the gate goes both ways on this model
-    cfg = make_config("selar", temperature=0, top_k=top_k, top_p=top_p, k=k, tau=tau, push_weight=lam,
-                      protect_symbols=False, max_new_tokens=N)
+    cfg = make_config(
+        "selar",
+        temperature=0,
+        top_k=top_k,
+        top_p=top_p,
+        k=k,
+        tau=tau,
+        push_weight=lam,
+        protect_symbols=False,
+        max_new_tokens=N,
+    )
     rows, log = run_schedule(model, cfg, enc, limits=[N, 6, N, 10])
     ref = copy.deepcopy(model.hf_model).double()
     with torch.no_grad():
@@ -179,7 +203,7 @@ def test_selar_equals_float64_reference(family, tok):
         fed = torch.stack([x.double() for x, _ in steps[1:]]) if len(steps) > 1 else table[:0]
         with torch.no_grad():
             x = torch.cat([token_rows(ref, family, torch.tensor(prompt)), fed])[None]
-            want = ref(inputs_embeds=x).logits[0, len(prompt) - 1:].float()
+            want = ref(inputs_embeds=x).logits[0, len(prompt) - 1 :].float()
         got = torch.stack([lg for _, lg in steps])
         scale = max(1.0, float(want.abs().max()))
         assert torch.allclose(got, want, atol=2e-4 * scale, rtol=0), (i, float((got - want).abs().max()))

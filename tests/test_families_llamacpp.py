@@ -25,10 +25,12 @@ from selar.engines.llamacpp import gguf as gg  # noqa: E402
 from selar.errors import CapabilityError  # noqa: E402
 from selar.methods import make_config  # noqa: E402
 
-PROMPTS = ["How many clips did Natalia sell?",
-           "Weng earns $12 an hour for babysitting. Yesterday she did 50 minutes. How much did she earn?",
-           "2 + 3 =",
-           "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. Total?"]
+PROMPTS = [
+    "How many clips did Natalia sell?",
+    "Weng earns $12 an hour for babysitting. Yesterday she did 50 minutes. How much did she earn?",
+    "2 + 3 =",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. Total?",
+]
 N = 16
 _PAIRS: dict = {}
 
@@ -53,8 +55,9 @@ def pair(family, gguf_dir):
         tok = make_tokenizer()
         hf = make_family_model(family, tok, llamacpp=True)
         path = write_gguf(hf, tok, gguf_dir / f"{family}.gguf", family)
-        cpp = LlamaCppModel(path, tok, name=family, source="gguf", max_rows=4, context=256, kv_type="f32", threads=1,
-                            flash_attn=False)
+        cpp = LlamaCppModel(
+            path, tok, name=family, source="gguf", max_rows=4, context=256, kv_type="f32", threads=1, flash_attn=False
+        )
         _PAIRS[family] = (selar.wrap(hf, tok, name=family), cpp)
     return _PAIRS[family]
 
@@ -66,8 +69,13 @@ def forced(tf, cpp, method, limits=(N, 5, N, 8), **options) -> Agreement:
     stats = Agreement()
     session = tf.new_session(cfg)
     session.stop_ids = torch.tensor([], dtype=torch.long)  # rows end at their limits, not at a random EOS
-    session.engine = _Tee(session.engine, cpp.make_engine(), stats, int(getattr(cfg.options, "k", 3)),
-                          float(getattr(cfg.options, "tau", 0.5)))
+    session.engine = _Tee(
+        session.engine,
+        cpp.make_engine(),
+        stats,
+        int(getattr(cfg.options, "k", 3)),
+        float(getattr(cfg.options, "tau", 0.5)),
+    )
     enc = [selar.format_prompt(tf, p) for p in PROMPTS]
     done = {}
 
@@ -133,8 +141,17 @@ def test_unknown_token_only_transform_is_refused(gguf_dir, monkeypatch):
     token t's logits: methods that feed float rows are refused by architecture; cot still runs."""
     tf, _ = pair("gemma3_text", gguf_dir)
     monkeypatch.setattr(gg, "TOKEN_ONLY_SQRT_SCALE", set())
-    cpp = LlamaCppModel(gguf_dir / "gemma3_text.gguf", tf.tokenizer, name="g3", source="gguf", max_rows=2,
-                        context=128, kv_type="f32", flash_attn=False, threads=1)
+    cpp = LlamaCppModel(
+        gguf_dir / "gemma3_text.gguf",
+        tf.tokenizer,
+        name="g3",
+        source="gguf",
+        max_rows=2,
+        context=128,
+        kv_type="f32",
+        flash_attn=False,
+        threads=1,
+    )
     with pytest.raises(CapabilityError, match="gemma3 model: its graph treats a float row"):
         selar.generate(cpp, PROMPTS[:1], "selar", max_new_tokens=4)
     assert selar.generate(cpp, PROMPTS[:1], "cot", temperature=0, max_new_tokens=4)[0].token_ids
@@ -145,8 +162,17 @@ def test_listed_architectures_are_refused(gguf_dir, monkeypatch):
     are refused before decoding, with the architecture and the reason."""
     tf, _ = pair("llama", gguf_dir)
     monkeypatch.setitem(gg.FLOAT_ROWS_REFUSED, "llama", "a test reason")
-    cpp = LlamaCppModel(gguf_dir / "llama.gguf", tf.tokenizer, name="l", source="gguf", max_rows=2,
-                        context=128, kv_type="f32", flash_attn=False, threads=1)
+    cpp = LlamaCppModel(
+        gguf_dir / "llama.gguf",
+        tf.tokenizer,
+        name="l",
+        source="gguf",
+        max_rows=2,
+        context=128,
+        kv_type="f32",
+        flash_attn=False,
+        threads=1,
+    )
     with pytest.raises(CapabilityError, match="llama model: a test reason"):
         cpp.new_session(make_config("soft-thinking", max_new_tokens=4))
     assert selar.generate(cpp, PROMPTS[:1], "cot", temperature=0, max_new_tokens=4)[0].token_ids

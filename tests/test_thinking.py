@@ -20,8 +20,9 @@ def qwen3():
 
 
 def encode(model, prompt, thinking):
-    text = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                               add_generation_prompt=True, enable_thinking=thinking)
+    text = model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+    )
     return model.tokenizer.encode(text, add_special_tokens=False)
 
 
@@ -46,8 +47,9 @@ def test_thinking_on_opens_think_and_soft_steps_stay_inside(qwen3):
         assert not any(t["soft"] for t in r.trace[end:])  # soft_scope auto = reasoning: none after </think>
         assert r.reasoning and r.answer in ("yes", "no")
     # with soft_scope="all" the unsure answer step after </think> goes soft too
-    every = selar.generate(qwen3, PROMPTS, "selar", temperature=0, max_new_tokens=40, tau=0.5, trace=True,
-                           soft_scope="all")
+    every = selar.generate(
+        qwen3, PROMPTS, "selar", temperature=0, max_new_tokens=40, tau=0.5, trace=True, soft_scope="all"
+    )
     for r in every:
         end = r.token_ids.index(qwen3.think_end)
         assert any(t["soft"] for t in r.trace[end:])
@@ -60,8 +62,9 @@ def test_thinking_off_feeds_no_soft_inputs(qwen3):
     for r in res:
         assert qwen3.think_start not in r.token_ids and r.num_soft_steps == 0
         assert r.text.strip() in ("yes", "no")
-    every = selar.generate(qwen3, PROMPTS, "selar", prompt_token_ids=enc, temperature=0, max_new_tokens=20,
-                           tau=0.5, soft_scope="all")
+    every = selar.generate(
+        qwen3, PROMPTS, "selar", prompt_token_ids=enc, temperature=0, max_new_tokens=20, tau=0.5, soft_scope="all"
+    )
     assert all(r.num_soft_steps > 0 for r in every)  # the answer step is unsure: soft when allowed
 
 
@@ -70,10 +73,20 @@ def test_eval_on_the_thinking_model(qwen3, tmp_path):
     from selar.eval.runner import run_eval
 
     data = tmp_path / "mini.jsonl"
-    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in
-                            [("Is the sky blue?", "yes"), ("Is fire cold?", "no")]))
-    cfg = EvalConfig(model=qwen3.name, datasets=[], methods=["cot", "selar"], data=str(data),
-                     sets={"max_new_tokens": 40, "selar.tau": 0.5}, batch_size=2)
+    data.write_text(
+        "".join(
+            json.dumps({"question": q, "answer": a}) + "\n"
+            for q, a in [("Is the sky blue?", "yes"), ("Is fire cold?", "no")]
+        )
+    )
+    cfg = EvalConfig(
+        model=qwen3.name,
+        datasets=[],
+        methods=["cot", "selar"],
+        data=str(data),
+        sets={"max_new_tokens": 40, "selar.tau": 0.5},
+        batch_size=2,
+    )
     path = run_eval(cfg, str(tmp_path / "run"), model=qwen3, progress=False)
     recs = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(recs) == 4 and all(r["think_end"] is True for r in recs)  # every row closed its reasoning
@@ -93,8 +106,13 @@ def test_server_reasoning_content(qwen3):
     srv = start_in_thread(qwen3, Settings(model_name="tiny-qwen3", max_tokens=48, default_max_tokens=40), max_batch=2)
     try:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
-        r = client.chat.completions.create(model="tiny-qwen3", messages=[{"role": "user", "content": PROMPTS[0]}],
-                                           max_tokens=40, temperature=0, extra_body={"method": "selar", "tau": 0.5})
+        r = client.chat.completions.create(
+            model="tiny-qwen3",
+            messages=[{"role": "user", "content": PROMPTS[0]}],
+            max_tokens=40,
+            temperature=0,
+            extra_body={"method": "selar", "tau": 0.5},
+        )
         msg = r.choices[0].message
         want = selar.generate(qwen3, PROMPTS[:1], "selar", temperature=0, max_new_tokens=40, tau=0.5)[0]
         assert getattr(msg, "reasoning_content", None) or msg.model_extra.get("reasoning_content")

@@ -73,10 +73,22 @@ def qwen3_tokenizer():
             del vocab[by_id[i]]
         vocab[text] = i
     spec["added_tokens"] = [a for a in spec["added_tokens"] if a["id"] not in THINK_IDS.values()] + [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-         "special": False} for t, i in THINK_IDS.items()]
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>" if "<|endoftext|>" in vocab else "<|im_end|>")
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": False,
+        }
+        for t, i in THINK_IDS.items()
+    ]
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>" if "<|endoftext|>" in vocab else "<|im_end|>",
+    )
     tok.chat_template = QWEN3_TEMPLATE
     tok.selar_source = source
     return tok
@@ -94,10 +106,20 @@ def tiny_qwen3(tok, seed: int = 0):
 
     d = 64
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    cfg = Qwen3Config(vocab_size=max(len(tok), max(THINK_IDS.values()) + 1), hidden_size=d, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                      max_position_embeddings=1024, eos_token_id=[im_end, tok.pad_token_id],
-                      pad_token_id=tok.pad_token_id, bos_token_id=None, tie_word_embeddings=False)
+    cfg = Qwen3Config(
+        vocab_size=max(len(tok), max(THINK_IDS.values()) + 1),
+        hidden_size=d,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        eos_token_id=[im_end, tok.pad_token_id],
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg).eval()
     nl = _one(tok, "\n")

@@ -11,8 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3_moe": "qwen3moe",
-        "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "granite": "granite"}
+ARCH = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "qwen3_moe": "qwen3moe",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "phi3": "phi3",
+    "granite": "granite",
+}
 PERMUTED = {"llama", "granite"}  # llama.cpp's rope for these interleaves pairs; HF rotates halves
 
 

@@ -48,10 +48,16 @@ class _Batch:
         base = self.seq.ctypes.data
         self.seq_ptrs = (ptr * cap)(*[ctypes.cast(base + 4 * i, ptr) for i in range(cap)])
         self.b = lib.llama_batch()
-        self.b.token = ctypes.cast(0, ctypes.POINTER(lib.llama_token)) if n_embd else \
-            self.token.ctypes.data_as(ctypes.POINTER(lib.llama_token))
-        self.b.embd = self.embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) if n_embd else \
-            ctypes.cast(0, ctypes.POINTER(ctypes.c_float))
+        self.b.token = (
+            ctypes.cast(0, ctypes.POINTER(lib.llama_token))
+            if n_embd
+            else self.token.ctypes.data_as(ctypes.POINTER(lib.llama_token))
+        )
+        self.b.embd = (
+            self.embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            if n_embd
+            else ctypes.cast(0, ctypes.POINTER(ctypes.c_float))
+        )
         self.b.pos = self.pos.ctypes.data_as(ctypes.POINTER(lib.llama_pos))
         self.b.n_seq_id = self.n_seq.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
         self.b.seq_id = self.seq_ptrs
@@ -61,13 +67,15 @@ class _Batch:
 @dataclass(frozen=True)
 class FloatRows:
     arch: str
-    scale: float = 1.0             # float rows = sum_j w_j E(v_j) * scale
+    scale: float = 1.0  # float rows = sum_j w_j E(v_j) * scale
     refusal: Optional[str] = None  # why llama.cpp cannot take float rows for this architecture
 
     def require(self, what: str) -> None:
         if self.refusal is not None:
-            raise CapabilityError(f"{what} feeds float input rows, which llama.cpp cannot take for a {self.arch} "
-                                  f"model: {self.refusal}; use the transformers engine")
+            raise CapabilityError(
+                f"{what} feeds float input rows, which llama.cpp cannot take for a {self.arch} "
+                f"model: {self.refusal}; use the transformers engine"
+            )
 
 
 _FLOAT_ROWS: weakref.WeakKeyDictionary[Any, FloatRows] = weakref.WeakKeyDictionary()
@@ -94,8 +102,12 @@ def float_rows(model: LlamaCppModel) -> FloatRows:
             finally:
                 model.free_seqs(seq)
             if not np.allclose(a, b, rtol=0, atol=1e-3 * max(1.0, float(np.abs(a).max()))):
-                got = FloatRows(arch, scale, f"its graph treats a float row E(t) differently from token t (max |logit "
-                                             f"diff| {float(np.abs(a - b).max()):.3g})")
+                got = FloatRows(
+                    arch,
+                    scale,
+                    f"its graph treats a float row E(t) differently from token t (max |logit "
+                    f"diff| {float(np.abs(a - b).max()):.3g})",
+                )
         _FLOAT_ROWS[model] = got
     return got
 
@@ -126,8 +138,9 @@ class LlamaCppEngine:
         ptr = self.lib.llama_get_logits(self.ctx)
         return np.ctypeslib.as_array(ptr, shape=(n_out, self.vocab_size))
 
-    def _probe(self, seq: np.ndarray, tokens: Optional[np.ndarray] = None, rows: Optional[np.ndarray] = None
-               ) -> np.ndarray:
+    def _probe(
+        self, seq: np.ndarray, tokens: Optional[np.ndarray] = None, rows: Optional[np.ndarray] = None
+    ) -> np.ndarray:
         """Logits of one input (a token or a float row) alone at position 0 of sequence `seq`."""
         b = self.tokens if tokens is not None else self.embeds
         if tokens is not None:
@@ -144,8 +157,9 @@ class LlamaCppEngine:
         """Prefill new rows, each in a free sequence; their last logits."""
         for p in prompts:
             if len(p) >= self.model.context:
-                raise PromptError(f"a prompt has {len(p)} tokens; the llama.cpp context holds {self.model.context} "
-                                  f"per row")
+                raise PromptError(
+                    f"a prompt has {len(p)} tokens; the llama.cpp context holds {self.model.context} per row"
+                )
         seqs = self.model.alloc_seqs(self, len(prompts))
         out = np.empty((len(prompts), self.vocab_size), dtype=np.float32)
         b, cap = self.tokens, self.tokens.cap
@@ -222,7 +236,7 @@ def llamacpp_greedy(model: LlamaCppModel, prompt: list[int], n: int) -> list[int
     try:
         step = int(lib.llama_n_batch(ctx))  # a decode call takes at most n_batch tokens
         for i in range(0, len(prompt) - 1, step):  # all but the last prompt token
-            part = prompt[i: min(i + step, len(prompt) - 1)]
+            part = prompt[i : min(i + step, len(prompt) - 1)]
             arr = (lib.llama_token * len(part))(*part)
             if lib.llama_decode(ctx, lib.llama_batch_get_one(arr, len(part))) != 0:
                 raise RuntimeError("llama_decode failed")

@@ -25,10 +25,12 @@ def lib() -> Any:
         raise ModelLoadError("the llama.cpp engine needs llama-cpp-python: pip install 'selar[llamacpp]'") from None
     global _LOG_CB
     if _LOG_CB is None:  # llama.cpp logs every load to stderr; keep only errors (level 4)
+
         @bindings.llama_log_callback
         def cb(level, text, _user):  # pragma: no cover - C callback
             if level == 4 and text:
                 os.write(2, text)
+
         _LOG_CB = cb
         bindings.llama_backend_init()
         bindings.llama_log_set(_LOG_CB, ctypes.c_void_p(0))
@@ -36,7 +38,6 @@ def lib() -> Any:
 
 
 _LOG_CB = None
-
 
 
 def _table_path(gguf: Path) -> Path:
@@ -82,8 +83,10 @@ def resolve_gguf(name_or_path: str) -> tuple[Path, str]:
         if len(ggufs) == 1:
             return ggufs[0], "gguf"
         raise ModelLoadError(f"the llama.cpp engine needs a GGUF file; {src.path} holds {len(ggufs)} .gguf files")
-    raise ModelLoadError(f"the llama.cpp engine runs a catalog model ({', '.join(catalog.CATALOG)}) or a GGUF "
-                         f"file; {name_or_path!r} is neither (hub ids and adapters need the transformers engine)")
+    raise ModelLoadError(
+        f"the llama.cpp engine runs a catalog model ({', '.join(catalog.CATALOG)}) or a GGUF "
+        f"file; {name_or_path!r} is neither (hub ids and adapters need the transformers engine)"
+    )
 
 
 # How llama.cpp's graphs (src/models at llama-cpp-python 0.3.36) treat a batch of float input rows
@@ -118,7 +121,9 @@ def float_row_scale(ll: Any, lm: Any, n_embd: int) -> tuple[str, float, str | No
     if arch in FLOAT_ROWS_REFUSED:
         return arch, 1.0, FLOAT_ROWS_REFUSED[arch]
     if meta(ll, lm, f"{arch}.deepstack_mapping") is not None or meta(ll, lm, f"{arch}.n_deepstack_layers") not in (
-            None, "0"):
+        None,
+        "0",
+    ):
         return arch, 1.0, "it takes float rows as image features with deepstack channels"
     if arch in TOKEN_ONLY_SQRT_SCALE:
         return arch, float(np.sqrt(np.float32(n_embd))), None

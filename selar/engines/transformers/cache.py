@@ -37,8 +37,13 @@ def new_cache(model: Any, rows: int) -> Any:
     if type(model)._supports_default_dynamic_cache():
         return DynamicCache(config=model.config)
     ids = torch.zeros((rows, 1), dtype=torch.long, device=model.get_input_embeddings().weight.device)
-    kw = model.prepare_inputs_for_generation(ids, past_key_values=None, attention_mask=torch.ones_like(ids),
-                                             cache_position=torch.arange(1, device=ids.device), use_cache=True)
+    kw = model.prepare_inputs_for_generation(
+        ids,
+        past_key_values=None,
+        attention_mask=torch.ones_like(ids),
+        cache_position=torch.arange(1, device=ids.device),
+        use_cache=True,
+    )
     return kw.get("past_key_values")
 
 
@@ -58,12 +63,16 @@ def check(cache: Any, family: str) -> None:
             refuse("its cache is offloaded")
         kinds = {type(layer) for layer in cache.layers} - {DynamicLayer, DynamicSlidingWindowLayer}
         if kinds:
-            refuse(f"its cache has {', '.join(sorted(k.__name__ for k in kinds))} layers, whose rows the engine "
-                   f"cannot join or drop")
+            refuse(
+                f"its cache has {', '.join(sorted(k.__name__ for k in kinds))} layers, whose rows the engine "
+                f"cannot join or drop"
+            )
         return
     if not all(hasattr(cache, a) for a in KV_LISTS) or not hasattr(cache, "conv_states"):
-        refuse(f"its cache ({type(cache).__name__}) is neither a transformers Cache nor a hybrid attention and "
-               f"recurrent-state cache")
+        refuse(
+            f"its cache ({type(cache).__name__}) is neither a transformers Cache nor a hybrid attention and "
+            f"recurrent-state cache"
+        )
     unknown = sorted(k for k, v in vars(cache).items() if k not in KV_LISTS + STATE_LISTS and _has_tensors(v))
     if unknown:
         refuse(f"its cache ({type(cache).__name__}) holds per-row data the engine does not know: {', '.join(unknown)}")

@@ -25,16 +25,21 @@ class TransformersEngine:
         self.dtype = self.embed_module.weight.dtype
         self.pad_id = pad_id
         params = inspect.signature(model.forward).parameters
-        self._keep_kw = ("logits_to_keep" if "logits_to_keep" in params
-                         else "num_logits_to_keep" if "num_logits_to_keep" in params else None)
+        self._keep_kw = (
+            "logits_to_keep"
+            if "logits_to_keep" in params
+            else "num_logits_to_keep"
+            if "num_logits_to_keep" in params
+            else None
+        )
         self._cache_position = "cache_position" in params  # some hybrids need it given (as generate does)
         self._table: Tensor | None = None
         self.cache = None
         self.mask: Tensor | None = None
         self.next_pos: Tensor | None = None
         self.vocab_size: int | None = None
-        self.keep_hidden = False            # set by the session for methods that need hidden states
-        self.hidden: Tensor | None = None   # (B, D) last hidden state of each row, when kept
+        self.keep_hidden = False  # set by the session for methods that need hidden states
+        self.hidden: Tensor | None = None  # (B, D) last hidden state of each row, when kept
 
     # -- embedding of mixtures ------------------------------------------------------------
     def embed(self, ids: Tensor) -> Tensor:
@@ -73,8 +78,14 @@ class TransformersEngine:
         if self._cache_position:  # the columns these inputs take in the batch
             width = self.mask.shape[1]
             kw["cache_position"] = torch.arange(width - embeds.shape[1], width, device=self.device)
-        out = self.model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=position_ids,
-                         past_key_values=self.cache, use_cache=True, **kw)
+        out = self.model(
+            inputs_embeds=embeds,
+            attention_mask=self.mask,
+            position_ids=position_ids,
+            past_key_values=self.cache,
+            use_cache=True,
+            **kw,
+        )
         self.cache = out.past_key_values
         if self.keep_hidden:
             self.hidden = out.hidden_states[-1][:, -1, :]
@@ -90,8 +101,8 @@ class TransformersEngine:
         ids = torch.full((len(prompts), n), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), n), dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, n - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, n - len(p):] = 1
+            ids[i, n - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, n - len(p) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         old = (self.cache, self.mask, self.next_pos)

@@ -70,18 +70,20 @@ def _probe(model: Any) -> Fit:
     handle = layer.register_forward_pre_hook(hook, with_kwargs=True) if layer is not None else None
     try:
         try:
-            ref = model(input_ids=ids, attention_mask=mask, past_key_values=caches.new_cache(model, 1),
-                        use_cache=True)
+            ref = model(input_ids=ids, attention_mask=mask, past_key_values=caches.new_cache(model, 1), use_cache=True)
             caches.check(ref.past_key_values, family)
             rows = embed(ids)
-            got = model(inputs_embeds=rows, attention_mask=mask, past_key_values=caches.new_cache(model, 1),
-                        use_cache=True).logits
+            got = model(
+                inputs_embeds=rows, attention_mask=mask, past_key_values=caches.new_cache(model, 1), use_cache=True
+            ).logits
         except CapabilityError:
             raise
         except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError) as e:
-            raise CapabilityError(f"the transformers engine cannot drive the {family} family: its forward with a "
-                                  f"cache, an attention mask and input embeddings failed ({type(e).__name__}: "
-                                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
+            raise CapabilityError(
+                f"the transformers engine cannot drive the {family} family: its forward with a "
+                f"cache, an attention mask and input embeddings failed ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})"
+            ) from e
     finally:
         if handle is not None:
             handle.remove()
@@ -93,12 +95,18 @@ def _probe(model: Any) -> Fit:
         i = int(b.abs().argmax())
         scale = _snap(model, float(a[i]) / float(b[i]), embed.weight.dtype) if float(b[i]) != 0 else 1.0
         if torch.allclose(a, b * scale, rtol=_eps(embed.weight.dtype), atol=1e-6 * float(a.abs().max())):
-            got = model(inputs_embeds=rows * scale, attention_mask=mask, past_key_values=caches.new_cache(model, 1),
-                        use_cache=True).logits
+            got = model(
+                inputs_embeds=rows * scale,
+                attention_mask=mask,
+                past_key_values=caches.new_cache(model, 1),
+                use_cache=True,
+            ).logits
             if _same(got.float(), want):
                 return Fit(family, embed_scale=scale)
-    raise CapabilityError(f"the transformers engine cannot feed soft inputs to the {family} family: its token path "
-                          f"transforms token embeddings in a way input embeddings cannot reproduce")
+    raise CapabilityError(
+        f"the transformers engine cannot feed soft inputs to the {family} family: its token path "
+        f"transforms token embeddings in a way input embeddings cannot reproduce"
+    )
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -112,7 +120,10 @@ def _eps(dtype: torch.dtype) -> float:
 def _snap(model: Any, ratio: float, dtype: torch.dtype) -> float:
     """The config value the ratio was measured from (e.g. `embedding_multiplier`), when one
     matches it to the model's float precision, so rows are scaled exactly as the model scales."""
-    values = [(k, float(v)) for k, v in model.config.to_dict().items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool) and v]
+    values = [
+        (k, float(v))
+        for k, v in model.config.to_dict().items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v
+    ]
     close = [("embed" not in k, abs(v - ratio), v) for k, v in values if abs(v - ratio) <= _eps(dtype) * abs(ratio)]
     return min(close)[2] if close else ratio
