@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import Tensor
@@ -19,6 +19,18 @@ from . import sampling
 from .config import FinishReason, SamplingConfig
 from .errors import CapabilityError
 from .methods.base import Method, Mixture, StepContext, StepOutput
+
+
+class Engine(Protocol):
+    """What the decode loop drives: one step-wise batch of rows over a model (one per session).
+    Engines that can feed hidden states back also set `supports_hidden`, and keep each row's last
+    hidden state in `hidden` once the loop sets `keep_hidden`."""
+
+    def add(self, prompts: list[list[int]]) -> Tensor: ...  # prefill rows, append them; (n, V) logits
+    def step(self, inputs: Mixture) -> Tensor: ...  # one step of every row; (B, V) float32 logits
+    def select(self, keep: Tensor) -> None: ...  # keep these rows (the others finished)
+    def reset(self) -> None: ...  # drop every row
+
 
 # finish reasons as small integers inside the vectorised step, named outside it; when several
 # apply on one step, the later check wins: length, method, stop string, cancelled, stop id
@@ -72,7 +84,7 @@ class DecodeSession:
 
     def __init__(
         self,
-        engine,
+        engine: Engine,
         method: Method,
         cfg: SamplingConfig,
         *,
@@ -99,7 +111,7 @@ class DecodeSession:
                     f"method {method.name!r} feeds hidden states back, which the "
                     f"{type(engine).__name__} engine does not support; use the transformers engine"
                 )
-            engine.keep_hidden = True
+            engine.keep_hidden = True  # type: ignore[attr-defined]
         self.logits: Optional[Tensor] = None
         self.rows: dict[str, Tensor] = {}  # per-row tensors, pruned and joined together
         self.state: dict[str, Tensor] = {}  # the method's per-row state, likewise
@@ -180,7 +192,7 @@ class DecodeSession:
             steps=r["step"],
             reasoning=r["reasoning"],
             limit=r["limit"],
-            hidden=self.engine.hidden if self.need_hidden else None,
+            hidden=getattr(self.engine, "hidden", None) if self.need_hidden else None,
         )
         out = self.method.step(ctx, self.state)
         self.state = out.state if out.state is not None else self.state
@@ -326,7 +338,7 @@ def _cat(a: Tensor, b: Tensor) -> Tensor:
         width = max(a.shape[1], b.shape[1])
         fill = -1 if a.dtype == torch.long else 0
 
-        def pad(x):
+        def pad(x: Tensor) -> Tensor:
             extra = width - x.shape[1]
             if extra == 0:
                 return x
@@ -365,7 +377,13 @@ def run_continuous(
 
 
 def decode(
-    engine, prompts: Sequence[Sequence[int]], method: Method, cfg: SamplingConfig, *, seeds: Sequence[int], **kw
+    engine: Engine,
+    prompts: Sequence[Sequence[int]],
+    method: Method,
+    cfg: SamplingConfig,
+    *,
+    seeds: Sequence[int],
+    **kw: Any,
 ) -> list[RowOutput]:
     """Decode one batch to the end with a given engine and method; outputs in prompt order."""
     return run_to_end(DecodeSession(engine, method, cfg, **kw), prompts, seeds)

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from ..config import GenerationConfig
-from ..decode import DecodeSession, RowOutput, answer_guard, run_to_end
+from ..decode import DecodeSession, Engine, RowOutput, answer_guard, run_to_end
 from ..errors import CapabilityError, ConfigError
 from ..methods import get_method_spec
-from ..methods.base import Mixture, VocabInfo
+from ..methods.base import VocabInfo
 from ..sources import import_string
 from ..text import stop_checker
 
@@ -91,15 +91,6 @@ def refuse_method(engine: str, capabilities: Capabilities, method: str) -> None:
         where = f"only the {able[0]} engine can" if len(able) == 1 else f"use the {' or '.join(able)} engine"
         kinds = " and ".join(KIND_NAMES[k] for k in missing)
         raise CapabilityError(f"{spec.display} feeds {kinds}, which the {engine} engine cannot feed; {where}")
-
-
-class Engine(Protocol):
-    """One step-wise batch of rows over a model (one per decode session)."""
-
-    def add(self, prompts: list[list[int]]) -> Tensor: ...  # prefill rows, append them; (n, V) logits
-    def step(self, inputs: Mixture) -> Tensor: ...  # one step of every row; (B, V) float32 logits
-    def select(self, keep: Tensor) -> None: ...  # keep these rows (the others finished)
-    def reset(self) -> None: ...  # drop every row
 
 
 class Model:
