@@ -101,7 +101,8 @@ def join(old: Any, new: Any, width: int) -> Any:
     from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
 
     if isinstance(new, Cache):
-        for a, b in zip(old.layers, new.layers):
+        pairs: list[tuple[Any, Any]] = list(zip(old.layers, new.layers))
+        for a, b in pairs:
             keep = width
             if isinstance(b, DynamicSlidingWindowLayer):  # it holds the last window - 1 columns only
                 keep = min(width, b.sliding_window - 1)
@@ -113,25 +114,26 @@ def join(old: Any, new: Any, width: int) -> Any:
         if not hasattr(new, name):
             continue
         dst, src = getattr(new, name), getattr(old, name)
-        for i, b in _items(dst):
-            a = src[i]
-            if isinstance(b, Tensor) and isinstance(a, Tensor):
-                if b.dim() == 4 and name in KV_LISTS:  # (rows, heads, columns, dim)
-                    a, b = lpad(a, width, 2), lpad(b, width, 2)
-                dst[i] = torch.cat([a, b])
+        for i, y in _items(dst):
+            x = src[i]
+            if isinstance(y, Tensor) and isinstance(x, Tensor):
+                if y.dim() == 4 and name in KV_LISTS:  # (rows, heads, columns, dim)
+                    x, y = lpad(x, width, 2), lpad(y, width, 2)
+                dst[i] = torch.cat([x, y])
     return new
 
 
 def select(cache: Any, keep: Tensor, start: int) -> None:
     """Keep rows `keep` and drop the first `start` columns (padding in every kept row)."""
-    from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
+    from transformers.cache_utils import Cache
 
     if isinstance(cache, Cache):
         cache.batch_select_indices(keep)
         if start == 0:
             return
-        for layer in cache.layers:
-            if isinstance(layer, DynamicSlidingWindowLayer):
+        layers: list[Any] = list(cache.layers)
+        for layer in layers:
+            if layer.is_sliding:  # a DynamicSlidingWindowLayer (check() refuses other kinds)
                 layer.cumulative_length -= start
                 n = min(layer.cumulative_length, layer.sliding_window - 1)
                 layer.keys, layer.values = layer.keys[:, :, -n:], layer.values[:, :, -n:]
