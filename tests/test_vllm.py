@@ -49,6 +49,7 @@ def vl(request):
         )
     request.getfixturevalue("smollm2")  # pulls the catalog model (and sets SELAR_CACHE), or skips
     # 4 sequences at once for 7 prompts: rows join as others finish (adds, removals, condensing)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB (vLLM's CPU default: 4); plenty for SmolLM2
     model = selar.load_model(
         "smollm2-135m", engine="vllm", dtype="float32", max_num_seqs=4, max_model_len=1024, enforce_eager=True
     )

@@ -14,6 +14,7 @@ Needs vLLM (see the README's vLLM section); says so loudly, or fails under SELAR
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import inspect
 import json
@@ -113,6 +114,20 @@ ARCHITECTURES = {
 ACCEPTED = list(ARCHITECTURES)
 
 
+@contextlib.contextmanager
+def kv_cache_space(gib: str):
+    """VLLM_CPU_KVCACHE_SPACE for the vLLM engines started inside (they read it at start)."""
+    old = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = gib
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["VLLM_CPU_KVCACHE_SPACE"]
+        else:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = old
+
+
 def write_model(family: str, folder) -> list[list[int]]:
     """A tiny random `family` model and tokenizer in `folder`; returns the test prompts' ids.
     The stop id is a token that greedy `cot` and `selar` each emit in some rows and not in
@@ -161,16 +176,11 @@ def models(request, tmp_path_factory):
     refs = [ref64, selar.wrap(nudged, ref.tokenizer)]
     for r in refs:
         r.stop_ids = ref.stop_ids
-    # 3 slots for 6 prompts: rows join as others finish
-    vl = selar.load_model(
-        str(folder),
-        engine="vllm",
-        dtype="float32",
-        max_num_seqs=3,
-        max_model_len=256,
-        enforce_eager=True,
-        kv_cache_memory_bytes=64 << 20,
-    )
+    # 3 slots for 6 prompts: rows join as others finish; 1 GiB of KV cache (vLLM's CPU default: 4)
+    with kv_cache_space("1"):
+        vl = selar.load_model(
+            str(folder), engine="vllm", dtype="float32", max_num_seqs=3, max_model_len=256, enforce_eager=True
+        )
     yield request.param, ref, refs, vl, prompts
     vl.close()
 
