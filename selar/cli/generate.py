@@ -10,6 +10,8 @@ import click
 
 from ..text import Detokenizer
 from .options import (
+    compile_load_options,
+    compile_option,
     device_option,
     dtype_option,
     engine_option,
@@ -49,6 +51,7 @@ from .options import (
 @device_option
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @engine_option
+@compile_option
 @click.option("--raw", is_flag=True, help="no chat template: the prompt is the raw text")
 @click.option("--trace", is_flag=True, help="per token: entropy and whether the input was soft")
 @click.option("--json", "as_json", is_flag=True, help="print the result objects as JSON")
@@ -73,6 +76,7 @@ def generate(
     device,
     batch_size,
     engine,
+    compile_mode,
     raw,
     trace,
     as_json,
@@ -114,7 +118,12 @@ def generate(
             fail(f"option(s) {', '.join(sorted(unused))} apply to none of {', '.join(methods)}")
     longest = max(c.sampling.max_new_tokens for c in configs.values())
     mdl = load_model(
-        model, dtype=dtype, device=device, engine=engine, **load_options(engine, min(batch_size, len(prompts)), longest)
+        model,
+        dtype=dtype,
+        device=device,
+        engine=engine,
+        **load_options(engine, min(batch_size, len(prompts)), longest),
+        **compile_load_options(engine, compile_mode),
     )
     stream = not as_json and len(methods) == 1 and len(prompts) == 1
     results = {}

@@ -9,6 +9,8 @@ import os
 import click
 
 from .options import (
+    compile_load_options,
+    compile_option,
     device_option,
     dtype_option,
     engine_option,
@@ -33,9 +35,25 @@ from .options import (
 @click.option("--max-prompt-tokens", type=int, default=8192, show_default=True)
 @click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="seconds per request")
+@click.option("--body-timeout", type=float, default=30.0, show_default=True, help="seconds to receive a request body")
+@click.option(
+    "--prefill-chunk",
+    type=int,
+    default=512,
+    show_default=True,
+    help="prefill long prompts in chunks of this many tokens between decode steps (0: in one go)",
+)
+@click.option(
+    "--fault-limit",
+    type=int,
+    default=3,
+    show_default=True,
+    help="consecutive decode faults before /health reports unhealthy (503)",
+)
 @dtype_option
 @device_option
 @engine_option
+@compile_option
 @click.option(
     "--vllm-arg",
     "vllm_args",
@@ -56,9 +74,13 @@ def serve(
     max_prompt_tokens,
     max_body_bytes,
     timeout,
+    body_timeout,
+    prefill_chunk,
+    fault_limit,
     dtype,
     device,
     engine,
+    compile_mode,
     vllm_args,
 ):
     """Serve an OpenAI-compatible API (chat and completions, streaming) with SeLaR decoding.
@@ -106,6 +128,7 @@ def serve(
         device=device,
         engine=engine,
         **load_options(engine, max_batch, max_tokens, prompt_room=max_prompt_tokens),
+        **compile_load_options(engine, compile_mode),
     )
     settings = Settings(
         model_name=model,
@@ -115,10 +138,16 @@ def serve(
         default_max_tokens=min(1024, max_tokens),
         max_body_bytes=max_body_bytes,
         timeout=timeout,
+        body_timeout=body_timeout,
         default_method=method,
         defaults=defaults,
     )
-    app, scheduler = build(mdl, settings, max_batch=max_batch, max_queue=max_queue)
+    for name, v in (("prefill_chunk", prefill_chunk), ("fault_limit", fault_limit)):
+        if v < 0:
+            fail(f"{name} must be at least 0, got {v}")
+    app, scheduler = build(
+        mdl, settings, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk, fault_limit=fault_limit
+    )
     click.echo(
         f"selar: serving {model} on http://{host}:{port}/v1 (method {method}, max batch {max_batch}, engine {engine})",
         err=True,
