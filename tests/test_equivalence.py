@@ -22,9 +22,17 @@ def hf_greedy(model: selar.Model, prompts, max_new_tokens: int) -> list[list[int
     pad = model.pad_id
     ids = torch.tensor([[pad] * (n - len(e)) + e for e in enc])
     mask = torch.tensor([[0] * (n - len(e)) + [1] * len(e) for e in enc])
-    out = model.hf_model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                                  eos_token_id=model.stop_ids, pad_token_id=pad, top_k=None, top_p=None,
-                                  temperature=None)
+    out = model.hf_model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=model.stop_ids,
+        pad_token_id=pad,
+        top_k=None,
+        top_p=None,
+        temperature=None,
+    )
     rows = []
     for r in out[:, n:].tolist():
         cut = next((i + 1 for i, t in enumerate(r) if t in model.stop_ids), len(r))
@@ -102,7 +110,7 @@ def test_seed_reproducible_and_varies(tiny):
 
 def test_stop_strings_cut_the_text(tiny):
     full = selar.generate(tiny, PROMPTS[:2], "cot", temperature=0, max_new_tokens=24)
-    stop = full[0].text[len(full[0].text) // 2:][:3]
+    stop = full[0].text[len(full[0].text) // 2 :][:3]
     cut = selar.generate(tiny, PROMPTS[:2], "cot", temperature=0, max_new_tokens=24, stop=[stop])
     assert cut[0].finish_reason == "stop_string" and stop not in cut[0].text
     assert full[0].text.startswith(cut[0].text) and len(cut[0].token_ids) < len(full[0].token_ids)

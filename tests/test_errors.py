@@ -9,12 +9,20 @@ import selar
 from selar.cli import main
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(tau=1.5), "tau must be in"), (dict(tau=-0.1), "tau must be in"), (dict(k=1), "k must be in"),
-    (dict(max_new_tokens=0), "max_new_tokens"), (dict(temperature=-1.0), "temperature"),
-    (dict(top_p=0.0), "top_p"), (dict(gate_scope="all"), "gate_scope must be one of row, batch"),
-    (dict(bogus=1), "unknown option"), (dict(k="3"), "must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(tau=1.5), "tau must be in"),
+        (dict(tau=-0.1), "tau must be in"),
+        (dict(k=1), "k must be in"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(gate_scope="all"), "gate_scope must be one of row, batch"),
+        (dict(bogus=1), "unknown option"),
+        (dict(k="3"), "must be an integer"),
+    ],
+)
 def test_bad_options(tiny, kw, match):
     with pytest.raises(selar.ConfigError, match=match):
         selar.generate(tiny, "hi", "selar", **kw)
@@ -58,13 +66,16 @@ def test_bad_gguf_file(tmp_path):
         selar.load_model(str(bad))
 
 
-@pytest.mark.parametrize("args,match", [
-    (["generate", "hi", "--tau", "2"], "tau must be in [0.0, 1.0], got 2.0"),
-    (["generate", "hi", "--method", "nope"], "unknown method 'nope'"),
-    (["generate", "hi", "--max-new-tokens", "0"], "max_new_tokens"),
-    (["generate", "hi", "--model", "./missing"], "no such model file or folder"),
-    (["models", "pull", "gpt-5"], "unknown catalog model 'gpt-5'; known: smollm2-135m"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["generate", "hi", "--tau", "2"], "tau must be in [0.0, 1.0], got 2.0"),
+        (["generate", "hi", "--method", "nope"], "unknown method 'nope'"),
+        (["generate", "hi", "--max-new-tokens", "0"], "max_new_tokens"),
+        (["generate", "hi", "--model", "./missing"], "no such model file or folder"),
+        (["models", "pull", "gpt-5"], "unknown catalog model 'gpt-5'; known: smollm2-135m"),
+    ],
+)
 def test_cli_errors_are_one_sentence(args, match):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2

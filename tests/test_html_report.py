@@ -19,10 +19,24 @@ def fake_run(d):
     with open(d / "results.jsonl", "w") as f:
         for m, ok in (("cot", [1, 0, 1, 0]), ("selar", [1, 1, 1, 0])):
             for i, c in enumerate(ok):
-                f.write(json.dumps({"dataset": "gsm8k", "problem_id": str(i), "method": m, "sample": 0,
-                                    "correct": bool(c), "pred": "1", "gold": "1", "num_tokens": 100 + i,
-                                    "num_soft_steps": 5 if m == "selar" else 0, "finish_reason": "stop",
-                                    "text": "t"}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "dataset": "gsm8k",
+                            "problem_id": str(i),
+                            "method": m,
+                            "sample": 0,
+                            "correct": bool(c),
+                            "pred": "1",
+                            "gold": "1",
+                            "num_tokens": 100 + i,
+                            "num_soft_steps": 5 if m == "selar" else 0,
+                            "finish_reason": "stop",
+                            "text": "t",
+                        }
+                    )
+                    + "\n"
+                )
     return d
 
 
@@ -37,9 +51,20 @@ def test_html_is_self_contained(tmp_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_html_renders_in_headless_chromium(tmp_path):
     rep = write_report([str(fake_run(tmp_path / "run"))], html=True)
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
-           rep["html"].as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        rep["html"].as_uri(),
+    ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     assert 'data-images-loaded="2/2"' in dom, dom[:500]

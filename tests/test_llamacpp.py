@@ -18,9 +18,12 @@ from selar.methods.base import Mixture  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-PROMPTS = ["What is 17 * 23?", "Name three colours.",
-           "Natalia sold 48 clips in April and half as many in May. How many clips did she sell in total?",
-           "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?"]
+PROMPTS = [
+    "What is 17 * 23?",
+    "Name three colours.",
+    "Natalia sold 48 clips in April and half as many in May. How many clips did she sell in total?",
+    "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +122,9 @@ def test_sessions_share_one_context(cpp):
     from selar.api import new_session
     from selar.methods import make_config
 
-    alone = {m: selar.generate(cpp, PROMPTS[:2], m, temperature=0, max_new_tokens=24, batch_size=2)
-             for m in ("cot", "selar")}
+    alone = {
+        m: selar.generate(cpp, PROMPTS[:2], m, temperature=0, max_new_tokens=24, batch_size=2) for m in ("cot", "selar")
+    }
     sessions = {m: new_session(cpp, make_config(m, temperature=0, max_new_tokens=24)) for m in ("cot", "selar")}
     for s in sessions.values():
         s.add([selar.format_prompt(cpp, p) for p in PROMPTS[:2]], [0, 1], [0, 0])
@@ -166,8 +170,24 @@ def test_cli_generate_and_eval(cpp, tmp_path):
 
     from selar.cli import main
 
-    r = CliRunner().invoke(main, ["generate", "What is 2 + 2?", "--model", "smollm2-135m", "--engine", "llamacpp",
-                                  "--method", "selar", "-n", "12", "--temperature", "0", "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "What is 2 + 2?",
+            "--model",
+            "smollm2-135m",
+            "--engine",
+            "llamacpp",
+            "--method",
+            "selar",
+            "-n",
+            "12",
+            "--temperature",
+            "0",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     got = res[0] if isinstance(res, list) else res
@@ -176,8 +196,24 @@ def test_cli_generate_and_eval(cpp, tmp_path):
 
     data = tmp_path / "mini.jsonl"
     data.write_text("\n".join(json.dumps({"question": f"What is {a} + {a}?", "answer": str(2 * a)}) for a in (2, 5)))
-    r = CliRunner().invoke(main, ["eval", "--model", "smollm2-135m", "--engine", "llamacpp", "--data", str(data),
-                                  "--methods", "cot,selar", "-n", "16", "--out", str(tmp_path / "run")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--model",
+            "smollm2-135m",
+            "--engine",
+            "llamacpp",
+            "--data",
+            str(data),
+            "--methods",
+            "cot,selar",
+            "-n",
+            "16",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["config"]["engine"] == "llamacpp" and run["model"]["engine"] == "llamacpp"
@@ -196,8 +232,9 @@ def test_server_on_llamacpp(cpp):
 
         def ask(i, method):
             try:
-                r = client.completions.create(model="smollm2-135m", prompt=PROMPTS[i], max_tokens=12, temperature=0,
-                                              extra_body={"method": method})
+                r = client.completions.create(
+                    model="smollm2-135m", prompt=PROMPTS[i], max_tokens=12, temperature=0, extra_body={"method": method}
+                )
                 results[(i, method)] = r.choices[0].text
             except Exception as e:  # pragma: no cover - reported below
                 errors.append(e)
@@ -224,6 +261,7 @@ def test_long_prompt_spans_several_prefill_chunks(cpp):
     short = selar.format_prompt(cpp, PROMPTS[0])
     assert len(long) > 600
     want = [llamacpp_greedy(cpp, p, 12) for p in (long, short)]
-    got = selar.generate(cpp, ["long", "short"], "cot", prompt_token_ids=[long, short], temperature=0,
-                         max_new_tokens=12, batch_size=2)
+    got = selar.generate(
+        cpp, ["long", "short"], "cot", prompt_token_ids=[long, short], temperature=0, max_new_tokens=12, batch_size=2
+    )
     assert [r.token_ids for r in got] == want

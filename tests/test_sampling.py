@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers.generation.logits_process import (MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper,
-                                                    TopPLogitsWarper)
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from selar.config import SamplingConfig
 from selar.sampling import candidates, sample
 
 
-@pytest.mark.parametrize("t,top_k,top_p,min_p", [(0.6, 20, 0.95, 0.0), (1.0, 50, 0.8, 0.05), (0.7, 0, 0.9, 0.0),
-                                                 (1.3, 5, 1.0, 0.2)])
+@pytest.mark.parametrize(
+    "t,top_k,top_p,min_p", [(0.6, 20, 0.95, 0.0), (1.0, 50, 0.8, 0.05), (0.7, 0, 0.9, 0.0), (1.3, 5, 1.0, 0.2)]
+)
 def test_candidates_match_hf_warpers(t, top_k, top_p, min_p):
     torch.manual_seed(0)
     logits = torch.randn(6, 500) * 3

@@ -10,8 +10,12 @@ import torch
 import selar
 from selar.engines.transformers import TransformersEngine
 
-PROMPTS = ["How many clips did Natalia sell?", "2 + 3 =", "Weng earns $12 an hour for babysitting.",
-           "First, 48 / 2 = 24. Then"]
+PROMPTS = [
+    "How many clips did Natalia sell?",
+    "2 + 3 =",
+    "Weng earns $12 an hour for babysitting.",
+    "First, 48 / 2 = 24. Then",
+]
 
 
 def reference_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -59,8 +63,20 @@ def test_soft_inputs_match_float64_reference(peaked, monkeypatch):
 
     monkeypatch.setattr(TransformersEngine, "_forward", spy)
     tau, k, lam = 0.9, 3, 1.0
-    res = selar.generate(peaked, PROMPTS, "selar", temperature=0, top_k=20, top_p=0.95, tau=tau, k=k,
-                         push_weight=lam, protect_symbols=False, max_new_tokens=6, batch_size=4)
+    res = selar.generate(
+        peaked,
+        PROMPTS,
+        "selar",
+        temperature=0,
+        top_k=20,
+        top_p=0.95,
+        tau=tau,
+        k=k,
+        push_weight=lam,
+        protect_symbols=False,
+        max_new_tokens=6,
+        batch_size=4,
+    )
     table = peaked.hf_model.get_input_embeddings().weight.detach().double()
     order = sorted(range(len(PROMPTS)), key=lambda i: len(res[i].prompt_token_ids))  # batch row order
     soft_seen = certain_seen = 0

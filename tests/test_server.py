@@ -27,12 +27,21 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-
 @pytest.fixture(scope="module")
 def server(tiny_thinking):
-    srv = start_in_thread(tiny_thinking, Settings(model_name="tiny", api_key="sekret", max_tokens=64,
-                                                  default_max_tokens=16, max_body_bytes=64 * 1024, timeout=60),
-                          max_batch=8, max_queue=64)
+    srv = start_in_thread(
+        tiny_thinking,
+        Settings(
+            model_name="tiny",
+            api_key="sekret",
+            max_tokens=64,
+            default_max_tokens=16,
+            max_body_bytes=64 * 1024,
+            timeout=60,
+        ),
+        max_batch=8,
+        max_queue=64,
+    )
     yield srv
     srv.stop()
 
@@ -43,8 +52,13 @@ def client(server):
 
 
 def test_chat_matches_the_api(client, tiny_thinking):
-    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "How many clips?"}],
-                                       max_tokens=12, temperature=0, extra_body={"method": "selar", "tau": 0.3})
+    r = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "How many clips?"}],
+        max_tokens=12,
+        temperature=0,
+        extra_body={"method": "selar", "tau": 0.3},
+    )
     ref = selar.generate(tiny_thinking, "How many clips?", "selar", tau=0.3, temperature=0, max_new_tokens=12)[0]
     assert r.usage.completion_tokens == ref.num_tokens
     assert r.usage.model_extra["soft_steps"] == ref.num_soft_steps
@@ -56,20 +70,28 @@ def test_chat_matches_the_api(client, tiny_thinking):
 
 
 def test_completion_and_models(client):
-    r = client.completions.create(model="tiny", prompt="2 + 3 =", max_tokens=5, temperature=0,
-                                  extra_body={"method": "cot"})
+    r = client.completions.create(
+        model="tiny", prompt="2 + 3 =", max_tokens=5, temperature=0, extra_body={"method": "cot"}
+    )
     assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens <= 5
     assert [m.id for m in client.models.list().data] == ["tiny"]
 
 
 def test_streaming_chat_equals_non_streaming(client):
-    kw = dict(model="tiny", messages=[{"role": "user", "content": "Weng earns $12 an hour."}], max_tokens=14,
-              temperature=0.8, seed=3, extra_body={"method": "swir"})
+    kw = dict(
+        model="tiny",
+        messages=[{"role": "user", "content": "Weng earns $12 an hour."}],
+        max_tokens=14,
+        temperature=0.8,
+        seed=3,
+        extra_body={"method": "swir"},
+    )
     full = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks
-                        if c.choices)
+    reasoning = "".join(
+        (c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks if c.choices
+    )
     assert content == full.choices[0].message.content
     assert reasoning.strip() == full.choices[0].message.model_extra["reasoning_content"]
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
@@ -77,21 +99,32 @@ def test_streaming_chat_equals_non_streaming(client):
 
 
 def test_streaming_completion(client):
-    chunks = list(client.completions.create(model="tiny", prompt="First, 48 / 2 = 24.", max_tokens=8, stream=True,
-                                            temperature=0, extra_body={"method": "soft-thinking"}))
+    chunks = list(
+        client.completions.create(
+            model="tiny",
+            prompt="First, 48 / 2 = 24.",
+            max_tokens=8,
+            stream=True,
+            temperature=0,
+            extra_body={"method": "soft-thinking"},
+        )
+    )
     assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
 
 
-@pytest.mark.parametrize("kw,status,match", [
-    (dict(extra_body={"method": "beam"}), 400, "unknown method"),
-    (dict(extra_body={"tau": 3}), 400, "tau must be in"),
-    (dict(extra_body={"tau": "high"}), 400, "tau must be a number"),
-    (dict(extra_body={"tua": 0.3}), 400, "unknown field"),
-    (dict(extra_body={"method": "cot", "tau": 0.3}), 400, "has no option"),
-    (dict(max_tokens=10_000), 400, "max_tokens"),
-    (dict(temperature=-1), 400, "temperature"),
-    (dict(model="gpt-4"), 404, "not served"),
-])
+@pytest.mark.parametrize(
+    "kw,status,match",
+    [
+        (dict(extra_body={"method": "beam"}), 400, "unknown method"),
+        (dict(extra_body={"tau": 3}), 400, "tau must be in"),
+        (dict(extra_body={"tau": "high"}), 400, "tau must be a number"),
+        (dict(extra_body={"tua": 0.3}), 400, "unknown field"),
+        (dict(extra_body={"method": "cot", "tau": 0.3}), 400, "has no option"),
+        (dict(max_tokens=10_000), 400, "max_tokens"),
+        (dict(temperature=-1), 400, "temperature"),
+        (dict(model="gpt-4"), 404, "not served"),
+    ],
+)
 def test_errors(client, kw, status, match):
     args = dict(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     args.update(kw)
@@ -114,10 +147,10 @@ def test_queue_full_answers_503(tiny):
     srv = start_in_thread(tiny, Settings(model_name="tiny", max_tokens=400), max_batch=1, max_queue=1)
     try:
         import concurrent.futures as cf
+
         body = {"model": "tiny", "prompt": "clips", "max_tokens": 400, "temperature": 0, "method": "cot"}
         with cf.ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(lambda _: httpx.post(srv.url + "/v1/completions", json=body, timeout=120),
-                                  range(8)))
+            codes = list(pool.map(lambda _: httpx.post(srv.url + "/v1/completions", json=body, timeout=120), range(8)))
         statuses = sorted(r.status_code for r in codes)
         assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}
         busy = next(r for r in codes if r.status_code == 503)
@@ -128,24 +161,33 @@ def test_queue_full_answers_503(tiny):
 
 # (extra fields, the field the 400 names): each killed the decode thread, or gave 500 (issue 19)
 ISSUE_19 = [
-    ({"seed": 2 ** 63}, "seed"), ({"seed": -(2 ** 63) - 1}, "seed"), ({"seed": 10 ** 30}, "seed"),
-    ({"method": "selar", "k": 10 ** 6}, "k"), ({"method": "selar", "k": 2 ** 63 - 1}, "k"),
-    ({"method": "selar", "k": 2 ** 64}, "k"),
+    ({"seed": 2**63}, "seed"),
+    ({"seed": -(2**63) - 1}, "seed"),
+    ({"seed": 10**30}, "seed"),
+    ({"method": "selar", "k": 10**6}, "k"),
+    ({"method": "selar", "k": 2**63 - 1}, "k"),
+    ({"method": "selar", "k": 2**64}, "k"),
     ({"method": "swir", "answer_prefix": True}, "answer_prefix"),
     ({"method": "swir", "answer_prefix": -1}, "answer_prefix"),
     ({"method": "swir", "answer_prefix": 2.5}, "answer_prefix"),
     ({"method": "swir", "answer_prefix": float("nan")}, "answer_prefix"),
-    ({"method": "swir", "max_switch_count": 2 ** 63}, "max_switch_count"),
-    ({"method": "swir", "max_switch_count": -(2 ** 70)}, "max_switch_count"),
+    ({"method": "swir", "max_switch_count": 2**63}, "max_switch_count"),
+    ({"method": "swir", "max_switch_count": -(2**70)}, "max_switch_count"),
     # a model without latent heads: the method itself is refused, whatever its options
-    ({"method": "adaptive-latent"}, "method"), ({"method": "adaptive-latent", "max_latent_steps": 0}, "method"),
+    ({"method": "adaptive-latent"}, "method"),
+    ({"method": "adaptive-latent", "max_latent_steps": 0}, "method"),
     ({"method": "adaptive-latent", "max_latent_steps": None}, "method"),
     ({"method": "adaptive-latent", "stop_threshold": 0}, "method"),
     ({"method": "adaptive-latent", "stop_threshold": None}, "method"),
-    ({"temperature": 10 ** 30}, "temperature"), ({"temperature": float("inf")}, "temperature"),
-    ({"temperature": float("-inf")}, "temperature"), ({"top_p": float("nan")}, "top_p"),
-    ({"tau": float("nan")}, "tau"), ({"max_tokens": 2 ** 64}, "max_tokens"),
-    ({"model": "\ud800"}, "model"), ({"\ud800": 1}, "body"), ({"stop": ["\udfff"]}, "stop"),
+    ({"temperature": 10**30}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"),
+    ({"temperature": float("-inf")}, "temperature"),
+    ({"top_p": float("nan")}, "top_p"),
+    ({"tau": float("nan")}, "tau"),
+    ({"max_tokens": 2**64}, "max_tokens"),
+    ({"model": "\ud800"}, "model"),
+    ({"\ud800": 1}, "body"),
+    ({"stop": ["\udfff"]}, "stop"),
     ({"method": "\ud800x"}, "method"),
 ]
 
@@ -154,10 +196,48 @@ def _hostile_requests(n: int, seed: int = 0):
     rng = random.Random(seed)
     paths = ["/v1/chat/completions", "/v1/completions"]
     good = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    values = [None, True, -1, 0, 1e308, float("inf"), "", "x" * 50, [], {}, [1, 2], {"a": {"b": []}}, "\u0000",
-              2 ** 70, -0.0, "selar", [{"role": "user"}], [{"role": 5, "content": "x"}]]
-    keys = ["messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "tau", "k", "method", "stream",
-            "seed", "stop", "model", "push_weight", "n", "stream_options", "raw", "gate_scope", "window", "zzz"]
+    values = [
+        None,
+        True,
+        -1,
+        0,
+        1e308,
+        float("inf"),
+        "",
+        "x" * 50,
+        [],
+        {},
+        [1, 2],
+        {"a": {"b": []}},
+        "\u0000",
+        2**70,
+        -0.0,
+        "selar",
+        [{"role": "user"}],
+        [{"role": 5, "content": "x"}],
+    ]
+    keys = [
+        "messages",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tau",
+        "k",
+        "method",
+        "stream",
+        "seed",
+        "stop",
+        "model",
+        "push_weight",
+        "n",
+        "stream_options",
+        "raw",
+        "gate_scope",
+        "window",
+        "zzz",
+    ]
     for i in range(n):
         kind = i % 7
         path = rng.choice(paths)
@@ -177,7 +257,7 @@ def _hostile_requests(n: int, seed: int = 0):
             body = dict(good)
             for _ in range(rng.randint(1, 3)):
                 body[rng.choice(keys)] = rng.choice(values)
-            body["max_tokens"] = rng.choice([0, -1, "2", 2.5, 10 ** 9, True])  # always one invalid value
+            body["max_tokens"] = rng.choice([0, -1, "2", 2.5, 10**9, True])  # always one invalid value
             yield path, json.dumps(body, allow_nan=True).encode(), {"content-type": "application/json"}
         elif kind == 3:  # not an object
             yield path, json.dumps(rng.choice([[], "str", 1, None, [good]])).encode(), {}
@@ -198,27 +278,43 @@ def _hostile_requests(n: int, seed: int = 0):
 def test_issue_19_classes(server, extra, param, stream):
     """Requests that killed the decode thread (or gave 500) are a 400 naming the field, the server
     stays healthy, and a good request still works."""
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "stream": stream,
-            **extra}
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+        "stream": stream,
+        **extra,
+    }
     with httpx.Client(base_url=server.url, timeout=60, headers={"authorization": "Bearer sekret"}) as http:
-        r = http.post("/v1/chat/completions", content=json.dumps(body).encode(),
-                      headers={"content-type": "application/json"})
+        r = http.post(
+            "/v1/chat/completions", content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+        )
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == param, r.text
         assert http.get("/health").json()["status"] == "ok"
-        good = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
-                                                        "max_tokens": 2})
+        good = http.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        )
         assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] >= 1
 
 
-@pytest.mark.parametrize("extra", [{"method": "soft-thinking", "cold_stop": "no"},
-                                   {"method": "swir", "protect_symbols": 1}, {"method": "selar", "gate": "false"},
-                                   {"method": "selar", "gate_scope": 5}, {"ignore_eos": 0}, {"soft_scope": True}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"method": "soft-thinking", "cold_stop": "no"},
+        {"method": "swir", "protect_symbols": 1},
+        {"method": "selar", "gate": "false"},
+        {"method": "selar", "gate_scope": 5},
+        {"ignore_eos": 0},
+        {"soft_scope": True},
+    ],
+)
 def test_boolean_and_text_options_are_type_checked(client, extra):
     name = next(k for k in extra if k != "method")
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
-                                       extra_body=extra)
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2, extra_body=extra
+        )
     assert e.value.body["param"] == name and name in e.value.message
 
 
@@ -238,7 +334,7 @@ def test_every_option_at_its_extremes(server):
     from selar.config import SAMPLING_FIELDS
     from selar.methods import METHODS
 
-    values = [True, -1, 0, 2 ** 63 - 1, -(2 ** 63), 1e308, -1e-308, "x"]
+    values = [True, -1, 0, 2**63 - 1, -(2**63), 1e308, -1e-308, "x"]
     seen, codes = set(), {}
     with httpx.Client(base_url=server.url, timeout=60, headers={"authorization": "Bearer sekret"}) as http:
         for name, spec in METHODS.items():
@@ -280,7 +376,7 @@ def test_stop_strings_in_requests(tiny):
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
         base = dict(model="tiny", prompt="How many clips?", max_tokens=20, temperature=0, extra_body={"method": "cot"})
         full = client.completions.create(**base).choices[0].text
-        stop = full[len(full) // 2:][:3]
+        stop = full[len(full) // 2 :][:3]
         cut = client.completions.create(stop=[stop], **base).choices[0]
         assert cut.finish_reason == "stop" and stop not in cut.text and full.startswith(cut.text)
         assert len(cut.text) < len(full)
@@ -297,9 +393,12 @@ def test_metrics_in_prometheus_text_format(tiny):
     srv = start_in_thread(tiny, Settings(model_name="tiny", max_tokens=16))
     try:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
-        usages = [client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": q}],
-                                                 max_tokens=8, extra_body={"method": "selar"}).usage
-                  for q in ("How many clips?", "Weng earns $12", "hi")]
+        usages = [
+            client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": q}], max_tokens=8, extra_body={"method": "selar"}
+            ).usage
+            for q in ("How many clips?", "Weng earns $12", "hi")
+        ]
         for _ in range(2):
             with pytest.raises(openai.BadRequestError):
                 client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], top_p=2)

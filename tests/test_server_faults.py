@@ -21,8 +21,14 @@ from selar.methods import METHODS, MethodSpec, register  # noqa: E402
 from selar.methods.cot import CoT, CoTOptions  # noqa: E402
 from selar.server import Settings, start_in_thread  # noqa: E402
 
-PROMPTS = ["How many clips did Natalia sell?", "Weng earns $12 an hour.", "First, 48 / 2 = 24.",
-           "Then 48 + 24 = 72.", "0 1 2 3 4 5", "So the final answer is"]
+PROMPTS = [
+    "How many clips did Natalia sell?",
+    "Weng earns $12 an hour.",
+    "First, 48 / 2 = 24.",
+    "Then 48 + 24 = 72.",
+    "0 1 2 3 4 5",
+    "So the final answer is",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,7 +41,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
 
 
 @dataclass
@@ -79,8 +84,11 @@ def faulty_method():
 
 
 def _server(model, **kw):
-    return start_in_thread(model, Settings(model_name="tiny", max_tokens=400, default_max_tokens=16, timeout=60),
-                           **{"max_batch": 16, "max_queue": 64, **kw})
+    return start_in_thread(
+        model,
+        Settings(model_name="tiny", max_tokens=400, default_max_tokens=16, timeout=60),
+        **{"max_batch": 16, "max_queue": 64, **kw},
+    )
 
 
 def _metric(text: str, name: str) -> float:
@@ -96,8 +104,13 @@ def test_a_fault_fails_only_its_group(tiny):
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=120)
 
     def ask(i, method, stream, extra=None):
-        kw = dict(model="tiny", prompt=PROMPTS[i % len(PROMPTS)], max_tokens=12, temperature=0,
-                  extra_body={"method": method, **dict(extra or ())})
+        kw = dict(
+            model="tiny",
+            prompt=PROMPTS[i % len(PROMPTS)],
+            max_tokens=12,
+            temperature=0,
+            extra_body={"method": method, **dict(extra or ())},
+        )
         try:
             if stream:
                 chunks = list(client.completions.create(stream=True, **kw))
@@ -117,13 +130,16 @@ def test_a_fault_fails_only_its_group(tiny):
         for e in faulted:
             assert isinstance(e, openai.APIError), e
             assert "failed while decoding" in e.message and e.body["type"] == "server_error", e.body
-        assert all(isinstance(e, openai.InternalServerError) and e.status_code == 500
-                   for j, e in zip(bad, faulted) if not j[2])  # streamed ones: an error event instead
+        assert all(
+            isinstance(e, openai.InternalServerError) and e.status_code == 500 for j, e in zip(bad, faulted) if not j[2]
+        )  # streamed ones: an error event instead
         for i, m, stream in good:
             want = selar.generate(tiny, [PROMPTS[i % len(PROMPTS)]], m, temperature=0, max_new_tokens=12, raw=True)[0]
             assert results[(i, m, stream)] == (want.text, "length" if want.num_tokens == 12 else "stop"), (i, m)
-        print(f"\nfault injection: {len(faulted)} faulted requests (all server errors), "
-              f"{len(good)}/{len(good)} others completed identical to selar.generate")
+        print(
+            f"\nfault injection: {len(faulted)} faulted requests (all server errors), "
+            f"{len(good)}/{len(good)} others completed identical to selar.generate"
+        )
         # later requests succeed, and nothing is left behind
         assert ask(0, "cot", False) == results[(0, "cot", True)]
         assert ask(1, "test-faulty", True, (("fail_at", -1),))[1] in ("length", "stop")
@@ -161,8 +177,9 @@ def test_repeated_faults_turn_health_unhealthy_until_a_request_succeeds(tiny):
         assert h.json()["status"] == "unhealthy" and "RuntimeError: injected fault in step" in h.json()["cause"]
         assert "3 faults in a row" in h.json()["error"]["message"]
         assert _metric(httpx.get(srv.url + "/metrics").text, "selar_healthy") == 0
-        ok = httpx.post(srv.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 4, "method": "cot"},
-                        timeout=60)
+        ok = httpx.post(
+            srv.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 4, "method": "cot"}, timeout=60
+        )
         assert ok.status_code == 200
         assert httpx.get(srv.url + "/health").status_code == 200
         assert _metric(httpx.get(srv.url + "/metrics").text, "selar_healthy") == 1
@@ -174,8 +191,14 @@ def test_repeated_faults_turn_health_unhealthy_until_a_request_succeeds(tiny):
 def test_capacity_faults_answer_507_with_retry_after(tiny, where):
     srv = _server(tiny)
     try:
-        body = {"prompt": "hi", "max_tokens": 8, "method": "test-faulty", "fail_at": 0, "fail_in": where,
-                "capacity": True}
+        body = {
+            "prompt": "hi",
+            "max_tokens": 8,
+            "method": "test-faulty",
+            "fail_at": 0,
+            "fail_in": where,
+            "capacity": True,
+        }
         r = httpx.post(srv.url + "/v1/completions", json=body, timeout=60)
         assert r.status_code == 507 and r.headers["retry-after"] == "5", r.text
         assert r.json()["error"]["type"] == "capacity_error" and "injected fault" in r.json()["error"]["message"]
@@ -183,8 +206,10 @@ def test_capacity_faults_answer_507_with_retry_after(tiny, where):
         with pytest.raises(openai.APIError, match="ran out of capacity"):
             list(client.completions.create(model="tiny", prompt="hi", max_tokens=8, stream=True, extra_body=body))
         assert 'selar_faults_total{kind="capacity"} 2' in httpx.get(srv.url + "/metrics").text
-        assert httpx.post(srv.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3}, timeout=60).status_code \
+        assert (
+            httpx.post(srv.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3}, timeout=60).status_code
             == 200
+        )
     finally:
         srv.stop()
 
@@ -196,13 +221,19 @@ def test_a_prefill_fault_spares_the_rows_already_decoding(tiny):
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=120)
     try:
         with cf.ThreadPoolExecutor(2) as pool:
-            other = pool.submit(client.completions.create, model="tiny", prompt=PROMPTS[0], max_tokens=40,
-                                temperature=0, extra_body={"method": "test-faulty", "fail_at": -1, "delay": 0.02,
-                                                           "capacity": True})
+            other = pool.submit(
+                client.completions.create,
+                model="tiny",
+                prompt=PROMPTS[0],
+                max_tokens=40,
+                temperature=0,
+                extra_body={"method": "test-faulty", "fail_at": -1, "delay": 0.02, "capacity": True},
+            )
             time.sleep(0.3)
             with pytest.raises(openai.InternalServerError, match="failed while decoding"):
-                client.completions.create(model="tiny", prompt="hi", max_tokens=4,
-                                          extra_body={"method": "test-faulty", "fail_in": "prefill"})
+                client.completions.create(
+                    model="tiny", prompt="hi", max_tokens=4, extra_body={"method": "test-faulty", "fail_in": "prefill"}
+                )
             r = other.result(timeout=120)
         want = selar.generate(tiny, [PROMPTS[0]], "cot", temperature=0, max_new_tokens=40, raw=True)[0]
         assert r.choices[0].text == want.text
@@ -212,14 +243,21 @@ def test_a_prefill_fault_spares_the_rows_already_decoding(tiny):
 
 # -- issue 16, bug 5: a stream that ends in an error or a cancellation never says finish_reason "stop"
 
+
 def test_bug5_a_stream_whose_row_fails_raises_instead_of_finishing(tiny):
     srv = start_in_thread(tiny, Settings(model_name="tiny", max_tokens=64), max_batch=4)
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
     try:
         seen = []
         with pytest.raises(openai.APIError) as e:
-            for c in client.completions.create(model="tiny", prompt="How many clips?", max_tokens=20, stream=True,
-                                               temperature=0, extra_body={"method": "test-faulty", "fail_at": 4}):
+            for c in client.completions.create(
+                model="tiny",
+                prompt="How many clips?",
+                max_tokens=20,
+                stream=True,
+                temperature=0,
+                extra_body={"method": "test-faulty", "fail_at": 4},
+            ):
                 seen.append(c.choices[0].finish_reason)
         assert "stop" not in seen and e.value.body["code"] == 500
     finally:
@@ -233,8 +271,14 @@ def test_bug5_a_stream_whose_row_is_cancelled_raises_instead_of_finishing(tiny):
         seen = []
         # (greedy, this prompt runs to 200 tokens)
         msgs = [{"role": "user", "content": "Weng earns $12 an hour."}]
-        stream = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=200, stream=True, temperature=0,
-                                                extra_body={"method": "test-faulty", "fail_at": -1, "delay": 0.02})
+        stream = client.chat.completions.create(
+            model="tiny",
+            messages=msgs,
+            max_tokens=200,
+            stream=True,
+            temperature=0,
+            extra_body={"method": "test-faulty", "fail_at": -1, "delay": 0.02},
+        )
         with pytest.raises(openai.APIError):
             for i, c in enumerate(stream):
                 seen.append(c.choices[0].finish_reason)

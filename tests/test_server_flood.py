@@ -27,8 +27,24 @@ from selar.engines.transformers import TransformersEngine  # noqa: E402
 from selar.server import Settings, start_in_thread  # noqa: E402
 from selar.server.prefill import Prefilled, transformers_chunks  # noqa: E402
 
-WORDS = ["Natalia", "sold", "clips", "to", "48", "of", "her", "friends", "in", "April", "and", "then", "half", "as",
-         "many", "May"]
+WORDS = [
+    "Natalia",
+    "sold",
+    "clips",
+    "to",
+    "48",
+    "of",
+    "her",
+    "friends",
+    "in",
+    "April",
+    "and",
+    "then",
+    "half",
+    "as",
+    "many",
+    "May",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,7 +57,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
 
 
 class SlowEngine(TransformersEngine):
@@ -75,16 +90,25 @@ def settled(srv, timeout: float = 30.0):
     deadline = time.time() + timeout
     while True:
         s = srv.scheduler.state()
-        if not (s.jobs or s.running or s.queued or s.sessions or s.prefilling or s.per_job_state) \
-                or time.time() > deadline:
+        if (
+            not (s.jobs or s.running or s.queued or s.sessions or s.prefilling or s.per_job_state)
+            or time.time() > deadline
+        ):
             return s
         time.sleep(0.05)
 
 
 async def _client(http, i: int, rng: random.Random, prompts: list[str]) -> str:
     """One streaming client that goes away at a random point (or reads to the end)."""
-    body = {"model": "tiny", "prompt": rng.choice(prompts), "max_tokens": rng.choice([8, 16, 32]), "stream": True,
-            "method": rng.choice(["cot", "selar", "soft-thinking"]), "temperature": 0.7, "seed": i}
+    body = {
+        "model": "tiny",
+        "prompt": rng.choice(prompts),
+        "max_tokens": rng.choice([8, 16, 32]),
+        "stream": True,
+        "method": rng.choice(["cot", "selar", "soft-thinking"]),
+        "temperature": 0.7,
+        "seed": i,
+    }
     how = rng.choice(["early", "events", "events", "full"])
     if how == "early":  # gone before the first event: while queued, prefilling, or before the response
         task = asyncio.ensure_future(http.post("/v1/completions", json=body))
@@ -95,7 +119,7 @@ async def _client(http, i: int, rng: random.Random, prompts: list[str]) -> str:
         except (asyncio.CancelledError, httpx.HTTPError):
             pass
         return how
-    k = rng.randint(0, 12) if how == "events" else 10 ** 6
+    k = rng.randint(0, 12) if how == "events" else 10**6
     async with http.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200, await r.aread()
         n, last = 0, ""
@@ -109,8 +133,9 @@ async def _client(http, i: int, rng: random.Random, prompts: list[str]) -> str:
 
 
 def test_200_streaming_clients_that_disconnect_leave_nothing_behind(tiny):
-    srv = start_in_thread(tiny, Settings(model_name="tiny", max_tokens=32, timeout=120), max_batch=32,
-                          max_queue=256, prefill_chunk=64)
+    srv = start_in_thread(
+        tiny, Settings(model_name="tiny", max_tokens=32, timeout=120), max_batch=32, max_queue=256, prefill_chunk=64
+    )
     rng = random.Random(0)
     prompts = ["hi", "How many clips?", long_text(tiny.tokenizer, 100), long_text(tiny.tokenizer, 200, 1)]
     proc = psutil.Process()
@@ -130,14 +155,23 @@ def test_200_streaming_clients_that_disconnect_leave_nothing_behind(tiny):
         s = settled(srv)
         gc.collect()
         rss1 = proc.memory_info().rss
-        left = dict(jobs=s.jobs, running=s.running, prefilling=s.prefilling, queued=s.queued, sessions=s.sessions,
-                    per_job_state=s.per_job_state, pending=len(srv.scheduler.pending))
+        left = dict(
+            jobs=s.jobs,
+            running=s.running,
+            prefilling=s.prefilling,
+            queued=s.queued,
+            sessions=s.sessions,
+            per_job_state=s.per_job_state,
+            pending=len(srv.scheduler.pending),
+        )
         how = ", ".join(f"{k} {kinds.count(k)}" for k in sorted(set(kinds)))
-        print(f"\n200 disconnecting streaming clients ({how}) in {time.time() - t0:.1f} s: left behind {left}; "
-              f"RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB "
-              f"({(rss1 - rss0) / 2**20:+.1f} MiB, margin 64 MiB)")
+        print(
+            f"\n200 disconnecting streaming clients ({how}) in {time.time() - t0:.1f} s: left behind {left}; "
+            f"RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB "
+            f"({(rss1 - rss0) / 2**20:+.1f} MiB, margin 64 MiB)"
+        )
         assert all(v == 0 for v in left.values()), left
-        assert rss1 - rss0 < 64 * 2 ** 20
+        assert rss1 - rss0 < 64 * 2**20
         assert httpx.get(srv.url + "/health").json()["status"] == "ok"
     finally:
         srv.stop()
@@ -180,8 +214,12 @@ def test_chunked_prefill_lets_a_short_request_through(tiny):
         srv = start_in_thread(model, Settings(model_name="tiny", max_tokens=8), max_batch=4, prefill_chunk=chunk)
         try:
             with cf.ThreadPoolExecutor(1) as pool:
-                long = pool.submit(httpx.post, srv.url + "/v1/completions", timeout=60,
-                                   json={"prompt": text, "max_tokens": 1, "temperature": 0, "method": "cot"})
+                long = pool.submit(
+                    httpx.post,
+                    srv.url + "/v1/completions",
+                    timeout=60,
+                    json={"prompt": text, "max_tokens": 1, "temperature": 0, "method": "cot"},
+                )
                 time.sleep(0.3)  # the long prefill has begun
                 t0 = time.time()
                 short = httpx.post(srv.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
@@ -191,8 +229,10 @@ def test_chunked_prefill_lets_a_short_request_through(tiny):
             assert long.result().json()["choices"][0]["text"] == want
         finally:
             srv.stop()
-    print(f"\n2-token request behind a 400-token prompt: {waits[32][0]:.2f} s with chunked prefill, "
-          f"{waits[0][0]:.2f} s without")
+    print(
+        f"\n2-token request behind a 400-token prompt: {waits[32][0]:.2f} s with chunked prefill, "
+        f"{waits[0][0]:.2f} s without"
+    )
     assert waits[32][1] is False  # finished while the long prompt was still prefilling
     assert waits[0][1] is True  # without chunks it waited for the whole prefill (and the long row's step)
 
@@ -255,10 +295,14 @@ def test_prompts_are_tokenised_off_the_event_loop():
         poller = threading.Thread(target=poll)
         poller.start()
         with cf.ThreadPoolExecutor(3) as pool:
-            rs = list(pool.map(lambda _: httpx.post(srv.url + "/v1/completions", json={"prompt": big}, timeout=60),
-                               range(3)))
-        small = httpx.post(srv.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
-                                                                   "max_tokens": 2}, timeout=60)
+            rs = list(
+                pool.map(lambda _: httpx.post(srv.url + "/v1/completions", json={"prompt": big}, timeout=60), range(3))
+            )
+        small = httpx.post(
+            srv.url + "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            timeout=60,
+        )
         stop.set()
         poller.join()
         assert [r.status_code for r in rs] == [400] * 3 and small.status_code == 200
@@ -275,10 +319,12 @@ def test_prompts_are_tokenised_off_the_event_loop():
 def test_a_body_that_never_arrives_times_out(tiny):
     srv = start_in_thread(tiny, Settings(model_name="tiny", body_timeout=1.0))
     try:
-        host, port = srv.url[len("http://"):].split(":")
+        host, port = srv.url[len("http://") :].split(":")
         with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 100\r\n\r\n{\"prompt\": ")
+            s.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"prompt": '
+            )
             t0 = time.time()
             reply = s.recv(4096).decode()
             waited = time.time() - t0

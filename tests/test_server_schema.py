@@ -43,17 +43,29 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def served(tiny_thinking):
-    srv = start_in_thread(tiny_thinking, Settings(model_name="tiny", api_key="sekret", max_tokens=8,
-                                                  default_max_tokens=4, max_body_bytes=64 * 1024, timeout=60),
-                          max_batch=8, max_queue=64)
+    srv = start_in_thread(
+        tiny_thinking,
+        Settings(
+            model_name="tiny",
+            api_key="sekret",
+            max_tokens=8,
+            default_max_tokens=4,
+            max_body_bytes=64 * 1024,
+            timeout=60,
+        ),
+        max_batch=8,
+        max_queue=64,
+    )
     schema = schemathesis.openapi.from_url(srv.url + "/openapi.json")
     yield srv, schema
     srv.stop()
     if TOTALS:
         codes = ", ".join(f"{k}: {v}" for k, v in sorted(TOTALS.items()) if k.isdigit())
-        print(f"\nschemathesis: {TOTALS['requests']} requests over {TOTALS['operations']} operation/mode pairs; "
-              f"status codes {{{codes}}}; 5xx: {sum(v for k, v in TOTALS.items() if k.startswith('5'))}; "
-              f"4xx without an error body: {TOTALS['bad_4xx']}")
+        print(
+            f"\nschemathesis: {TOTALS['requests']} requests over {TOTALS['operations']} operation/mode pairs; "
+            f"status codes {{{codes}}}; 5xx: {sum(v for k, v in TOTALS.items() if k.startswith('5'))}; "
+            f"4xx without an error body: {TOTALS['bad_4xx']}"
+        )
 
 
 def test_the_schema_describes_every_request_field(served):
@@ -74,8 +86,9 @@ def test_the_schema_describes_every_request_field(served):
 
 
 # invalid requests only where there is something to make invalid (a body, or the bearer header)
-CASES = [(op, GenerationMode.POSITIVE) for op in OPERATIONS] + \
-    [(op, GenerationMode.NEGATIVE) for op in OPERATIONS if op.startswith("POST") or op.endswith("models")]
+CASES = [(op, GenerationMode.POSITIVE) for op in OPERATIONS] + [
+    (op, GenerationMode.NEGATIVE) for op in OPERATIONS if op.startswith("POST") or op.endswith("models")
+]
 
 
 @pytest.mark.parametrize("label,mode", CASES, ids=lambda v: v.value if isinstance(v, GenerationMode) else v)
@@ -88,8 +101,14 @@ def test_schemathesis(served, label, mode):
         checks.append(negative_data_rejection)
     seen = Counter()
 
-    @hypothesis.settings(max_examples=EXAMPLES[method], deadline=None, derandomize=True, database=None,
-                         suppress_health_check=list(hypothesis.HealthCheck), phases=[hypothesis.Phase.generate])
+    @hypothesis.settings(
+        max_examples=EXAMPLES[method],
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+        phases=[hypothesis.Phase.generate],
+    )
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
     def run(case):
         response = case.call(base_url=srv.url, headers=AUTH, timeout=60)
@@ -103,8 +122,11 @@ def test_schemathesis(served, label, mode):
             assert ok, response.text[:300]
         ctype = response.headers.get("content-type") or [""]
         if (ctype[0] if isinstance(ctype, list) else ctype).startswith("text/event-stream"):
-            events = [json.loads(line[6:]) for line in response.text.splitlines()
-                      if line.startswith("data: ") and line != "data: [DONE]"]
+            events = [
+                json.loads(line[6:])
+                for line in response.text.splitlines()
+                if line.startswith("data: ") and line != "data: [DONE]"
+            ]
             assert events and not any("error" in e for e in events), response.text[:300]
         case.validate_response(response, checks=checks, headers=AUTH)
 

@@ -6,21 +6,30 @@ from __future__ import annotations
 import pytest
 
 import selar
-from selar.methods import make_config
 from selar.decode import DecodeSession
 from selar.engines import TransformersEngine
-from selar.methods import get_method_spec
+from selar.methods import get_method_spec, make_config
 
-PROMPTS = ["How many clips did Natalia sell?", "2 + 3 =", "Weng earns $12 an hour for babysitting. How much?",
-           "First, 48 / 2 = 24. Then"]
+PROMPTS = [
+    "How many clips did Natalia sell?",
+    "2 + 3 =",
+    "Weng earns $12 an hour for babysitting. How much?",
+    "First, 48 / 2 = 24. Then",
+]
 
 
 def session(model, method, **kw):
     cfg = make_config(method, **kw)
     meth = get_method_spec(method).factory(cfg.options, model.vocab_info())
-    return DecodeSession(TransformersEngine(model.hf_model, pad_id=model.pad_id), meth, cfg.sampling,
-                         stop_ids=model.stop_ids, think_end=model.think_end, reasoning_scope=True,
-                         max_positions=model.max_positions)
+    return DecodeSession(
+        TransformersEngine(model.hf_model, pad_id=model.pad_id),
+        meth,
+        cfg.sampling,
+        stop_ids=model.stop_ids,
+        think_end=model.think_end,
+        reasoning_scope=True,
+        max_positions=model.max_positions,
+    )
 
 
 @pytest.mark.parametrize("method", ["cot", "selar", "swir", "soft-thinking"])

@@ -28,18 +28,27 @@ class RunningServer:
         self.scheduler.stop()
 
 
-def build(model, settings: Settings, max_batch: int = 32, max_queue: int = 256, prefill_chunk: int = 512,
-          fault_limit: int = 3):
+def build(
+    model, settings: Settings, max_batch: int = 32, max_queue: int = 256, prefill_chunk: int = 512, fault_limit: int = 3
+):
     """(app, scheduler): the ASGI app and its started decode thread."""
-    scheduler = Scheduler(model, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk,
-                          fault_limit=fault_limit)
+    scheduler = Scheduler(
+        model, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk, fault_limit=fault_limit
+    )
     scheduler.start()
     return create_app(model, scheduler, settings), scheduler
 
 
-def start_in_thread(model, settings: Optional[Settings] = None, host: str = "127.0.0.1", port: int = 0,
-                    max_batch: int = 32, max_queue: int = 256, prefill_chunk: int = 512,
-                    fault_limit: int = 3) -> RunningServer:
+def start_in_thread(
+    model,
+    settings: Optional[Settings] = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_batch: int = 32,
+    max_queue: int = 256,
+    prefill_chunk: int = 512,
+    fault_limit: int = 3,
+) -> RunningServer:
     import uvicorn
 
     settings = settings or Settings(model_name=model.name)
@@ -57,5 +66,16 @@ def start_in_thread(model, settings: Optional[Settings] = None, host: str = "127
     return RunningServer(server, thread, scheduler, f"http://{host}:{port}")
 
 
-__all__ = ["APIError", "Settings", "Scheduler", "Snapshot", "Job", "Fault", "create_app", "parse_request", "build",
-           "start_in_thread", "RunningServer"]
+__all__ = [
+    "APIError",
+    "Settings",
+    "Scheduler",
+    "Snapshot",
+    "Job",
+    "Fault",
+    "create_app",
+    "parse_request",
+    "build",
+    "start_in_thread",
+    "RunningServer",
+]

@@ -36,10 +36,15 @@ def fault_error(job: Job, row) -> APIError:
     """The error of a job whose row did not end normally (a fault, or a shutdown)."""
     f = job.fault
     if f is None:  # cancelled without a fault: only a shutdown cancels a live client's row
-        return APIError(503, "the request was cancelled by the server; retry later", type_="unavailable",
-                        headers={"Retry-After": "5"})
-    return APIError(f.status, f.message, type_=f.type,
-                    headers={"Retry-After": str(f.retry_after)} if f.retry_after else None)
+        return APIError(
+            503,
+            "the request was cancelled by the server; retry later",
+            type_="unavailable",
+            headers={"Retry-After": "5"},
+        )
+    return APIError(
+        f.status, f.message, type_=f.type, headers={"Retry-After": str(f.retry_after)} if f.retry_after else None
+    )
 
 
 async def _disconnected(request: Request) -> None:
@@ -51,9 +56,14 @@ async def _disconnected(request: Request) -> None:
 
 
 def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
-    app = FastAPI(title="selar", version="1", docs_url="/docs" if settings.docs else None, redoc_url=None,
-                  description="OpenAI-compatible completions with selective latent reasoning (SeLaR) and its "
-                              "baselines; the method and its options are extra body fields.")
+    app = FastAPI(
+        title="selar",
+        version="1",
+        docs_url="/docs" if settings.docs else None,
+        redoc_url=None,
+        description="OpenAI-compatible completions with selective latent reasoning (SeLaR) and its "
+        "baselines; the method and its options are extra body fields.",
+    )
     schema.install(app, settings)
     metrics = Metrics()
     check = MethodCheck(model)
@@ -67,8 +77,9 @@ def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):
-        return error_response(exc.status_code, str(exc.detail),
-                              type_="invalid_request_error" if exc.status_code < 500 else "server_error")
+        return error_response(
+            exc.status_code, str(exc.detail), type_="invalid_request_error" if exc.status_code < 500 else "server_error"
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, exc):
@@ -103,8 +114,11 @@ def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
         except ClientDisconnect:
             raise APIError(499, "the client closed the request") from None  # for the log and /metrics only
         except asyncio.TimeoutError:
-            raise APIError(408, f"the request body did not arrive within {settings.body_timeout:g} s",
-                           headers={"Connection": "close"}) from None
+            raise APIError(
+                408,
+                f"the request body did not arrive within {settings.body_timeout:g} s",
+                headers={"Connection": "close"},
+            ) from None
         return bytes(body)
 
     def parse(raw: bytes, kind: str):
@@ -120,14 +134,26 @@ def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
         loop = asyncio.get_running_loop()
         parsed = await loop.run_in_executor(pool, parse, raw, kind)
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
-        reply = Reply(kind, rid, int(time.time()), settings.model_name, parsed.config.method,
-                      len(parsed.prompt_ids), model.is_thinking)
+        reply = Reply(
+            kind,
+            rid,
+            int(time.time()),
+            settings.model_name,
+            parsed.config.method,
+            len(parsed.prompt_ids),
+            model.is_thinking,
+        )
         text = Text(model, parsed.config.sampling.stop)
         if parsed.stream:
             return stream(request, parsed, reply, text)
         done: asyncio.Future = loop.create_future()
-        job = Job(parsed.prompt_ids, parsed.config, None, lambda row: loop.call_soon_threadsafe(_set, done, row),
-                  request_id=rid)
+        job = Job(
+            parsed.prompt_ids,
+            parsed.config,
+            None,
+            lambda row: loop.call_soon_threadsafe(_set, done, row),
+            request_id=rid,
+        )
         submit(job)
         gone = asyncio.ensure_future(_disconnected(request))
         try:
@@ -154,16 +180,20 @@ def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
         try:
             scheduler.submit(job)
         except QueueFull:
-            raise APIError(503, "the server is busy (queue full); retry later", type_="server_error",
-                           headers={"Retry-After": "1"}) from None
+            raise APIError(
+                503, "the server is busy (queue full); retry later", type_="server_error", headers={"Retry-After": "1"}
+            ) from None
 
     def stream(request: Request, parsed, reply: Reply, text: Text) -> StreamingResponse:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        job = Job(parsed.prompt_ids, parsed.config,
-                  on_tokens=lambda ids, soft: loop.call_soon_threadsafe(queue.put_nowait, ("tokens", ids, soft)),
-                  on_done=lambda row: loop.call_soon_threadsafe(queue.put_nowait, ("done", row, 0)),
-                  request_id=reply.id)
+        job = Job(
+            parsed.prompt_ids,
+            parsed.config,
+            on_tokens=lambda ids, soft: loop.call_soon_threadsafe(queue.put_nowait, ("tokens", ids, soft)),
+            on_done=lambda row: loop.call_soon_threadsafe(queue.put_nowait, ("done", row, 0)),
+            request_id=reply.id,
+        )
         submit(job)
         state = {"finished": False}
 
@@ -183,8 +213,9 @@ def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
                         ev, a, b = await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time()))
                     except asyncio.TimeoutError:
                         metrics.stream_errors["timeout_error"] += 1
-                        yield error_event(504, f"the request did not finish within {settings.timeout:g} s",
-                                          "timeout_error")
+                        yield error_event(
+                            504, f"the request did not finish within {settings.timeout:g} s", "timeout_error"
+                        )
                         return
                     if ev == "tokens":
                         soft += b
@@ -205,8 +236,9 @@ def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
             finally:
                 close()
 
-        return SSE(events(), close, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                                             "X-Request-Id": reply.id})
+        return SSE(
+            events(), close, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": reply.id}
+        )
 
     @app.post("/v1/chat/completions", responses=schema.completion_responses(schema.ChatCompletion))
     async def chat(request: Request):
@@ -221,8 +253,10 @@ def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
     @app.get("/v1/models", responses={200: {"model": schema.ModelList}, 401: schema.ERRORS[401]})
     async def models(request: Request):
         check_auth(request)
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
-                                            "owned_by": "selar"}]}
+        return {
+            "object": "list",
+            "data": [{"id": settings.model_name, "object": "model", "created": 0, "owned_by": "selar"}],
+        }
 
     @app.get("/health", responses={200: {"model": schema.Health}, 503: schema.ERRORS[503]})
     async def health():
@@ -231,12 +265,25 @@ def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
         if not s.healthy:
             body = error_body(503, f"unhealthy: {s.cause}", None, "unavailable")
             return JSONResponse({**body, "status": "unhealthy", "cause": s.cause}, status_code=503)
-        return {"status": "ok", "model": settings.model_name, "active": s.running, "queued": s.queued,
-                "prefilling": s.prefilling, "faults": s.faults}
+        return {
+            "status": "ok",
+            "model": settings.model_name,
+            "active": s.running,
+            "queued": s.queued,
+            "prefilling": s.prefilling,
+            "faults": s.faults,
+        }
 
-    @app.get("/metrics", response_class=Response,
-             responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
-                              "description": "Prometheus text format"}})
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
+                "description": "Prometheus text format",
+            }
+        },
+    )
     async def prometheus():
         return Response(metrics.render(scheduler.state()), media_type=CONTENT_TYPE)
 

@@ -25,8 +25,9 @@ class Fault:
 def classify(e: BaseException) -> Fault:
     name = type(e).__name__
     if isinstance(e, (CapacityError, MemoryError)) or name == "OutOfMemoryError":
-        return Fault(507, f"the server ran out of capacity for this request ({name}: {str(e)[:200]}); retry later",
-                     retry_after=5)
+        return Fault(
+            507, f"the server ran out of capacity for this request ({name}: {str(e)[:200]}); retry later", retry_after=5
+        )
     return Fault(500, f"the server failed while decoding this request ({name}); other requests are not affected")
 
 

@@ -33,24 +33,47 @@ class Metrics:
                 v = repr(float(value)) if isinstance(value, float) else str(int(value))
                 out.append(f"{name}{labels} {v}")
 
-        metric("selar_requests_total", "counter", "HTTP requests answered, by endpoint and status code.",
-               [(f'{{path="{p}",status="{c}"}}', n) for (p, c), n in sorted(self.requests.items())])
-        metric("selar_stream_errors_total", "counter", "Streams that ended with an error event, by error type.",
-               [(f'{{type="{t}"}}', n) for t, n in sorted(self.stream_errors.items())])
+        metric(
+            "selar_requests_total",
+            "counter",
+            "HTTP requests answered, by endpoint and status code.",
+            [(f'{{path="{p}",status="{c}"}}', n) for (p, c), n in sorted(self.requests.items())],
+        )
+        metric(
+            "selar_stream_errors_total",
+            "counter",
+            "Streams that ended with an error event, by error type.",
+            [(f'{{type="{t}"}}', n) for t, n in sorted(self.stream_errors.items())],
+        )
         metric("selar_queue_length", "gauge", "Requests waiting for a row.", [("", s.queued)])
         metric("selar_running_rows", "gauge", "Rows decoding.", [("", s.running)])
-        metric("selar_prefilling_rows", "gauge", "Rows whose long prompt is being prefilled in chunks.",
-               [("", s.prefilling)])
-        metric("selar_sessions", "gauge", "Decode sessions (one per method and sampling settings).",
-               [("", s.sessions)])
+        metric(
+            "selar_prefilling_rows",
+            "gauge",
+            "Rows whose long prompt is being prefilled in chunks.",
+            [("", s.prefilling)],
+        )
+        metric("selar_sessions", "gauge", "Decode sessions (one per method and sampling settings).", [("", s.sessions)])
         metric("selar_tokens_total", "counter", "Tokens emitted.", [("", s.tokens)])
         metric("selar_soft_steps_total", "counter", "Tokens emitted at soft steps.", [("", s.soft)])
-        metric("selar_soft_step_share", "gauge", "Share of soft steps among the tokens emitted.",
-               [("", s.soft / s.tokens if s.tokens else 0.0)])
-        metric("selar_tokens_per_second", "gauge", "Tokens emitted per second over the last ~10 s.",
-               [("", float(s.tokens_per_s))])
-        metric("selar_faults_total", "counter", "Decode sessions that faulted, by kind.",
-               [('{kind="capacity"}', s.capacity_faults), ('{kind="server"}', s.faults - s.capacity_faults)])
+        metric(
+            "selar_soft_step_share",
+            "gauge",
+            "Share of soft steps among the tokens emitted.",
+            [("", s.soft / s.tokens if s.tokens else 0.0)],
+        )
+        metric(
+            "selar_tokens_per_second",
+            "gauge",
+            "Tokens emitted per second over the last ~10 s.",
+            [("", float(s.tokens_per_s))],
+        )
+        metric(
+            "selar_faults_total",
+            "counter",
+            "Decode sessions that faulted, by kind.",
+            [('{kind="capacity"}', s.capacity_faults), ('{kind="server"}', s.faults - s.capacity_faults)],
+        )
         metric("selar_failed_rows_total", "counter", "Rows failed by faults.", [("", s.failed_rows)])
         metric("selar_healthy", "gauge", "1 when /health answers 200.", [("", int(s.healthy))])
         return "\n".join(out) + "\n"

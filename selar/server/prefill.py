@@ -61,8 +61,8 @@ def transformers_chunks(eng: Any, prompts: list[list[int]], chunk: int) -> Gener
     ids = torch.full((len(prompts), width), eng.pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
     ids, mask = ids.to(eng.device), mask.to(eng.device)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     cache, hidden, logits = caches.new_cache(eng.model, len(prompts)), None, torch.empty(0)

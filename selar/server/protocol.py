@@ -19,14 +19,31 @@ from ..errors import SelarError
 from ..methods import all_option_names, get_method_spec, make_config, option_names
 
 # fields OpenAI clients send that are accepted and ignored
-IGNORED = frozenset({
-    "user", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "response_format",
-    "service_tier", "service_level", "parallel_tool_calls", "metadata", "store", "echo", "best_of", "suffix",
-    "reasoning_effort", "modalities",
-})
+IGNORED = frozenset(
+    {
+        "user",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "service_tier",
+        "service_level",
+        "parallel_tool_calls",
+        "metadata",
+        "store",
+        "echo",
+        "best_of",
+        "suffix",
+        "reasoning_effort",
+        "modalities",
+    }
+)
 # fields of the API itself (the method's options and the sampling settings come on top)
-API_FIELDS = frozenset({"model", "stream", "stream_options", "n", "max_tokens", "max_completion_tokens", "method",
-                        "raw", "stop"})
+API_FIELDS = frozenset(
+    {"model", "stream", "stream_options", "n", "max_tokens", "max_completion_tokens", "method", "raw", "stop"}
+)
 ROLES = ("system", "user", "assistant", "developer", "tool")
 MAX_STOPS = 8
 
@@ -49,8 +66,14 @@ class Settings:
 class APIError(Exception):
     """An error answered with an OpenAI-style body: {"error": {message, type, param, code}}."""
 
-    def __init__(self, status: int, message: str, param: Optional[str] = None, type_: str = "invalid_request_error",
-                 headers: Optional[dict] = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: Optional[str] = None,
+        type_: str = "invalid_request_error",
+        headers: Optional[dict] = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.type, self.headers = status, message, param, type_, headers or {}
 
@@ -64,8 +87,14 @@ def safe_text(s: Any) -> str:
 
 
 def error_body(status: int, message: str, param: Optional[str] = None, type_: str = "invalid_request_error") -> dict:
-    return {"error": {"message": safe_text(message), "type": type_,
-                      "param": None if param is None else safe_text(param), "code": status}}
+    return {
+        "error": {
+            "message": safe_text(message),
+            "type": type_,
+            "param": None if param is None else safe_text(param),
+            "code": status,
+        }
+    }
 
 
 class Parsed(NamedTuple):
@@ -105,8 +134,9 @@ def check_text(body: Any) -> None:
         else:
             bad = False
         if bad:
-            raise APIError(400, f"'{top or 'body'}' holds a lone UTF-16 surrogate (such as \\ud800), which is not "
-                                f"text", top)
+            raise APIError(
+                400, f"'{top or 'body'}' holds a lone UTF-16 surrogate (such as \\ud800), which is not text", top
+            )
 
 
 def _has_surrogate(s: str) -> bool:
@@ -138,8 +168,9 @@ class MethodCheck:
         except SelarError:
             raise
         except Exception as e:  # an option the method's own validation missed
-            raise APIError(400, f"method {cfg.method} refuses these options: {type(e).__name__}: "
-                                f"{str(e)[:200]}", "method") from None
+            raise APIError(
+                400, f"method {cfg.method} refuses these options: {type(e).__name__}: {str(e)[:200]}", "method"
+            ) from None
         with self.lock:
             self.seen[key] = True
             while len(self.seen) > self.size:
@@ -178,8 +209,9 @@ def _messages(body: dict) -> list[dict]:
             raise APIError(400, f"messages[{i}] needs a role of {', '.join(ROLES)}", "messages")
         content = m.get("content")
         if isinstance(content, list):  # content parts: the text ones
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
                 raise APIError(400, f"messages[{i}].content parts must be text parts", "messages")
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
@@ -261,16 +293,25 @@ def parse_request(body: Any, kind: str, model, settings: Settings, check: Option
     if "model" in body:
         _need("model", isinstance(body["model"], str), "a string")
         if body["model"] not in (settings.model_name, "selar"):
-            raise APIError(404, f"model '{body['model']}' is not served here; this server serves "
-                                f"'{settings.model_name}'", "model", "not_found_error")
+            raise APIError(
+                404,
+                f"model '{body['model']}' is not served here; this server serves '{settings.model_name}'",
+                "model",
+                "not_found_error",
+            )
     stream = body.get("stream", False)
     stream = False if stream is None else stream
     _need("stream", isinstance(stream, bool), "true or false")
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
-        _need("stream_options", isinstance(options, dict) and set(options) <= {"include_usage"}
-              and isinstance(options.get("include_usage", False), bool), 'an object {"include_usage": true|false}')
+        _need(
+            "stream_options",
+            isinstance(options, dict)
+            and set(options) <= {"include_usage"}
+            and isinstance(options.get("include_usage", False), bool),
+            'an object {"include_usage": true|false}',
+        )
         include_usage = bool(options.get("include_usage", False))
     n = body.get("n")
     if n is not None and (not _is_int(n) or n != 1):
@@ -319,13 +360,20 @@ def parse_request(body: Any, kind: str, model, settings: Settings, check: Option
     except APIError:
         raise
     except Exception as e:  # the tokenizer refuses this text
-        raise APIError(400, f"the prompt could not be tokenised ({type(e).__name__}: {str(e)[:200]})",
-                       "messages" if kind == "chat" else "prompt") from None
+        raise APIError(
+            400,
+            f"the prompt could not be tokenised ({type(e).__name__}: {str(e)[:200]})",
+            "messages" if kind == "chat" else "prompt",
+        ) from None
     where = "messages" if kind == "chat" else "prompt"
     if model.max_positions and len(prompt_ids) >= model.max_positions:
-        raise APIError(400, f"the prompt has {len(prompt_ids)} tokens, more than the model's context of "
-                            f"{model.max_positions}", where)
+        raise APIError(
+            400,
+            f"the prompt has {len(prompt_ids)} tokens, more than the model's context of {model.max_positions}",
+            where,
+        )
     if len(prompt_ids) > settings.max_prompt_tokens:
-        raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; this server allows "
-                            f"{settings.max_prompt_tokens}", where)
+        raise APIError(
+            400, f"the prompt has {len(prompt_ids)} tokens; this server allows {settings.max_prompt_tokens}", where
+        )
     return Parsed(prompt_ids, cfg, stream, include_usage)

@@ -72,8 +72,9 @@ class _Prefill:
 
 
 class Scheduler:
-    def __init__(self, model, max_batch: int = 32, max_queue: int = 256, prefill_chunk: int = 512,
-                 fault_limit: int = 3):
+    def __init__(
+        self, model, max_batch: int = 32, max_queue: int = 256, prefill_chunk: int = 512, fault_limit: int = 3
+    ):
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
         self.prefill_chunk, self.fault_limit = prefill_chunk, fault_limit
         # shared with the web server, under cv
@@ -188,8 +189,9 @@ class Scheduler:
 
     def _session(self, job: Job) -> DecodeSession:
         if job.key not in self.sessions:
-            self.sessions[job.key] = self.model.new_session(job.config, on_step=self._on_step,
-                                                            stop_check=self._stop_check)
+            self.sessions[job.key] = self.model.new_session(
+                job.config, on_step=self._on_step, stop_check=self._stop_check
+            )
         return self.sessions[job.key]
 
     def _admit(self, taken: list[Job]) -> None:
@@ -206,8 +208,9 @@ class Scheduler:
             n = len(job.prompt_ids)
             chunks = chunks_for(sess.engine) if self.prefill_chunk and n > self.prefill_chunk else None
             if chunks is not None:
-                self.prefills.append(_Prefill(job, chunks([job.prompt_ids], self.prefill_chunk),
-                                              -(-n // self.prefill_chunk)))
+                self.prefills.append(
+                    _Prefill(job, chunks([job.prompt_ids], self.prefill_chunk), -(-n // self.prefill_chunk))
+                )
             else:
                 groups.setdefault(job.key, []).append(job)
         for key, jobs in groups.items():
@@ -222,8 +225,13 @@ class Scheduler:
             inner = sess.engine
             sess.engine = cast(Any, stand_in or inner)  # the stand-in has `add` only; that is all add() uses
             try:
-                sess.add([j.prompt_ids for j in jobs], [j.id for j in jobs], [j.config.sampling.seed for j in jobs],
-                         [j.config.sampling.max_new_tokens for j in jobs], [j.id in self.checks for j in jobs])
+                sess.add(
+                    [j.prompt_ids for j in jobs],
+                    [j.id for j in jobs],
+                    [j.config.sampling.seed for j in jobs],
+                    [j.config.sampling.max_new_tokens for j in jobs],
+                    [j.id in self.checks for j in jobs],
+                )
             finally:
                 sess.engine = inner
         except Exception as e:
@@ -311,8 +319,14 @@ class Scheduler:
         self.failed_rows += len(jobs)
         self.consecutive_faults += 1
         self.last_fault = f"{type(e).__name__}: {str(e)[:300]}"
-        log.error("fault in %s (%d rows; requests %s): %s", where, len(jobs),
-                  ", ".join(j.request_id or str(j.id) for j in jobs) or "none", self.last_fault, exc_info=e)
+        log.error(
+            "fault in %s (%d rows; requests %s): %s",
+            where,
+            len(jobs),
+            ", ".join(j.request_id or str(j.id) for j in jobs) or "none",
+            self.last_fault,
+            exc_info=e,
+        )
         for job in jobs:
             self._finish(job, RowOutput(job.id, [], "error", [], []), fault)
 
@@ -351,12 +365,24 @@ class Scheduler:
         with self.cv:
             queued = len(self.pending)
         self.snapshot = Snapshot(
-            running=sum(s.size for s in self.sessions.values()), prefilling=len(self.prefills), queued=queued,
-            sessions=len(self.sessions), jobs=len(self.jobs), per_job_state=len(self.where) + len(self.checks),
-            tokens=self.tokens, soft=self.soft, tokens_per_s=rate, faults=self.faults,
-            capacity_faults=self.capacity_faults, failed_rows=self.failed_rows,
-            consecutive_faults=self.consecutive_faults, last_fault=self.last_fault, alive=alive,
-            healthy=not cause, cause=cause)
+            running=sum(s.size for s in self.sessions.values()),
+            prefilling=len(self.prefills),
+            queued=queued,
+            sessions=len(self.sessions),
+            jobs=len(self.jobs),
+            per_job_state=len(self.where) + len(self.checks),
+            tokens=self.tokens,
+            soft=self.soft,
+            tokens_per_s=rate,
+            faults=self.faults,
+            capacity_faults=self.capacity_faults,
+            failed_rows=self.failed_rows,
+            consecutive_faults=self.consecutive_faults,
+            last_fault=self.last_fault,
+            alive=alive,
+            healthy=not cause,
+            cause=cause,
+        )
 
 
 def _call(fn: Callable, *args) -> None:

@@ -142,8 +142,9 @@ def _fields(classes: dict[str, type]) -> dict[str, tuple]:
         for f in dataclasses.fields(cls):
             types.setdefault(f.name, set()).add(hints[f.name])
             owners.setdefault(f.name, []).append(owner)
-    return {k: (_option_type(t), Field(None, description=f"option of {', '.join(owners[k])}"))
-            for k, t in types.items()}
+    return {
+        k: (_option_type(t), Field(None, description=f"option of {', '.join(owners[k])}")) for k, t in types.items()
+    }
 
 
 # sampling settings with their ranges (the others are described from SamplingConfig's types)
@@ -171,8 +172,10 @@ def request_models(settings: Settings) -> tuple[type[BaseModel], type[BaseModel]
         "method": (Optional[Literal[tuple(METHODS)]], Field(None, description=f"default: {settings.default_method}")),
         "raw": (Optional[bool], Field(None, description="skip the chat template")),
         "stop": (Optional[Union[str, typing.Annotated[list[str], Field(min_length=1, max_length=MAX_STOPS)]]], None),
-        "answer_markers": (Optional[Union[str, typing.Annotated[list[str], Field(min_length=1,
-                                                                                  max_length=MAX_STOPS)]]], None),
+        "answer_markers": (
+            Optional[Union[str, typing.Annotated[list[str], Field(min_length=1, max_length=MAX_STOPS)]]],
+            None,
+        ),
         **SAMPLING,
         **{k: (Any, Field(None, description="accepted and ignored")) for k in sorted(IGNORED)},
     }
@@ -181,25 +184,45 @@ def request_models(settings: Settings) -> tuple[type[BaseModel], type[BaseModel]
     cfg = ConfigDict(extra="forbid")
     fields: dict[str, Any] = {**common, **options}
     chat: type[BaseModel] = create_model(
-        "ChatCompletionRequest", __config__=cfg,
-        messages=(typing.Annotated[list[Message], Field(min_length=1)], ...), **fields)
+        "ChatCompletionRequest",
+        __config__=cfg,
+        messages=(typing.Annotated[list[Message], Field(min_length=1)], ...),
+        **fields,
+    )
     completion: type[BaseModel] = create_model(
-        "CompletionRequest", __config__=cfg,
-        prompt=(Union[str, typing.Annotated[list[str], Field(min_length=1, max_length=1)]], ...), **fields)
+        "CompletionRequest",
+        __config__=cfg,
+        prompt=(Union[str, typing.Annotated[list[str], Field(min_length=1, max_length=1)]], ...),
+        **fields,
+    )
     return chat, completion
 
 
-ERRORS = {s: {"model": ErrorResponse, "description": d} for s, d in (
-    (400, "invalid request (the error names the field)"), (401, "missing or wrong API key"),
-    (404, "model not served here"), (408, "the request body did not arrive in time"),
-    (413, "the request body is too large"), (500, "a server fault while decoding this request"),
-    (503, "busy (queue full) or shutting down; see Retry-After"), (504, "the request did not finish in time"),
-    (507, "out of capacity (rows, KV cache or memory) for this request; see Retry-After"))}
+ERRORS = {
+    s: {"model": ErrorResponse, "description": d}
+    for s, d in (
+        (400, "invalid request (the error names the field)"),
+        (401, "missing or wrong API key"),
+        (404, "model not served here"),
+        (408, "the request body did not arrive in time"),
+        (413, "the request body is too large"),
+        (500, "a server fault while decoding this request"),
+        (503, "busy (queue full) or shutting down; see Retry-After"),
+        (504, "the request did not finish in time"),
+        (507, "out of capacity (rows, KV cache or memory) for this request; see Retry-After"),
+    )
+}
 
 
 def completion_responses(model: type[BaseModel]) -> dict:
-    return {200: {"model": model, "description": "the completion, or (stream: true) server-sent events",
-                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **ERRORS}
+    return {
+        200: {
+            "model": model,
+            "description": "the completion, or (stream: true) server-sent events",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **ERRORS,
+    }
 
 
 def install(app, settings: Settings) -> None:
@@ -219,7 +242,8 @@ def install(app, settings: Settings) -> None:
             comps[model.__name__] = js
             schema["paths"][path]["post"]["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+            }
         if settings.api_key is not None:
             schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             for path in ("/v1/chat/completions", "/v1/completions", "/v1/models"):

@@ -72,8 +72,12 @@ class Reply:
         return "chat.completion" if self.kind == "chat" else "text_completion"
 
     def usage(self, completion_tokens: int, soft: int) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": self.prompt_tokens + completion_tokens, "soft_steps": soft}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+            "soft_steps": soft,
+        }
 
     def body(self, row: RowOutput, text: Text) -> dict:
         """The non-streaming response of a row that ended normally."""
@@ -88,14 +92,31 @@ class Reply:
             choice = {"index": 0, "text": answer, "finish_reason": finish, "logprobs": None}
             if self.thinking:
                 choice["reasoning_content"] = reasoning
-        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model_name,
-                "choices": [choice], "usage": self.usage(len(row.token_ids), sum(row.soft)),
-                "selar": {"method": self.method, "finish_reason": row.finish_reason}}
+        return {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model_name,
+            "choices": [choice],
+            "usage": self.usage(len(row.token_ids), sum(row.soft)),
+            "selar": {"method": self.method, "finish_reason": row.finish_reason},
+        }
 
     # -- server-sent events ------------------------------------------------------------------------
     def _event(self, payload: dict) -> str:
-        return "data: " + json.dumps({"id": self.id, "object": self.chunk_object, "created": self.created,
-                                      "model": self.model_name, **payload}) + "\n\n"
+        return (
+            "data: "
+            + json.dumps(
+                {
+                    "id": self.id,
+                    "object": self.chunk_object,
+                    "created": self.created,
+                    "model": self.model_name,
+                    **payload,
+                }
+            )
+            + "\n\n"
+        )
 
     @property
     def chunk_object(self) -> str:
