@@ -10,20 +10,30 @@ import torch
 
 pytest.importorskip("peft")
 
+from conftest import make_model, make_tokenizer  # noqa: E402
+
 from selar.train.data import Example, is_correct, load_jsonl, parse_answer, save_jsonl, synthetic_arithmetic  # noqa: E402
 from selar.train.model import CONTINUE, STOP, LatentReasoner  # noqa: E402
-from selar.train.rl import (action_logprobs, group_rewards, grpo_advantages, grpo_loss,  # noqa: E402
-                            relative_length_rewards)
-from selar.train.sft import Item, SFTConfig, build_batch, sft_loss, stage_item, train_sft  # noqa: E402
-
-from conftest import make_model, make_tokenizer  # noqa: E402
+from selar.train.rl import action_logprobs, group_rewards, grpo_advantages, grpo_loss, relative_length_rewards  # noqa: E402
+from selar.train.sft import (  # noqa: E402
+    Item,
+    SFTConfig,
+    _stage_plan,
+    budget_item,
+    build_batch,
+    latent_budget,
+    sft_loss,
+    stage_item,
+    train_sft,
+)
 
 
 def reasoner(lora=False, projection="linear", seed=0, base="", max_latent=6):
     tok = make_tokenizer()
     m = make_model(tok, seed=seed)
-    r = LatentReasoner.from_base(m, tok, lora=lora, projection=projection, max_latent=max_latent, seed=seed,
-                                 base=base, lora_r=4)
+    r = LatentReasoner.from_base(
+        m, tok, lora=lora, projection=projection, max_latent=max_latent, seed=seed, base=base, lora_r=4
+    )
     torch.manual_seed(seed + 1)
     with torch.no_grad():  # move every trainable part away from its (identity / zero) initialisation
         for name, p in r.named_parameters():
@@ -49,9 +59,11 @@ def manual_logits(r: LatentReasoner, ids: list[int], latent: list[bool]) -> torc
 def test_hidden_state_feedback_equals_manual_loop(lora, projection):
     r = reasoner(lora=lora, projection=projection)
     tok = r.tokenizer
-    items = [Item(tok.encode("Natalia sold clips"), 3, tok.encode(" The answer is: 72") + [tok.eos_token_id]),
-             Item(tok.encode("How many"), 1, tok.encode(" 48 / 2 = 24") + [tok.eos_token_id]),
-             Item(tok.encode("Weng earns $12 an hour for babysitting."), 0, [tok.eos_token_id])]
+    items = [
+        Item(tok.encode("Natalia sold clips"), 3, tok.encode(" The answer is: 72") + [tok.eos_token_id]),
+        Item(tok.encode("How many"), 1, tok.encode(" 48 / 2 = 24") + [tok.eos_token_id]),
+        Item(tok.encode("Weng earns $12 an hour for babysitting."), 0, [tok.eos_token_id]),
+    ]
     b = build_batch(r, items)
     with torch.no_grad():
         logits, _ = r.forward_latent(b["input_ids"], b["attention_mask"], b["latent_mask"])
@@ -123,7 +135,7 @@ def test_stop_head_stops():
         b = build_batch(r, [Item(p, k, [])])
         with torch.no_grad():
             _, hid = r.forward_latent(b["input_ids"], b["attention_mask"], b["latent_mask"])
-        decided = (r.heads.stop_prob(hid[0, -2 - k:-1]) >= 0.5).tolist()  # at <bot> and each <lat>
+        decided = (r.heads.stop_prob(hid[0, -2 - k : -1]) >= 0.5).tolist()  # at <bot> and each <lat>
         assert decided[-1] or k == 20
         assert not any(decided[:-1])
 
@@ -138,8 +150,9 @@ def test_relative_length_penalty_on_hand_made_groups():
     # accuracy requirement 1.0 (the whole group): 3 of 4 correct -> no penalty ...
     assert relative_length_rewards([2, 4, 6, 3], [True, True, False, True], 0.5, accuracy_requirement=1.0) == [0.0] * 4
     # ... unless a reward below the requirement is set: longer correct answers are then rewarded
-    got = relative_length_rewards([2, 4, 6, 3], [True, True, False, True], 0.5, accuracy_requirement=1.0,
-                                  reward_below=0.1)
+    got = relative_length_rewards(
+        [2, 4, 6, 3], [True, True, False, True], 0.5, accuracy_requirement=1.0, reward_below=0.1
+    )
     assert got == pytest.approx([0.1 * (2 - 3) / 2, 0.1 * (4 - 3) / 2, 0.0, 0.0])
     # a count requirement (> 1): 3 correct >= 3
     got = relative_length_rewards([2, 4, 6, 3], [True, True, False, True], 0.5, accuracy_requirement=3)
@@ -153,9 +166,9 @@ def test_grpo_advantages_on_hand_made_groups():
     rewards = [1.0, 0.0, 0.5, 1.5, 2.0, 2.0, 2.0, 2.0]
     adv = grpo_advantages(torch.tensor(rewards), 4, eps=1e-4).tolist()
     for g in range(2):
-        grp = rewards[4 * g: 4 * g + 4]
+        grp = rewards[4 * g : 4 * g + 4]
         m, s = statistics.mean(grp), statistics.stdev(grp)
-        assert adv[4 * g: 4 * g + 4] == pytest.approx([(x - m) / (s + 1e-4) for x in grp], abs=1e-6)
+        assert adv[4 * g : 4 * g + 4] == pytest.approx([(x - m) / (s + 1e-4) for x in grp], abs=1e-6)
     assert adv[4:] == [0.0] * 4  # a group with equal rewards teaches nothing
     unscaled = grpo_advantages(torch.tensor(rewards), 4, scale=False).tolist()
     assert unscaled[:4] == pytest.approx([x - statistics.mean(rewards[:4]) for x in rewards[:4]])
@@ -184,6 +197,7 @@ def test_action_logprobs_are_the_sampling_probabilities():
     g = torch.Generator().manual_seed(0)
     row = r.generate([p], greedy=False, generator=g, max_answer_tokens=3, temperature=0.7, stop_temperature=2.0)[0]
     from selar.train.rl import rollout_items
+
     b = build_batch(r, rollout_items(r, [p], [row]))
     with torch.no_grad():
         lp, mask = action_logprobs(r, b, temperature=0.7, stop_temperature=2.0)
@@ -206,8 +220,9 @@ def test_sft_learns_a_batch():
     ex = [Example("1 + 2 =", ["1 + 2 = 3"], "3"), Example("2 * 3 =", ["2 * 3 = 6", "6 / 2 = 3"], "3")]
     b = build_batch(r, [stage_item(tok, e, 2) for e in ex])
     before = float(sft_loss(r, b)[0])
-    train_sft(r, ex, SFTConfig(stages=2, cot_steps=0, steps_per_stage=15, lr=3e-3, warmup=1, batch_size=2),
-              log=lambda s: None)
+    train_sft(
+        r, ex, SFTConfig(stages=2, cot_steps=0, steps_per_stage=15, lr=3e-3, warmup=1, batch_size=2), log=lambda s: None
+    )
     assert float(sft_loss(r, b)[0]) < 0.5 * before
 
 
@@ -251,6 +266,21 @@ def test_synthetic_arithmetic_is_consistent():
     assert synthetic_arithmetic(5, seed=1) == synthetic_arithmetic(5, seed=1)
 
 
+def test_aligned_layout_puts_operation_j_at_a_fixed_place():
+    spaced = synthetic_arithmetic(100, max_steps=4, seed=7)
+    aligned = synthetic_arithmetic(100, max_steps=4, seed=7, layout="aligned")
+    for s, a in zip(spaced, aligned):
+        words = a.question.split()
+        assert len(words) == 1 + 4 + 1 and words[-1] == "="  # value, 4 operation slots, "="
+        k = len(s.steps)
+        assert words[1 + k : 5] == ["."] * (4 - k)
+        # the same problem as the spaced layout, one word per operation
+        assert " ".join(words[: 1 + k]) == s.question.rstrip(" =").replace(" + ", " +").replace(" - ", " -").replace(
+            " * ", " *"
+        )
+        assert a.answer == s.answer and [x.replace(" ", "") for x in a.steps] == [x.replace(" ", "") for x in s.steps]
+
+
 def test_jsonl_round_trip_and_answers(tmp_path):
     ex = synthetic_arithmetic(10, seed=0)
     save_jsonl(ex, tmp_path / "d.jsonl")
@@ -282,3 +312,170 @@ def test_gsm8k_aug_offline_is_a_clear_error(monkeypatch):
     with pytest.raises(selar.OfflineError, match="cannot reach"):
         data.load_gsm8k_aug()
     assert data.gsm8k_aug_steps("<<600*30/100=180>> <<600*10/100=60>>") == ["600*30/100=180", "600*10/100=60"]
+
+
+def test_codi_loss_on_hand_made_tensors():
+    from selar.train.sft import codi_loss
+
+    # 2 rows, 2 layers, 2 features; smooth L1 (beta 1): 0.5 d^2 if |d| < 1 else |d| - 0.5
+    teacher = torch.tensor([[[1.0, 3.0], [0.0, 0.0]], [[3.0, 1.0], [4.0, 0.0]]])
+    student = torch.tensor([[[1.5, 3.0], [2.0, 0.0]], [[3.0, 1.0], [4.0, -0.5]]], requires_grad=True)
+    # layer 0: diffs 0.5, 0, 0, 0 -> losses 0.125, 0, 0, 0 -> mean 0.03125; teacher values 1, 3, 3, 1 -> std
+    # (Bessel) sqrt(4/3); layer 1: diffs 2, 0, 0, 0.5 -> 1.5, 0, 0, 0.125 -> mean 0.40625; teacher 0, 0, 4, 0 -> std 2
+    want = (0.03125 / (4 / 3) ** 0.5 + 0.40625 / 2.0) / 2
+    got = codi_loss(student, teacher)
+    assert float(got) == pytest.approx(want, rel=1e-6)
+    t = teacher.clone().requires_grad_(True)
+    codi_loss(student, t).backward()  # the teacher is a target: no gradient reaches it even when it requires one
+    assert t.grad is None
+    # d/ds of 0.5 d^2 is d: row 0, layer 0, feature 0 has d = 0.5, averaged over 4 and scaled by 1 / (std * 2 layers)
+    assert float(student.grad[0, 0, 0]) == pytest.approx(0.5 / 4 / (4 / 3) ** 0.5 / 2, rel=1e-6)
+    assert float(codi_loss(teacher, teacher)) == 0.0
+
+
+def test_budgeted_stop_labels():
+    tok = make_tokenizer()
+    r = LatentReasoner.from_base(make_model(tok), tok, lora=False, max_latent=6)
+    h = r.heads
+    exs = [
+        Example("1 + 2 =", ["1 + 2 = 3"], "3"),
+        Example("2 * 3 =", ["2 * 3 = 6", "6 / 2 = 3"], "3"),
+        Example("4 - 1 =", ["a", "b", "c", "d", "e"], "3"),
+    ]
+    items = [budget_item(tok, e, latent_budget(len(e.steps), 3, 1, max_latent=6)) for e in exs]
+    assert [it.latent for it in items] == [4, 5, 6]  # 3 + 1 x steps, capped at max_latent
+    assert [latent_budget(len(e.steps), 6) for e in exs] == [6, 6, 6]  # a fixed budget
+    coconut = [stage_item(tok, e, 5, latents_per_step=2).latent for e in exs]
+    assert coconut == [2, 4, 10]  # no budget: exactly the need (c per step)
+    b = build_batch(r, items)
+    for row, it in enumerate(items):
+        ids, labels = b["input_ids"][row].tolist(), b["stop_labels"][row].tolist()
+        bot = ids.index(h.bot_id)
+        eot = ids.index(h.eot_id)
+        assert eot - bot - 1 == it.latent
+        # a decision at <bot> and at every <lat>: CONTINUE for each latent step, STOP at the last one
+        want = [-100] * bot + [CONTINUE] * it.latent + [STOP] + [-100] * (len(ids) - eot)
+        assert labels == want
+        # the answer position predicts the answer's first token, right after "The answer is:"
+        pos = int(b["answer_pos"][row])
+        assert b["lm_labels"][row, pos] == tok.encode(" 3", add_special_tokens=False)[0]
+        assert tok.decode(ids[eot + 1 : pos + 1]).strip().endswith("The answer is:")
+    # latent thoughts: thought j (the state fed to latent step j+1, read at <bot> + j - 1) decodes to step j's
+    # result, and the slack after the last step holds the final result
+    th = budget_item(tok, exs[1], 5, thoughts=True)
+    digit = lambda d: tok.encode(" " + d, add_special_tokens=False)[0]  # noqa: E731
+    assert th.thoughts == [digit("6"), digit("3"), digit("3"), digit("3"), digit("3")]
+    tb = build_batch(r, [th])
+    bot = tb["input_ids"][0].tolist().index(h.bot_id)
+    labels = tb["thought_labels"][0].tolist()
+    assert labels == [-100] * bot + th.thoughts + [-100] * (len(labels) - bot - 5)
+    assert stage_item(tok, exs[1], 1, thoughts=True).thoughts == [digit("6")]
+    # the curriculum before a budget stage does not train the stop head (it would teach stopping at the need)
+    assert (
+        stage_item(tok, exs[1], 2).supervise_stop
+        and not stage_item(tok, exs[1], 2, supervise_stop=False).supervise_stop
+    )
+    assert not stage_item(tok, exs[1], 1).supervise_stop
+    assert (build_batch(r, [stage_item(tok, exs[1], 2, supervise_stop=False)])["stop_labels"] == -100).all()
+    cfg = SFTConfig(budget_base=3, budget_per_step=1, steps_per_stage=7, budget_steps=9, cot_steps=5)
+    plan = _stage_plan(cfg, r, exs)
+    assert [(name, n) for name, n, _ in plan] == [
+        ("0", 5),
+        ("1", 7),
+        ("2", 7),
+        ("3", 7),
+        ("4", 7),
+        ("5", 7),
+        ("budget", 9),
+    ]
+    assert [it.latent for it in plan[-1][2]] == [4, 5, 6]
+    assert not any(it.supervise_stop for _, _, items in plan[:-1] for it in items)
+    plan = _stage_plan(SFTConfig(curriculum="none", budget_base=6, cot_steps=5), r, exs)
+    assert [(name, [it.latent for it in items]) for name, _, items in plan][1:] == [("budget", [6, 6, 6])]
+
+
+def test_codi_sft_loss_and_training():
+    tok = make_tokenizer()
+    r = LatentReasoner.from_base(make_model(tok), tok, lora=False, max_latent=4)
+    ex = [Example("1 + 2 =", ["1 + 2 = 3"], "3"), Example("2 * 3 =", ["2 * 3 = 6", "6 / 2 = 3"], "3")]
+    student = build_batch(r, [budget_item(tok, e, latent_budget(len(e.steps), 1, 1)) for e in ex])
+    teacher = build_batch(r, [stage_item(tok, e, 0) for e in ex])
+    loss, parts = sft_loss(r, student, teacher=teacher, distill_weight=2.0)
+    plain, plain_parts = sft_loss(r, student)
+    assert parts["lm"] == pytest.approx(plain_parts["lm"]) and parts["distill"] > 0
+    # the distillation term is codi_loss of every layer's state at the two answer positions
+    from selar.train.sft import codi_loss
+
+    with torch.no_grad():
+        _, hs = r.forward_latent(
+            student["input_ids"], student["attention_mask"], student["latent_mask"], all_layers=True
+        )
+        _, ht = r.forward_latent(
+            teacher["input_ids"], teacher["attention_mask"], teacher["latent_mask"], all_layers=True
+        )
+    rows = torch.arange(2)
+    assert hs.shape[2] == r.lm.config.num_hidden_layers
+    want = codi_loss(hs[rows, student["answer_pos"]], ht[rows, teacher["answer_pos"]])
+    assert parts["distill"] == pytest.approx(float(want), rel=1e-5)
+    assert float(loss) == pytest.approx(float(plain) + parts["teacher_lm"] + 2.0 * parts["distill"], rel=1e-5)
+    # the last layer of all_layers is the state fed back (and read by the stop head)
+    _, last = r.forward_latent(student["input_ids"], student["attention_mask"], student["latent_mask"])
+    torch.testing.assert_close(hs[:, :, -1], last.detach())
+    hist = train_sft(
+        r,
+        ex,
+        SFTConfig(
+            stages=2,
+            cot_steps=2,
+            steps_per_stage=10,
+            lr=3e-3,
+            warmup=1,
+            batch_size=2,
+            budget_base=1,
+            budget_per_step=1,
+            distill="codi",
+            log_every=5,
+        ),
+        log=lambda s: None,
+    )
+    assert hist[-1]["distill_loss"] < hist[1]["distill_loss"] and "teacher_lm_loss" in hist[-1]
+
+
+def test_split_data_is_one_split_for_every_command(tmp_path):
+    from selar.train.data import split_data
+
+    exs = synthetic_arithmetic(40, seed=5)
+    save_jsonl(exs, tmp_path / "d.jsonl")
+    held_eval = split_data(str(tmp_path / "d.jsonl"), 0, 12)[1]
+    train, held = split_data(str(tmp_path / "d.jsonl"), 20, 12)
+    assert held_eval == held == exs[:12]
+    assert train == [e for e in exs[12:32] if e.question not in {h.question for h in held}]
+    tr_s, held_s = split_data("synthetic", 50, 30, seed=2)
+    assert split_data("synthetic", 0, 30, seed=2)[1] == held_s and len(held_s) == 30
+    assert not {e.question for e in tr_s} & {e.question for e in held_s}
+    with pytest.raises(selar_config_error()):
+        split_data(str(tmp_path / "d.jsonl"), 10, 40)
+
+
+def selar_config_error():
+    from selar.errors import ConfigError
+
+    return ConfigError
+
+
+def test_thought_loss_reads_each_fed_back_state_with_the_lm_head():
+    tok = make_tokenizer()
+    r = LatentReasoner.from_base(make_model(tok), tok, lora=False, max_latent=5)
+    ex = [Example("1 + 2 =", ["1 + 2 = 3"], "3"), Example("2 * 3 =", ["2 * 3 = 6", "6 / 2 = 3"], "3")]
+    items = [budget_item(tok, e, 3, thoughts=True) for e in ex]
+    b = build_batch(r, items)
+    _, parts = sft_loss(r, b, thought_weight=0.5)
+    with torch.no_grad():
+        logits, _ = r.forward_latent(b["input_ids"], b["attention_mask"], b["latent_mask"])
+    want = []
+    for row, it in enumerate(items):
+        bot = b["input_ids"][row].tolist().index(r.heads.bot_id)
+        for j, t in enumerate(it.thoughts):  # the state at <bot> + j is fed to latent step j + 1
+            want.append(-torch.log_softmax(logits[row, bot + j], -1)[t])
+    assert parts["thought"] == pytest.approx(float(torch.stack(want).mean()), rel=1e-5)
+    assert "thought" not in sft_loss(r, b)[1]  # weight 0: no such term

@@ -28,16 +28,29 @@ class Example:
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
-def synthetic_arithmetic(n: int, *, min_steps: int = 1, max_steps: int = 4, modulus: int = 10,
-                         seed: int = 0) -> list[Example]:
+LAYOUTS = ("spaced", "aligned")
+FILLER = "."
+
+
+def synthetic_arithmetic(
+    n: int, *, min_steps: int = 1, max_steps: int = 4, modulus: int = 10, seed: int = 0, layout: str = "spaced"
+) -> list[Example]:
     """`n` problems "3 + 4 * 2 - 5 =" evaluated left to right modulo `modulus`, with one CoT step
     per operation ("3 + 4 = 7", "7 * 2 = 4", "4 - 5 = 9") and the final value as the answer.
     The number of operations is uniform in [min_steps, max_steps], so the reasoning length
-    varies from problem to problem: what the stop head has to learn."""
+    varies from problem to problem: what the stop head has to learn.
+
+    `layout="aligned"`: each operation one word and the question padded to `max_steps` operations
+    with "." ("3 +4 *2 . . =", steps "3 +4 = 7", "7 *2 = 4"), so that operation j always sits at
+    the same distance from the j-th latent step: a fixed-width format a small model trained from
+    scratch can read step by step in latent space."""
     if not 1 <= min_steps <= max_steps:
         raise ConfigError(f"need 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
     if modulus < 2:
         raise ConfigError(f"modulus must be at least 2, got {modulus}")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    sep = "" if layout == "aligned" else " "
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -48,22 +61,29 @@ def synthetic_arithmetic(n: int, *, min_steps: int = 1, max_steps: int = 4, modu
             op = rng.choice("+-*")
             b = rng.randrange(1, modulus)
             w = OPS[op](v, b) % modulus
-            q += [op, str(b)]
-            steps.append(f"{v} {op} {b} = {w}")
+            q.append(f"{op}{sep}{b}")
+            steps.append(f"{v} {op}{sep}{b} = {w}")
             v = w
+        if layout == "aligned":
+            q += [FILLER] * (max_steps - k)
         out.append(Example(" ".join(q) + " =", steps, str(v)))
     return out
 
 
-def synthetic_split(n_train: int, n_eval: int, *, max_steps: int = 4, modulus: int = 10,
-                    seed: int = 0) -> tuple[list[Example], list[Example]]:
+def synthetic_split(
+    n_train: int, n_eval: int, *, max_steps: int = 4, modulus: int = 10, seed: int = 0, layout: str = "spaced"
+) -> tuple[list[Example], list[Example]]:
     """Training problems and held-out evaluation problems (no question in both)."""
-    ev = synthetic_arithmetic(n_eval, max_steps=max_steps, modulus=modulus, seed=seed + 1)
+    ev = synthetic_arithmetic(n_eval, max_steps=max_steps, modulus=modulus, seed=seed + 1, layout=layout)
     seen = {e.question for e in ev}
-    tr, s = [], seed
+    tr: list[Example] = []
+    s = seed
     while len(tr) < n_train:
-        tr += [e for e in synthetic_arithmetic(n_train, max_steps=max_steps, modulus=modulus, seed=s)
-               if e.question not in seen]
+        tr += [
+            e
+            for e in synthetic_arithmetic(n_train, max_steps=max_steps, modulus=modulus, seed=s, layout=layout)
+            if e.question not in seen
+        ]
         s += 1000
     return tr[:n_train], ev
 
@@ -83,8 +103,10 @@ def load_jsonl(path: str | Path, *, fields: Optional[dict] = None) -> list[Examp
             d = json.loads(line)
             q, a = d[names["question"]], d[names["answer"]]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ConfigError(f"{p}:{i}: expected a JSON object with {names['question']!r} and "
-                              f"{names['answer']!r} ({type(e).__name__}: {e})") from None
+            raise ConfigError(
+                f"{p}:{i}: expected a JSON object with {names['question']!r} and "
+                f"{names['answer']!r} ({type(e).__name__}: {e})"
+            ) from None
         steps = d.get(names["steps"], [])
         if isinstance(steps, str):
             steps = [s.strip() for s in steps.splitlines() if s.strip()]
@@ -113,16 +135,21 @@ def load_gsm8k_aug(split: str = "train", limit: Optional[int] = None) -> list[Ex
     try:
         import datasets
     except ImportError:
-        raise ConfigError("GSM8K-Aug comes from the Hugging Face hub: pip install 'selar[hub]' "
-                          "(and internet), or give a question/steps/answer JSONL file") from None
-    from ..hub import hub_offline as _hub_offline, hub_reachable as _hub_reachable
+        raise ConfigError(
+            "GSM8K-Aug comes from the Hugging Face hub: pip install 'selar[hub]' "
+            "(and internet), or give a question/steps/answer JSONL file"
+        ) from None
+    from ..hub import hub_offline as _hub_offline
+    from ..hub import hub_reachable as _hub_reachable
 
     try:
         ds = datasets.load_dataset(GSM8K_AUG, split=split)
     except Exception as e:  # offline, or not in the cache
         if _hub_offline() or not _hub_reachable():
-            raise OfflineError(f"cannot reach the Hugging Face hub to download {GSM8K_AUG} (offline?); "
-                               f"use --data synthetic or a question/steps/answer JSONL file") from None
+            raise OfflineError(
+                f"cannot reach the Hugging Face hub to download {GSM8K_AUG} (offline?); "
+                f"use --data synthetic or a question/steps/answer JSONL file"
+            ) from None
         raise ConfigError(f"could not load {GSM8K_AUG}: {str(e).strip().splitlines()[0]}") from None
     out = []
     for i, d in enumerate(ds):
@@ -132,13 +159,52 @@ def load_gsm8k_aug(split: str = "train", limit: Optional[int] = None) -> list[Ex
     return out
 
 
+SYNTHETIC = {"synthetic": "spaced", "synthetic-aligned": "aligned"}
+
+
 def load_data(spec: str, *, n: int = 2000, seed: int = 0, max_steps: int = 4) -> list[Example]:
-    """`synthetic` (the generator), `gsm8k-aug` (hub) or a JSONL path."""
-    if spec == "synthetic":
-        return synthetic_arithmetic(n, max_steps=max_steps, seed=seed)
+    """`synthetic` or `synthetic-aligned` (the generator and its layouts), `gsm8k-aug` (hub) or a JSONL path."""
+    if spec in SYNTHETIC:
+        return synthetic_arithmetic(n, max_steps=max_steps, seed=seed, layout=SYNTHETIC[spec])
     if spec == "gsm8k-aug":
         return load_gsm8k_aug(limit=n)
     return load_jsonl(spec)
+
+
+def split_data(
+    spec: str,
+    n_train: int,
+    n_eval: int,
+    *,
+    max_steps: int = 4,
+    seed: int = 0,
+    modulus: int = 10,
+    eval_data: Optional[str] = None,
+) -> tuple[list[Example], list[Example]]:
+    """(training, held-out) problems: the one split `selar train sft`, `rl`, `eval` and `demo` use, so
+    that every command reports on the same held-out problems whatever `n_train` is.
+
+    - `synthetic[-aligned]`: held-out problems from their own seed, training problems that are none of them;
+    - `eval_data` (a JSONL file): its first `n_eval` problems are held out, `spec` is all training data;
+    - otherwise (`gsm8k-aug`, a JSONL file): the first `n_eval` problems of `spec` are held out and
+      training uses the next `n_train`, minus any question also held out."""
+    if n_train < 0 or n_eval < 1:
+        raise ConfigError(f"need n_train >= 0 and n_eval >= 1, got {n_train}, {n_eval}")
+    if spec in SYNTHETIC and not eval_data:
+        return synthetic_split(n_train, n_eval, max_steps=max_steps, modulus=modulus, seed=seed, layout=SYNTHETIC[spec])
+    if eval_data:
+        held = load_jsonl(eval_data)[:n_eval]
+        train = load_data(spec, n=n_train, seed=seed, max_steps=max_steps)[:n_train] if n_train else []
+    else:
+        exs = load_data(spec, n=n_eval + n_train, seed=seed, max_steps=max_steps)
+        if len(exs) <= n_eval and n_train:
+            raise ConfigError(
+                f"--data {spec} holds {len(exs)} problems: --n-eval {n_eval} leaves none for "
+                f"training; lower --n-eval or give --eval-data"
+            )
+        held, train = exs[:n_eval], exs[n_eval : n_eval + n_train]
+    seen = {e.question for e in held}
+    return [e for e in train if e.question not in seen], held
 
 
 ANSWER_RE = re.compile(r"^\s*The answer is\s*:\s*(-?[\d.,/]+)\s*$")

@@ -17,73 +17,29 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelLoadError
+from .heads import CONFIG_FILE, CONTINUE, HEADS_FILE, PROJECTIONS, SPECIAL_TOKENS, STOP, LatentConfig, LatentHeads
 
-SPECIAL_TOKENS = {"bot": "<bot>", "lat": "<lat>", "eot": "<eot>"}
-CONFIG_FILE = "selar_latent.json"
-HEADS_FILE = "latent_heads.safetensors"
-CONTINUE, STOP = 0, 1
-PROJECTIONS = ("none", "linear", "mlp")
-
-
-class LatentHeads(nn.Module):
-    """The projection between latent steps and the CONTINUE/STOP head.
-
-    `projection`: "none" (the hidden state itself), "linear" (initialised to the identity) or
-    "mlp" (h + W2 gelu(W1 h), W2 initialised to zero: also the identity at first)."""
-
-    def __init__(self, d: int, projection: str = "mlp", *, bot_id: int, lat_id: int, eot_id: int,
-                 max_latent: int = 16):
-        super().__init__()
-        if projection not in PROJECTIONS:
-            raise ConfigError(f"projection must be one of {', '.join(PROJECTIONS)}, got {projection!r}")
-        self.projection, self.max_latent = projection, max_latent
-        self.bot_id, self.lat_id, self.eot_id = bot_id, lat_id, eot_id
-        self.proj: Optional[nn.Module] = None
-        if projection == "linear":
-            self.proj = nn.Linear(d, d)
-            with torch.no_grad():
-                self.proj.weight.copy_(torch.eye(d))
-                self.proj.bias.zero_()
-        elif projection == "mlp":
-            self.proj = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
-            with torch.no_grad():
-                self.proj[2].weight.zero_()
-                self.proj[2].bias.zero_()
-        self.stop_head = nn.Linear(d, 2)
-
-    def project(self, h: Tensor) -> Tensor:
-        """Next input embedding from a last hidden state."""
-        if self.proj is None:
-            return h
-        return h + self.proj(h) if self.projection == "mlp" else self.proj(h)
-
-    def stop_logits(self, h: Tensor) -> Tensor:
-        """(..., 2) float32 logits of CONTINUE / STOP."""
-        return self.stop_head(h).float()
-
-    def stop_prob(self, h: Tensor) -> Tensor:
-        return torch.softmax(self.stop_logits(h), -1)[..., STOP]
-
-
-@dataclass
-class LatentConfig:
-    base: str = ""                  # catalog name, folder or hub id of the base model ("" = saved in base/)
-    lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    projection: str = "mlp"
-    max_latent: int = 16
-    special_tokens: dict = field(default_factory=lambda: dict(SPECIAL_TOKENS))
-    format: int = 1
+__all__ = [
+    "CONFIG_FILE",
+    "CONTINUE",
+    "HEADS_FILE",
+    "PROJECTIONS",
+    "SPECIAL_TOKENS",
+    "STOP",
+    "LatentConfig",
+    "LatentHeads",
+    "LatentReasoner",
+    "load_latent_model",
+]
 
 
 def _add_special_tokens(tokenizer) -> tuple[int, int, int]:
@@ -102,17 +58,36 @@ class LatentReasoner(nn.Module):
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def from_base(cls, hf_model, tokenizer, *, base: str = "", lora: bool = True, lora_r: int = 16,
-                  lora_alpha: int = 32, lora_dropout: float = 0.0, target_modules=None,
-                  projection: str = "mlp", max_latent: int = 16, seed: int = 0) -> "LatentReasoner":
+    def from_base(
+        cls,
+        hf_model,
+        tokenizer,
+        *,
+        base: str = "",
+        lora: bool = True,
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.0,
+        target_modules=None,
+        projection: str = "mlp",
+        max_latent: int = 16,
+        seed: int = 0,
+    ) -> LatentReasoner:
         """Add the special tokens, resize the embeddings, wrap the model in LoRA (or train it in
         full with lora=False) and create the heads."""
         if max_latent < 1:
             raise ConfigError(f"max_latent must be at least 1, got {max_latent}")
         bot, lat, eot = _add_special_tokens(tokenizer)
         _resize(hf_model, len(tokenizer))
-        cfg = LatentConfig(base=base, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                           projection=projection, max_latent=max_latent)
+        cfg = LatentConfig(
+            base=base,
+            lora=lora,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            projection=projection,
+            max_latent=max_latent,
+        )
         if lora:
             hf_model = _apply_lora(hf_model, cfg, [bot, lat, eot], target_modules)
         torch.manual_seed(seed)
@@ -137,46 +112,84 @@ class LatentReasoner(nn.Module):
         return self.lm.get_input_embeddings()(ids)
 
     # -- the forward pass with hidden-state feedback --------------------------------------
-    def _lm(self, embeds, mask, pos, cache):
-        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                      use_cache=True, output_hidden_states=True)
-        return out.logits, out.hidden_states[-1], out.past_key_values
+    def _mask(self, mask: Tensor, q: int, dtype: torch.dtype) -> Tensor:
+        """The additive (B, 1, q, kv) causal + padding mask of the last q of kv positions, built here:
+        transformers builds it with vmap on every call, which costs as much as a tiny model's whole
+        forward pass. Models whose layers need masks of their own (sliding windows) get the 2D mask."""
+        cfg = getattr(self.lm, "config", None)
+        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+            return mask
+        if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
+            return mask
+        kv = mask.shape[1]
+        causal = torch.ones(q, kv, dtype=torch.bool, device=mask.device).tril(kv - q)
+        allowed = causal[None] & mask[:, None, :].bool()
+        return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )[:, None]
 
-    def forward_latent(self, input_ids: Tensor, attention_mask: Tensor, latent_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def _lm(self, embeds, mask, pos, cache, all_layers: bool = False):
+        out = self.lm(
+            inputs_embeds=embeds,
+            attention_mask=self._mask(mask, embeds.shape[1], embeds.dtype),
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        return out.logits, _hidden(out, all_layers), out.past_key_values
+
+    def forward_latent(
+        self, input_ids: Tensor, attention_mask: Tensor, latent_mask: Tensor, all_layers: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Logits (B, T, V) and last hidden states (B, T, D) of a batch where the input of every
         position in `latent_mask` is `heads.project` of the previous position's last hidden
         state (differentiable through the chain). Positions before the first latent column are
-        one pass, the latent columns one pass each (KV cache), the rest one pass."""
+        one pass, the latent columns one pass each (KV cache), the rest one pass.
+        `all_layers`: hidden states (B, T, L, D) of every layer's output instead (the last is the
+        one fed back)."""
         from transformers import DynamicCache
 
         pos = (attention_mask.cumsum(-1) - 1).clamp_min(0)
         cols = latent_mask.any(0).nonzero()[:, 0].tolist()
         T = input_ids.shape[1]
         if not cols:
-            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                          output_hidden_states=True)
-            return out.logits, out.hidden_states[-1]
+            mask = self._mask(attention_mask, T, self.embed(input_ids[:, :1]).dtype)
+            out = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+            return out.logits, _hidden(out, all_layers)
         if cols[0] == 0:
             raise ValueError("a latent position needs a previous position")
         spans = [(0, cols[0])] + [(c, c + 1) for c in range(cols[0], cols[-1] + 1)]
         if cols[-1] + 1 < T:
             spans.append((cols[-1] + 1, T))
-        cache, logits, hidden = DynamicCache(), [], []
+        cache = DynamicCache()
+        logits: list[Tensor] = []
+        hidden: list[Tensor] = []
         for a, b in spans:
             e = self.embed(input_ids[:, a:b])
             if b == a + 1 and a in cols:
                 lat = latent_mask[:, a]
-                e = torch.where(lat[:, None, None], self.heads.project(hidden[-1][:, -1:, :]).to(e.dtype), e)
-            lg, h, cache = self._lm(e, attention_mask[:, :b], pos[:, a:b], cache)
+                last = hidden[-1][:, -1:, -1, :] if all_layers else hidden[-1][:, -1:, :]
+                e = torch.where(lat[:, None, None], self.heads.project(last).to(e.dtype), e)
+            lg, h, cache = self._lm(e, attention_mask[:, :b], pos[:, a:b], cache, all_layers)
             logits.append(lg)
             hidden.append(h)
         return torch.cat(logits, 1), torch.cat(hidden, 1)
 
     # -- rollouts -----------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], *, greedy: bool = True, temperature: float = 1.0,
-                 stop_temperature: float = 1.0, max_latent: Optional[int] = None, max_answer_tokens: int = 16,
-                 generator: Optional[torch.Generator] = None, force_latent: Optional[Sequence[int]] = None) -> list[dict]:
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        greedy: bool = True,
+        temperature: float = 1.0,
+        stop_temperature: float = 1.0,
+        max_latent: Optional[int] = None,
+        max_answer_tokens: int = 16,
+        generator: Optional[torch.Generator] = None,
+        force_latent: Optional[Sequence[int]] = None,
+    ) -> list[dict]:
         """Decode each prompt: <bot>, latent steps until the stop head says STOP (or max_latent),
         <eot>, then answer tokens until <eos>. Greedy, or sampled (stop decisions from the stop
         head at `stop_temperature`, tokens from softmax(logits / temperature) over the full
@@ -191,8 +204,8 @@ class LatentReasoner(nn.Module):
         ids = torch.full((B, n), self.pad_id, dtype=torch.long)
         mask = torch.zeros((B, n), dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, n - len(p) - 1:] = torch.tensor(list(p) + [h_.bot_id])
-            mask[i, n - len(p) - 1:] = 1
+            ids[i, n - len(p) - 1 :] = torch.tensor(list(p) + [h_.bot_id])
+            mask[i, n - len(p) - 1 :] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         from transformers import DynamicCache
@@ -200,10 +213,10 @@ class LatentReasoner(nn.Module):
         logits, hid, cache = self._lm(self.embed(ids), mask, pos, DynamicCache())
         logits, hid, next_pos = logits[:, -1].float(), hid[:, -1], pos[:, -1] + 1
         phase = torch.zeros(B, dtype=torch.long, device=dev)  # 0 latent, 1 answer, 2 done
-        count = torch.zeros(B, dtype=torch.long, device=dev)    # latent steps taken
-        n_ans = torch.zeros(B, dtype=torch.long, device=dev)    # answer tokens emitted
+        count = torch.zeros(B, dtype=torch.long, device=dev)  # latent steps taken
+        n_ans = torch.zeros(B, dtype=torch.long, device=dev)  # answer tokens emitted
         rows = [{"latent_steps": 0, "decisions": [], "answer_ids": [], "forced_stop": False} for _ in range(B)]
-        forced = None if force_latent is None else torch.tensor(list(force_latent), device=dev)
+        forced: Optional[Tensor] = None if force_latent is None else torch.tensor(list(force_latent), device=dev)
         for _ in range(max_latent + 1 + max_answer_tokens):
             if bool((phase == 2).all()):
                 break
@@ -212,13 +225,15 @@ class LatentReasoner(nn.Module):
             if forced is not None:
                 stop = count >= forced
             else:
-                p = torch.softmax(h_.stop_logits(hid) / stop_temperature, -1)[:, STOP]
-                stop = p >= 0.5 if greedy else torch.rand(B, generator=generator).to(dev) < p
-            go_on = in_latent & ~stop & ~limit   # feed the hidden state back
+                p_stop = torch.softmax(h_.stop_logits(hid) / stop_temperature, -1)[:, STOP]
+                stop = p_stop >= 0.5 if greedy else torch.rand(B, generator=generator).to(dev) < p_stop
+            go_on = in_latent & ~stop & ~limit  # feed the hidden state back
             if greedy:
                 tok = logits.argmax(-1)
             else:
-                tok = torch.multinomial(torch.softmax(logits / temperature, -1).cpu(), 1, generator=generator)[:, 0].to(dev)
+                tok = torch.multinomial(torch.softmax(logits / temperature, -1).cpu(), 1, generator=generator)[:, 0].to(
+                    dev
+                )
             for i in torch.nonzero(in_latent | in_answer)[:, 0].tolist():
                 if bool(in_latent[i]):
                     if forced is None and not bool(limit[i]):
@@ -267,7 +282,9 @@ class LatentReasoner(nn.Module):
         return out
 
     @classmethod
-    def load(cls, path: str | Path, *, trainable: bool = False, dtype=torch.float32, device: str = "cpu") -> "LatentReasoner":
+    def load(
+        cls, path: str | Path, *, trainable: bool = False, dtype=torch.float32, device: str = "cpu"
+    ) -> LatentReasoner:
         """Read an adapter directory written by `save` (the base model of a LoRA adapter is
         resolved like selar.load_model: catalog name, folder or hub id)."""
         from safetensors.torch import load_file
@@ -280,6 +297,7 @@ class LatentReasoner(nn.Module):
         fields = {f for f in LatentConfig.__dataclass_fields__}
         cfg = LatentConfig(**{k: v for k, v in meta.items() if k in fields})
         tok = AutoTokenizer.from_pretrained(str(p))
+        lm: Any
         if cfg.lora:
             from peft import PeftModel
 
@@ -289,10 +307,17 @@ class LatentReasoner(nn.Module):
             _resize(base, len(tok))
             lm = PeftModel.from_pretrained(base, str(p), is_trainable=trainable)
         else:
-            lm = AutoModelForCausalLM.from_pretrained(str(p / "base"), dtype=dtype).to(device)
+            lm = AutoModelForCausalLM.from_pretrained(str(p / "base"), dtype=dtype)
+            lm = lm.to(device)
         d = lm.get_input_embeddings().weight.shape[1]
-        heads = LatentHeads(d, cfg.projection, bot_id=meta["bot_id"], lat_id=meta["lat_id"], eot_id=meta["eot_id"],
-                            max_latent=meta["max_latent"])
+        heads = LatentHeads(
+            d,
+            cfg.projection,
+            bot_id=meta["bot_id"],
+            lat_id=meta["lat_id"],
+            eot_id=meta["eot_id"],
+            max_latent=meta["max_latent"],
+        )
         heads.load_state_dict(load_file(str(p / HEADS_FILE)))
         heads.to(device=device, dtype=lm.get_input_embeddings().weight.dtype)
         model = cls(lm, tok, heads, cfg)
@@ -314,6 +339,13 @@ class LatentReasoner(nn.Module):
         tok = copy.copy(self.tokenizer)
         tok.chat_template = None
         return wrap(lm, tok, name=name)
+
+
+def _hidden(out, all_layers: bool) -> Tensor:
+    """The last hidden state (B, T, D), or every layer's output (B, T, L, D) (not the embeddings)."""
+    if all_layers:
+        return torch.stack(out.hidden_states[1:], 2)
+    return out.hidden_states[-1]
 
 
 def _resize(hf_model, n: int) -> None:
@@ -339,9 +371,14 @@ def _apply_lora(hf_model, cfg: LatentConfig, new_ids: list[int], target_modules=
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise ConfigError("LoRA needs peft: pip install 'selar[train]'") from None
-    lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                    target_modules=target_modules or "all-linear", task_type="CAUSAL_LM",
-                    trainable_token_indices={"embed_tokens": list(new_ids)})
+    lc = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target_modules or "all-linear",
+        task_type="CAUSAL_LM",
+        trainable_token_indices={"embed_tokens": list(new_ids)},
+    )
     return get_peft_model(hf_model, lc)
 
 

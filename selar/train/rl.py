@@ -24,10 +24,12 @@ rollout feeds hidden states, which it cannot express.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -37,9 +39,13 @@ from .model import STOP, LatentReasoner
 from .sft import Item, build_batch, prompt_ids
 
 
-def relative_length_rewards(lengths: Sequence[float], correct: Sequence[bool], penalty: float,
-                            accuracy_requirement: Optional[float] = None,
-                            reward_below: Optional[float] = None) -> list[float]:
+def relative_length_rewards(
+    lengths: Sequence[float],
+    correct: Sequence[bool],
+    penalty: float,
+    accuracy_requirement: Optional[float] = None,
+    reward_below: Optional[float] = None,
+) -> list[float]:
     """The relative length term of one group (see the module docstring)."""
     G = len(lengths)
     idx = [i for i in range(G) if correct[i]]
@@ -63,12 +69,21 @@ def relative_length_rewards(lengths: Sequence[float], correct: Sequence[bool], p
     return out
 
 
-def group_rewards(lengths, correct, well_formed, *, answer_reward: float = 1.0, format_penalty: float = -1.0,
-                  length_penalty: float = 0.0, accuracy_requirement: Optional[float] = None,
-                  reward_below: Optional[float] = None) -> list[float]:
+def group_rewards(
+    lengths,
+    correct,
+    well_formed,
+    *,
+    answer_reward: float = 1.0,
+    format_penalty: float = -1.0,
+    length_penalty: float = 0.0,
+    accuracy_requirement: Optional[float] = None,
+    reward_below: Optional[float] = None,
+) -> list[float]:
     rel = relative_length_rewards(lengths, correct, length_penalty, accuracy_requirement, reward_below)
-    return [(0.0 if f else format_penalty) + (answer_reward if c else 0.0) + r
-            for c, f, r in zip(correct, well_formed, rel)]
+    return [
+        (0.0 if f else format_penalty) + (answer_reward if c else 0.0) + r for c, f, r in zip(correct, well_formed, rel)
+    ]
 
 
 def grpo_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4, scale: bool = True) -> Tensor:
@@ -80,8 +95,9 @@ def grpo_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4, scale: 
     return a.flatten()
 
 
-def action_logprobs(model: LatentReasoner, batch: dict[str, Tensor], temperature: float = 1.0,
-                    stop_temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+def action_logprobs(
+    model: LatentReasoner, batch: dict[str, Tensor], temperature: float = 1.0, stop_temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """Per position log-probabilities of the actions taken (B, T) and their mask: stop decisions
     (at `stop_labels`) and answer tokens (at `lm_labels`)."""
     logits, hidden = model.forward_latent(batch["input_ids"], batch["attention_mask"], batch["latent_mask"])
@@ -104,21 +120,44 @@ def grpo_loss(lp: Tensor, mask: Tensor, adv: Tensor, ref_lp: Optional[Tensor] = 
 
 
 def rollout_items(model: LatentReasoner, prompts: Sequence[list[int]], rows: Sequence[dict]) -> list[Item]:
-    return [Item(p, r["latent_steps"], r["answer_ids"], supervise_stop=True,
-                 last_decision_is_action=not r["forced_stop"]) for p, r in zip(prompts, rows)]
+    return [
+        Item(p, r["latent_steps"], r["answer_ids"], supervise_stop=True, last_decision_is_action=not r["forced_stop"])
+        for p, r in zip(prompts, rows)
+    ]
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k / n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
 
 
 @torch.no_grad()
-def evaluate(model: LatentReasoner, examples: Sequence[Example], batch_size: int = 64,
-             max_answer_tokens: int = 16, max_latent: Optional[int] = None) -> dict:
-    """Greedy decoding: accuracy, mean latent steps (all / correct), share of well formed answers."""
+def evaluate(
+    model: LatentReasoner,
+    examples: Sequence[Example],
+    batch_size: int = 64,
+    max_answer_tokens: int = 16,
+    max_latent: Optional[int] = None,
+) -> dict:
+    """Greedy decoding: accuracy (and its 95% Wilson interval), mean latent steps (all / correct),
+    share of well formed answers, and the same by number of reasoning steps (`by_ops`)."""
     model.eval()
     tok = model.tokenizer
     correct, steps, formed = [], [], []
     for b in range(0, len(examples), batch_size):
-        chunk = examples[b:b + batch_size]
-        rows = model.generate([prompt_ids(tok, e.question) for e in chunk], greedy=True,
-                              max_answer_tokens=max_answer_tokens, max_latent=max_latent)
+        chunk = examples[b : b + batch_size]
+        rows = model.generate(
+            [prompt_ids(tok, e.question) for e in chunk],
+            greedy=True,
+            max_answer_tokens=max_answer_tokens,
+            max_latent=max_latent,
+        )
         for e, r in zip(chunk, rows):
             pred = parse_answer(model.answer_text(r["answer_ids"]))
             formed.append(pred is not None)
@@ -126,9 +165,24 @@ def evaluate(model: LatentReasoner, examples: Sequence[Example], batch_size: int
             steps.append(r["latent_steps"])
     n = len(examples)
     cs = [s for s, c in zip(steps, correct) if c]
-    return {"n": n, "accuracy": sum(correct) / n, "mean_latent_steps": sum(steps) / n,
-            "mean_latent_steps_correct": (sum(cs) / len(cs)) if cs else float("nan"),
-            "well_formed": sum(formed) / n}
+    lo, hi = wilson_interval(sum(correct), n)
+    by_ops = {}
+    for k in sorted({len(e.steps) for e in examples}):
+        idx = [i for i, e in enumerate(examples) if len(e.steps) == k]
+        by_ops[str(k)] = {
+            "n": len(idx),
+            "accuracy": sum(correct[i] for i in idx) / len(idx),
+            "mean_latent_steps": sum(steps[i] for i in idx) / len(idx),
+        }
+    return {
+        "n": n,
+        "accuracy": sum(correct) / n,
+        "accuracy_ci95": [lo, hi],
+        "mean_latent_steps": sum(steps) / n,
+        "mean_latent_steps_correct": (sum(cs) / len(cs)) if cs else float("nan"),
+        "well_formed": sum(formed) / n,
+        "by_ops": by_ops,
+    }
 
 
 @dataclass
@@ -138,9 +192,9 @@ class RLConfig:
     group_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 0.0
-    beta: float = 0.0                  # KL to the SFT model (the paper: 1e-3)
-    temperature: float = 1.0           # of the answer tokens in rollouts
-    stop_temperature: float = 1.0      # of the stop head in rollouts
+    beta: float = 0.0  # KL to the SFT model (the paper: 1e-3)
+    temperature: float = 1.0  # of the answer tokens in rollouts
+    stop_temperature: float = 1.0  # of the stop head in rollouts
     max_answer_tokens: int = 16
     answer_reward: float = 1.0
     format_penalty: float = -1.0
@@ -153,8 +207,9 @@ class RLConfig:
     log_every: int = 10
 
 
-def train_rl(model: LatentReasoner, examples: Sequence[Example], cfg: RLConfig,
-             log: Callable[[str], None] = print) -> list[dict]:
+def train_rl(
+    model: LatentReasoner, examples: Sequence[Example], cfg: RLConfig, log: Callable[[str], None] = print
+) -> list[dict]:
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     tok = model.tokenizer
@@ -170,8 +225,14 @@ def train_rl(model: LatentReasoner, examples: Sequence[Example], cfg: RLConfig,
         prompts = [prompt_ids(tok, e.question) for e in exs for _ in range(cfg.group_size)]
         golds = [e.answer for e in exs for _ in range(cfg.group_size)]
         model.eval()
-        rows = model.generate(prompts, greedy=False, temperature=cfg.temperature, stop_temperature=cfg.stop_temperature,
-                              max_answer_tokens=cfg.max_answer_tokens, generator=gen)
+        rows = model.generate(
+            prompts,
+            greedy=False,
+            temperature=cfg.temperature,
+            stop_temperature=cfg.stop_temperature,
+            max_answer_tokens=cfg.max_answer_tokens,
+            generator=gen,
+        )
         preds = [parse_answer(model.answer_text(r["answer_ids"])) for r in rows]
         ok = [is_correct(p, g) for p, g in zip(preds, golds)]
         formed = [p is not None for p in preds]
@@ -180,10 +241,16 @@ def train_rl(model: LatentReasoner, examples: Sequence[Example], cfg: RLConfig,
         G = cfg.group_size
         for g in range(len(exs)):
             s = slice(g * G, (g + 1) * G)
-            rewards += group_rewards(lengths[s], ok[s], formed[s], answer_reward=cfg.answer_reward,
-                                     format_penalty=cfg.format_penalty, length_penalty=cfg.length_penalty,
-                                     accuracy_requirement=cfg.length_accuracy_requirement,
-                                     reward_below=cfg.length_reward_below)
+            rewards += group_rewards(
+                lengths[s],
+                ok[s],
+                formed[s],
+                answer_reward=cfg.answer_reward,
+                format_penalty=cfg.format_penalty,
+                length_penalty=cfg.length_penalty,
+                accuracy_requirement=cfg.length_accuracy_requirement,
+                reward_below=cfg.length_reward_below,
+            )
         adv = grpo_advantages(torch.tensor(rewards), G, cfg.eps).to(model.device)
         batch = build_batch(model, rollout_items(model, prompts, rows))
         model.train()
@@ -203,15 +270,31 @@ def train_rl(model: LatentReasoner, examples: Sequence[Example], cfg: RLConfig,
         acc["n"] += 1
         if acc["n"] == cfg.log_every or step == cfg.steps:
             n = acc["n"]
-            rec = {"step": step, "reward": acc["reward"] / n, "sample_accuracy": acc["correct"] / n,
-                   "sample_latent_steps": acc["latent"] / n, "seconds": round(time.perf_counter() - t0, 1)}
+            rec = {
+                "step": step,
+                "reward": acc["reward"] / n,
+                "sample_accuracy": acc["correct"] / n,
+                "sample_latent_steps": acc["latent"] / n,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
             history.append(rec)
-            log(f"rl step {step}/{cfg.steps}: reward {rec['reward']:.3f} sampled acc {rec['sample_accuracy']:.3f} "
-                f"latent steps {rec['sample_latent_steps']:.2f} ({rec['seconds']} s)")
+            log(
+                f"rl step {step}/{cfg.steps}: reward {rec['reward']:.3f} sampled acc {rec['sample_accuracy']:.3f} "
+                f"latent steps {rec['sample_latent_steps']:.2f} ({rec['seconds']} s)"
+            )
             acc = {"reward": 0.0, "correct": 0.0, "latent": 0.0, "n": 0}
     model.eval()
     return history
 
 
-__all__ = ["relative_length_rewards", "group_rewards", "grpo_advantages", "action_logprobs", "grpo_loss",
-           "evaluate", "RLConfig", "train_rl", "STOP"]
+__all__ = [
+    "relative_length_rewards",
+    "group_rewards",
+    "grpo_advantages",
+    "action_logprobs",
+    "grpo_loss",
+    "evaluate",
+    "RLConfig",
+    "train_rl",
+    "STOP",
+]
