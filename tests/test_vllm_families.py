@@ -201,7 +201,13 @@ def test_family_equals_transformers_engine(models, method, opts):
     family, ref, refs, vl, prompts = models
     kw = dict(prompt_token_ids=prompts, temperature=0, max_new_tokens=24, trace=True, **opts)
     want = selar.generate(ref, TEXTS, method, batch_size=6, **kw)
-    others = [selar.generate(r, TEXTS, method, batch_size=6, **kw) for r in refs]
+    others = []
+    for r in refs:
+        try:
+            others.append(selar.generate(r, TEXTS, method, batch_size=6, **kw))
+        except CapabilityError:  # e.g. MoE experts' grouped matmul has no float64 kernel
+            continue
+    assert others
     got = selar.generate(vl, TEXTS, method, **kw)
     assert ref.stop_ids == vl.stop_ids and vl.info["architecture"] == "Selar" + ARCHITECTURES[family]
     decided = [min(_agree(w.token_ids, o[i].token_ids) for o in others) for i, w in enumerate(want)]
