@@ -1,7 +1,8 @@
 """Engines run the model. `base` holds the contract (Model, Capabilities, Engine), `registry` the
 known engines and `load_model`; each engine is a package of its own, imported when used."""
 
-from .base import Capabilities, Engine, Model
+from ..decode import Engine
+from .base import Capabilities, Model
 from .registry import ENGINES, EngineSpec, get_engine, load_model, load_options, register_engine
 from .transformers import TransformersEngine, TransformersModel, wrap
 

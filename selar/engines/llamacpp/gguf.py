@@ -37,7 +37,7 @@ def lib() -> Any:
     return bindings
 
 
-_LOG_CB = None
+_LOG_CB: Any = None
 
 
 def _table_path(gguf: Path) -> Path:

@@ -5,6 +5,7 @@ before any row is decoded)."""
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -72,7 +73,7 @@ class TransformersEngine:
 
     # -- forward ----------------------------------------------------------------------------
     def _forward(self, embeds: Tensor, position_ids: Tensor) -> Tensor:
-        kw = {self._keep_kw: 1} if self._keep_kw else {}
+        kw: dict[str, Any] = {self._keep_kw: 1} if self._keep_kw else {}
         if self.keep_hidden:
             kw["output_hidden_states"] = True
         if self._cache_position:  # the columns these inputs take in the batch
