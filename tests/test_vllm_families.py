@@ -82,8 +82,12 @@ def _config(family: str, tok):
         ),
         "mistral": lambda: tf.MistralConfig(**c, sliding_window=WINDOW),
         "gemma": lambda: tf.GemmaConfig(**c, hidden_activation="gelu_pytorch_tanh"),
-        "gemma2": lambda: tf.Gemma2Config(
-            **c, **gemma, sliding_window=WINDOW, final_logit_softcapping=30.0, attn_logit_softcapping=50.0
+        "gemma2": lambda: tf.Gemma2Config(  # tied head, as Gemma 2 ships (vLLM's class has no lm_head)
+            **{**c, "tie_word_embeddings": True},
+            **gemma,
+            sliding_window=WINDOW,
+            final_logit_softcapping=30.0,
+            attn_logit_softcapping=50.0,
         ),
         "gemma3_text": lambda: tf.Gemma3TextConfig(
             **{**c, "num_hidden_layers": 3},
