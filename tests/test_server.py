@@ -421,3 +421,17 @@ def test_metrics_in_prometheus_text_format(tiny):
         assert samples["selar_healthy"] == 1 and samples['selar_faults_total{kind="server"}'] == 0
     finally:
         srv.stop()
+
+
+def test_reasoning_under_both_field_names_and_methods_in_models(client, tiny_thinking):
+    """Issue 22: reasoning servers' clients read `reasoning_content` or (vLLM now) `reasoning`; /v1/models
+    lists the methods this engine can run."""
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "How many clips?"}], max_tokens=10, temperature=0)
+    msg = client.chat.completions.create(**kw).choices[0].message
+    assert msg.model_extra["reasoning"] == msg.model_extra["reasoning_content"] != ""
+    chunks = [c for c in client.chat.completions.create(stream=True, **kw) if c.choices]
+    extra = [c.choices[0].delta.model_extra or {} for c in chunks]
+    assert "".join(e.get("reasoning") or "" for e in extra) == "".join(e.get("reasoning_content") or "" for e in extra)
+    assert "".join(e.get("reasoning") or "" for e in extra).strip() == msg.model_extra["reasoning"]
+    card = client.models.list().data[0]
+    assert set(card.model_extra["capabilities"]["methods"]) == set(selar.METHODS)  # transformers feeds every kind

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from ..methods import METHODS
 from . import schema
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import APIError, MethodCheck, Settings, error_body, parse_request
@@ -255,7 +256,17 @@ def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
         check_auth(request)
         return {
             "object": "list",
-            "data": [{"id": settings.model_name, "object": "model", "created": 0, "owned_by": "selar"}],
+            "data": [
+                {
+                    "id": settings.model_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "selar",
+                    "capabilities": {
+                        "methods": [m for m, spec in METHODS.items() if spec.inputs <= model.capabilities.inputs]
+                    },
+                }
+            ],
         }
 
     @app.get("/health", responses={200: {"model": schema.Health}, 503: schema.ERRORS[503]})

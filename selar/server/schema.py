@@ -61,6 +61,7 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str
     reasoning_content: Optional[str] = Field(None, description="thinking models: the text before </think>")
+    reasoning: Optional[str] = Field(None, description="the same text, under vLLM's newer field name")
 
 
 class ChatChoice(BaseModel):
@@ -85,6 +86,7 @@ class CompletionChoice(BaseModel):
     finish_reason: Literal["stop", "length"]
     logprobs: None = None
     reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None
 
 
 class Completion(BaseModel):
@@ -102,6 +104,7 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    capabilities: dict[str, list[str]] = Field(default_factory=dict, description="methods: the decoding methods served")
 
 
 class ModelList(BaseModel):

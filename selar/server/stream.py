@@ -85,13 +85,13 @@ class Reply:
         finish = finish_reason(row)
         if self.kind == "chat":
             msg = {"role": "assistant", "content": answer}
-            if self.thinking:
-                msg["reasoning_content"] = reasoning
+            if self.thinking:  # both names: reasoning_content (DeepSeek, vLLM <0.10) and reasoning (vLLM now)
+                msg["reasoning_content"] = msg["reasoning"] = reasoning
             choice = {"index": 0, "message": msg, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": answer, "finish_reason": finish, "logprobs": None}
             if self.thinking:
-                choice["reasoning_content"] = reasoning
+                choice["reasoning_content"] = choice["reasoning"] = reasoning
         return {
             "id": self.id,
             "object": self.object,
@@ -129,7 +129,7 @@ class Reply:
         else:
             choice = {"index": 0, "text": delta.get("content", ""), "finish_reason": finish, "logprobs": None}
             if "reasoning_content" in delta:
-                choice["reasoning_content"] = delta["reasoning_content"]
+                choice["reasoning_content"] = choice["reasoning"] = delta["reasoning_content"]
         return self._event({"choices": [choice]})
 
     def first(self) -> Optional[str]:
@@ -139,7 +139,7 @@ class Reply:
     def deltas(self, parts: dict[str, str]) -> list[str]:
         out = []
         if parts.get("reasoning"):
-            out.append(self.chunk({"reasoning_content": parts["reasoning"]}))
+            out.append(self.chunk({"reasoning_content": parts["reasoning"], "reasoning": parts["reasoning"]}))
         if parts.get("answer"):
             out.append(self.chunk({"content": parts["answer"]}))
         return out
