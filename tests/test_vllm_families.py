@@ -143,7 +143,8 @@ def write_model(family: str, folder) -> list[list[int]]:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
     with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(8.0)  # peaked and flat steps both
+        # peaked and flat steps both (a tied head is the embedding too: scaled less)
+        model.get_output_embeddings().weight.mul_(2.0 if cfg.tie_word_embeddings else 8.0)
     prompts = [tok(t)["input_ids"] for t in TEXTS]
     ref = selar.wrap(model, tok, name=family)
     ref.stop_ids = []
