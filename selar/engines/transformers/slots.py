@@ -68,26 +68,28 @@ def register_attention() -> None:
 
 
 class SlotCache:
-    """What the model's layers see as their cache during a step (see the module docstring)."""
+    """What the model's layers see as their cache during a step (see the module docstring):
+    `keys` and `values` are (layers, slots, kv heads, columns, head dim)."""
 
     is_compileable = True
 
-    def __init__(self, keys: list[Tensor], values: list[Tensor], pos: Tensor, width: int):
+    def __init__(self, keys: Tensor, values: Tensor, pos: Tensor, width: int):
         self.keys, self.values, self.pos, self.width = keys, values, pos, width
         self.rows = torch.arange(pos.shape[0], device=pos.device)
 
     def update(self, key: Tensor, value: Tensor, layer_idx: int, cache_kwargs: Any = None) -> tuple[Tensor, Tensor]:
+        # every index a tensor, on the whole buffer (no view of it): the compiler writes in place
+        layer = torch.full_like(self.rows, layer_idx)
+        self.keys[layer, self.rows, :, self.pos] = key[:, :, 0]
+        self.values[layer, self.rows, :, self.pos] = value[:, :, 0]
         b = self.pos.shape[0]
-        k, v = self.keys[layer_idx][:b], self.values[layer_idx][:b]
-        k[self.rows, :, self.pos] = key[:, :, 0]
-        v[self.rows, :, self.pos] = value[:, :, 0]
-        return k[:, :, : self.width], v[:, :, : self.width]
+        return self.keys[layer_idx, :b, :, : self.width], self.values[layer_idx, :b, :, : self.width]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.width
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return int(self.keys.shape[0])
 
 
 def _step(
@@ -95,8 +97,8 @@ def _step(
     embeds: Tensor,
     pos: Tensor,
     mask: Tensor,
-    keys: list[Tensor],
-    values: list[Tensor],
+    keys: Tensor,
+    values: Tensor,
     keep_kw: Optional[str],
     hidden: bool,
 ) -> tuple[Tensor, Optional[Tensor]]:
@@ -142,8 +144,8 @@ class Step:
         embeds: Tensor,
         pos: Tensor,
         mask: Tensor,
-        keys: list[Tensor],
-        values: list[Tensor],
+        keys: Tensor,
+        values: Tensor,
         hidden: bool,
         strict: bool = False,
     ) -> tuple[Tensor, Optional[Tensor]]:
@@ -154,9 +156,9 @@ class Step:
                 torch._dynamo.mark_dynamic(pos, 0)
                 torch._dynamo.mark_dynamic(mask, 0)
             torch._dynamo.mark_dynamic(mask, 3)
-            for t in (*keys, *values):
-                torch._dynamo.mark_dynamic(t, 0)
-                torch._dynamo.mark_dynamic(t, 2)
+            for t in (keys, values):
+                torch._dynamo.mark_dynamic(t, 1)
+                torch._dynamo.mark_dynamic(t, 3)
         key = (embeds.shape[0] == 1, hidden, torch.is_inference_mode_enabled())
         cfg = self.model.config
         with _LOCK:

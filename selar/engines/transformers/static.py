@@ -33,12 +33,9 @@ WIDTH_STEP = 128  # the step attends to a multiple of this many columns (fewer s
 MIN_LENGTH = 512  # columns allocated at first (more as rows need them)
 
 
-MIN_BUCKET = 2  # one compiled graph for every batch size (a dimension of size 1 would be specialised)
-
-
-def bucket(n: int) -> int:
-    """The number of slots a step runs for n rows: a power of two, at least MIN_BUCKET."""
-    return max(MIN_BUCKET, 1 << max(0, n - 1).bit_length())
+def bucket(n: int, least: int = 1) -> int:
+    """The number of slots a step runs for n rows: a power of two, at least `least`."""
+    return max(least, 1 << max(0, n - 1).bit_length())
 
 
 class StaticEngine(TransformersEngine):
@@ -48,33 +45,33 @@ class StaticEngine(TransformersEngine):
         super().__init__(model, pad_id=pad_id)
         self.step_fn: Step = step_of(model, compile)
         self.strict = strict  # a failed compilation raises (else the step runs as is, with a warning)
-        self.keys: list[Tensor] = []
-        self.values: list[Tensor] = []
+        self.keys: Optional[Tensor] = None  # (layers, slots, kv heads, columns, head dim)
+        self.values: Optional[Tensor] = None
         self.slots: list[int] = []  # the slot of each row, in the session's row order
         self.pos: Optional[Tensor] = None  # (S,) next column of each slot
         self.high = 0  # an upper bound of every row's next column (host side, no sync per step)
         self.slot_hidden: Optional[Tensor] = None  # (S, D) last hidden state of each slot, when kept
+        # the compiler specialises a batch of 1: a session of one row runs that graph (the fastest
+        # at batch 1); once it has held several rows it runs buckets of at least 2 (one graph for all)
+        self.least = 1
 
     # -- the cache ----------------------------------------------------------------------------
-    def _allocate(self, layers: list[tuple[Tensor, Tensor]], slots: int, length: int) -> None:
+    def _allocate(self, like: tuple[Tensor, Tensor], layers: int, slots: int, length: int) -> None:
+        """Buffers for `slots` slots of `length` columns, shaped as `like`'s (rows, heads, columns,
+        dim) keys and values; the rows held so far are copied over."""
         old_k, old_v = self.keys, self.values
-        s0 = old_k[0].shape[0] if old_k else 0
-        l0 = old_k[0].shape[2] if old_k else 0
-        slots, length = max(slots, s0), max(length, l0)
-        if not old_k and self._reuse(layers, slots, length):
+        if old_k is None and self._reuse(like, layers, slots, length):
             return
-        self.keys, self.values = [], []
-        for i, (k, v) in enumerate(layers):
-            nk = k.new_zeros(slots, k.shape[1], length, k.shape[3])
-            nv = v.new_zeros(slots, v.shape[1], length, v.shape[3])
-            if old_k:
-                nk[:s0, :, :l0] = old_k[i]
-                nv[:s0, :, :l0] = old_v[i]
-            if nk.device.type == "cuda":  # fixed addresses for CUDA graphs
-                torch._dynamo.mark_static_address(nk)
-                torch._dynamo.mark_static_address(nv)
-            self.keys.append(nk)
-            self.values.append(nv)
+        s0, l0 = (old_k.shape[1], old_k.shape[3]) if old_k is not None else (0, 0)
+        slots, length = max(slots, s0), max(length, l0)
+        k, v = (x.new_zeros(layers, slots, x.shape[1], length, x.shape[3]) for x in like)
+        if old_k is not None and old_v is not None:
+            k[:, :s0, :, :l0] = old_k
+            v[:, :s0, :, :l0] = old_v
+        if k.device.type == "cuda":  # fixed addresses for CUDA graphs
+            torch._dynamo.mark_static_address(k)
+            torch._dynamo.mark_static_address(v)
+        self.keys, self.values = k, v
         pos = torch.zeros(slots, dtype=torch.long, device=self.device)
         if self.pos is not None:
             pos[: self.pos.shape[0]] = self.pos
@@ -84,37 +81,38 @@ class StaticEngine(TransformersEngine):
             h[: self.slot_hidden.shape[0]] = self.slot_hidden
             self.slot_hidden = h
 
-    def _reuse(self, layers: list[tuple[Tensor, Tensor]], slots: int, length: int) -> bool:
+    def _reuse(self, like: tuple[Tensor, Tensor], layers: int, slots: int, length: int) -> bool:
         """Take the model's pooled buffers (a finished session's) when they are large enough: no
         allocation per batch, and the same addresses for CUDA graphs."""
         pooled = _POOL.pop(self.model, None)
         if pooled is None:
             return False
-        keys, values = pooled
-        ok = len(keys) == len(layers) and all(
-            c.shape[0] >= slots
-            and c.shape[2] >= length
-            and (c.shape[1], c.shape[3], c.dtype) == (k.shape[1], k.shape[3], k.dtype)
-            for c, (k, _) in zip(keys, layers)
-        )
-        if not ok:
+        if not all(
+            (c.shape[0], c.shape[2], c.shape[4], c.dtype) == (layers, x.shape[1], x.shape[3], x.dtype)
+            and c.shape[1] >= slots
+            and c.shape[3] >= length
+            for c, x in zip(pooled, like)
+        ):
             return False
-        self.keys, self.values = keys, values
-        self.pos = torch.zeros(keys[0].shape[0], dtype=torch.long, device=self.device)
+        self.keys, self.values = pooled
+        self.pos = torch.zeros(pooled[0].shape[1], dtype=torch.long, device=self.device)
         return True
 
-    def _fit(self, slots: int, columns: int, layers: list[tuple[Tensor, Tensor]]) -> None:
+    def _fit(self, slots: int, columns: int, like: tuple[Tensor, Tensor], layers: int) -> None:
         """Room for slots 0..slots-1 and for `columns` columns (grows by doubling). The buffers keep
         one slot and WIDTH_STEP columns beyond any step's bucket and width: a size that equalled
         the buffer's would be specialised by the compiler (and recompiled when it no longer does)."""
-        have_s = self.keys[0].shape[0] - 1 if self.keys else 0
-        have_l = self.keys[0].shape[2] - WIDTH_STEP if self.keys else 0
+        have_s = self.keys.shape[1] - 1 if self.keys is not None else 0
+        have_l = self.keys.shape[3] - WIDTH_STEP if self.keys is not None else 0
         columns = -(-columns // WIDTH_STEP) * WIDTH_STEP
-        if self.keys and slots <= have_s and columns <= have_l:
+        if self.keys is not None and slots <= have_s and columns <= have_l:
             return
-        new_s = bucket(slots) if not self.keys else have_s if slots <= have_s else max(2 * have_s, bucket(slots))
-        new_l = max(MIN_LENGTH, columns) if not self.keys else have_l if columns <= have_l else max(2 * have_l, columns)
-        self._allocate(layers, new_s + 1, -(-new_l // WIDTH_STEP) * WIDTH_STEP + WIDTH_STEP)
+        if self.keys is None:
+            new_s, new_l = bucket(slots), max(MIN_LENGTH, columns)
+        else:
+            new_s = have_s if slots <= have_s else max(2 * have_s, bucket(slots))
+            new_l = have_l if columns <= have_l else max(2 * have_l, columns)
+        self._allocate(like, layers, new_s + 1, -(-new_l // WIDTH_STEP) * WIDTH_STEP + WIDTH_STEP)
 
     # -- rows -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -131,16 +129,19 @@ class StaticEngine(TransformersEngine):
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         logits, cache, hidden = self._prefill(ids, mask, pos)
         layers = [(layer.keys, layer.values) for layer in cache.layers]
+        if any(k.shape[1:] != layers[0][0].shape[1:] or v.shape[1:] != layers[0][1].shape[1:] for k, v in layers):
+            raise NotImplementedError("layers whose keys or values differ in shape")
         new = self._take(n)
-        self._fit(bucket(max(self.slots + new) + 1), max(self.high, width) + 1, layers)
+        if len(self.slots) + n > 1:
+            self.least = 2
+        self._fit(self.bucket(max(self.slots + new) + 1), max(self.high, width) + 1, layers[0], len(layers))
+        assert self.keys is not None and self.values is not None and self.pos is not None
         # slot column j of row i is prefill column j + (width - len_i), for j < width
         src = (torch.arange(width, device=self.device)[None] + (width - lens)[:, None]).clamp_max(width - 1)
         dst = torch.tensor(new, dtype=torch.long, device=self.device)
-        for (k, v), kc, vc in zip(layers, self.keys, self.values):
-            at = src[:, None, :, None].expand(n, k.shape[1], width, k.shape[3])
-            kc[dst, :, :width] = k.gather(2, at)
-            vc[dst, :, :width] = v.gather(2, at)
-        assert self.pos is not None
+        for i, (k, v) in enumerate(layers):
+            self.keys[i, dst, :, :width] = k.gather(2, src[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3]))
+            self.values[i, dst, :, :width] = v.gather(2, src[:, None, :, None].expand(-1, v.shape[1], -1, v.shape[3]))
         self.pos[dst] = lens
         if hidden is not None:
             if self.slot_hidden is None:
@@ -172,6 +173,9 @@ class StaticEngine(TransformersEngine):
         hidden = out.hidden_states[-1][:, -1, :] if self.keep_hidden else None
         return logits, out.past_key_values, hidden
 
+    def bucket(self, n: int) -> int:
+        return bucket(n, self.least)
+
     def _take(self, n: int) -> list[int]:
         """n free slots, lowest first."""
         top = max(self.slots, default=-1) + 1
@@ -187,11 +191,11 @@ class StaticEngine(TransformersEngine):
 
     def reset(self) -> None:
         """Drop every row; the cache goes to the model's pool, for the next batch or session."""
-        if self.keys:
+        if self.keys is not None and self.values is not None:
             pooled = _POOL.get(self.model)
-            if pooled is None or pooled[0][0].numel() <= self.keys[0].numel():
+            if pooled is None or pooled[0].numel() <= self.keys.numel():
                 _POOL[self.model] = (self.keys, self.values)
-        self.keys, self.values, self.pos, self.slot_hidden = [], [], None, None
+        self.keys = self.values = self.pos = self.slot_hidden = None
         self.slots, self.high, self.hidden = [], 0, None
 
     def select(self, keep: Tensor) -> None:
@@ -202,7 +206,7 @@ class StaticEngine(TransformersEngine):
         assert self.pos is not None
         if gone:  # a free slot inside the bucket writes its column 0 until a row takes it
             self.pos[torch.tensor(gone, device=self.device)] = 0
-        if self.slots and bucket(len(self.slots)) < bucket(max(self.slots) + 1):
+        if self.slots and self.bucket(len(self.slots)) < self.bucket(max(self.slots) + 1):
             self._compact()
         if self.slots:
             self.high = int(self.pos[self._slot_index()].max())
@@ -210,16 +214,15 @@ class StaticEngine(TransformersEngine):
 
     def _compact(self) -> None:
         """Move the rows of the highest slots into the lowest free ones."""
-        target = bucket(len(self.slots))
+        target = self.bucket(len(self.slots))
         movers = [r for r, s in enumerate(self.slots) if s >= target]
         holes = sorted(s for s in set(range(target)) - set(self.slots))[: len(movers)]
         src = torch.tensor([self.slots[r] for r in movers], device=self.device)
         dst = torch.tensor(holes, device=self.device)
-        cols = min(self.high + 1, self.keys[0].shape[2])
-        for kc, vc in zip(self.keys, self.values):
-            kc[dst, :, :cols] = kc[src, :, :cols]
-            vc[dst, :, :cols] = vc[src, :, :cols]
-        assert self.pos is not None
+        assert self.keys is not None and self.values is not None and self.pos is not None
+        cols = min(self.high + 1, self.keys.shape[3])
+        self.keys[:, dst, :, :cols] = self.keys[:, src, :, :cols]
+        self.values[:, dst, :, :cols] = self.values[:, src, :, :cols]
         self.pos[dst] = self.pos[src]
         if self.slot_hidden is not None:
             self.slot_hidden[dst] = self.slot_hidden[src]
@@ -234,8 +237,9 @@ class StaticEngine(TransformersEngine):
             heads = getattr(self.model, "selar_latent", None)
             h = self.hidden if heads is None else heads.project(self.hidden)
             embeds = torch.where(inputs.latent[:, None, None], h[:, None, :].to(embeds.dtype), embeds)
-        b = bucket(max(self.slots) + 1)
-        self._fit(b, self.high + 1, list(zip(self.keys, self.values)))
+        assert self.keys is not None and self.values is not None
+        b = self.bucket(max(self.slots) + 1)
+        self._fit(b, self.high + 1, (self.keys[0], self.values[0]), self.keys.shape[0])
         assert self.pos is not None
         dense = self.slots == list(range(b))
         idx = None if dense else self._slot_index()
@@ -268,7 +272,7 @@ class StaticEngine(TransformersEngine):
         return logits
 
 
-_POOL: weakref.WeakKeyDictionary[Any, tuple[list[Tensor], list[Tensor]]] = weakref.WeakKeyDictionary()
+_POOL: weakref.WeakKeyDictionary[Any, tuple[Tensor, Tensor]] = weakref.WeakKeyDictionary()
 _VERDICTS: weakref.WeakKeyDictionary[Any, Optional[str]] = weakref.WeakKeyDictionary()
 
 
