@@ -172,8 +172,8 @@ def write_problems(path: Path) -> Path:
     return path
 
 
-def selar_eval(model, data: Path, out: Path, **sets) -> list[dict]:
-    cfg = EvalConfig(model=model.name, datasets=[], methods=["selar"], data=str(data), sets=sets, batch_size=8)
+def selar_eval(model, data: Path, out: Path, batch_size: int = 8, **sets) -> list[dict]:
+    cfg = EvalConfig(model=model.name, datasets=[], methods=["selar"], data=str(data), sets=sets, batch_size=batch_size)
     results = run_eval(cfg, str(out), model=model, progress=False)
     return [json.loads(line) for line in results.read_text().splitlines()]
 
@@ -202,20 +202,26 @@ def test_lm_eval_in_process_equals_selar_eval_tiny(tiny, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_lm_eval_cli_accuracy_equals_selar_eval_smollm2(smollm2, tmp_path):
-    """The cross-check: `lm_eval ... --model selar` and `selar eval` on the same problems."""
+    """The cross-check: `lm_eval ... --model selar` and `selar eval` on the same problems.
+    Sampled SeLaR trajectories are chaotic, so both sides do the same arithmetic: one row per batch
+    (lm-eval orders requests by length, which changes a batch's padding) and the same number of
+    torch threads (a reduction split differently changes the last bit)."""
+    import torch
+
     data = write_problems(tmp_path / "arith.jsonl")
     write_task(data, tmp_path / "tasks", max_gen_toks=48)
     cmd = [sys.executable, "-m", "selar.integrations.lm_eval_cli", "run", "--model", "selar",
            "--model_args", "pretrained=smollm2-135m,method=selar,tau=0.5,engine=transformers,dtype=float32",
            "--include_path", str(tmp_path / "tasks"), "--tasks", "arith", "--apply_chat_template",
-           "--batch_size", "8", "--gen_kwargs", "do_sample=true,temperature=0.6",
+           "--batch_size", "1", "--gen_kwargs", "do_sample=true,temperature=0.6",
            "--output_path", str(tmp_path / "lm"), "--log_samples"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **OFFLINE}, cwd=tmp_path)
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads()), "MKL_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **OFFLINE, **threads}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lm_results = json.loads(next((tmp_path / "lm").rglob("results_*.json")).read_text())
     samples = [json.loads(x) for x in next((tmp_path / "lm").rglob("samples_arith_*.jsonl")).read_text().splitlines()]
     samples.sort(key=lambda s: s["doc_id"])
-    ours = selar_eval(smollm2, data, tmp_path / "run", tau=0.5, temperature=0.6, max_new_tokens=48)
+    ours = selar_eval(smollm2, data, tmp_path / "run", batch_size=1, tau=0.5, temperature=0.6, max_new_tokens=48)
     lm_acc = lm_results["results"]["arith"]["acc,none"]
     selar_acc = sum(r["correct"] for r in ours) / len(ours)
     print(f"\nlm-eval acc {lm_acc:.4f}  selar eval acc {selar_acc:.4f}  ({len(ours)} problems)")

@@ -435,3 +435,21 @@ def test_reasoning_under_both_field_names_and_methods_in_models(client, tiny_thi
     assert "".join(e.get("reasoning") or "" for e in extra).strip() == msg.model_extra["reasoning"]
     card = client.models.list().data[0]
     assert set(card.model_extra["capabilities"]["methods"]) == set(selar.METHODS)  # transformers feeds every kind
+
+
+def test_server_wide_seed_and_max_new_tokens_defaults_hold(tiny):
+    """`selar serve --set seed=7 --set max_new_tokens=5`: a request without them uses them (the
+    server used to draw a random seed and its own default length over them); a request's own wins."""
+    from selar.server.protocol import parse_request
+
+    settings = Settings(
+        model_name="tiny", max_tokens=64, default_max_tokens=16, defaults={"seed": 7, "max_new_tokens": 5}
+    )
+    body = {"prompt": "Hi", "method": "selar", "temperature": 0.7}
+    cfg = parse_request(dict(body), "completion", tiny, settings).config
+    assert (cfg.sampling.seed, cfg.sampling.max_new_tokens) == (7, 5)
+    cfg = parse_request({**body, "seed": 3, "max_tokens": 9}, "completion", tiny, settings).config
+    assert (cfg.sampling.seed, cfg.sampling.max_new_tokens) == (3, 9)
+    plain = Settings(model_name="tiny", max_tokens=64, default_max_tokens=16)
+    seeds = {parse_request(dict(body), "completion", tiny, plain).config.sampling.seed for _ in range(4)}
+    assert len(seeds) > 1 and parse_request(dict(body), "completion", tiny, plain).config.sampling.max_new_tokens == 16

@@ -271,7 +271,10 @@ def _max_tokens(body: dict, settings: Settings) -> int:
         _need(k, _is_int(v), "an integer")
         if not 1 <= v <= settings.max_tokens:
             raise APIError(400, f"'{k}' must be in [1, {settings.max_tokens}], got {v}", k)
-    return body[given[0]] if given else settings.default_max_tokens
+    if given:
+        return body[given[0]]
+    default = settings.defaults.get("max_new_tokens")  # `selar serve --set max_new_tokens=N`
+    return min(default, settings.max_tokens) if _is_int(default) and default >= 1 else settings.default_max_tokens
 
 
 def _strings(name: str, value: Any, most: int) -> tuple[str, ...]:
@@ -340,10 +343,11 @@ def parse_request(body: Any, kind: str, model, settings: Settings, check: Option
         opts[key] = value
     if body.get("stop") is not None:
         opts["stop"] = _strings("stop", body["stop"], MAX_STOPS)
-    if body.get("seed") is None:
+    seed = body.get("seed")
+    if seed is None and settings.defaults.get("seed") is None:
         opts["seed"] = int.from_bytes(uuid.uuid4().bytes[:6], "big")  # OpenAI semantics: random unless given
-    elif _is_int(body["seed"]) and not INT64_MIN <= body["seed"] <= INT64_MAX:
-        raise APIError(400, f"'seed' must be a 64-bit integer, got {body['seed']}", "seed")
+    elif _is_int(seed) and not INT64_MIN <= seed <= INT64_MAX:
+        raise APIError(400, f"'seed' must be a 64-bit integer, got {seed}", "seed")
     _check_kinds(method, opts)
     try:
         cfg = make_config(method, **opts)

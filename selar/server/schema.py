@@ -217,12 +217,21 @@ ERRORS = {
 }
 
 
+# Before OpenAPI 3.2, the `schema` of an event stream describes one event: each of ours carries a JSON chunk
+# (or the final "[DONE]") in `data`.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}},
+    "required": ["data"],
+}
+
+
 def completion_responses(model: type[BaseModel]) -> dict:
     return {
         200: {
             "model": model,
             "description": "the completion, or (stream: true) server-sent events",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
         },
         **ERRORS,
     }
