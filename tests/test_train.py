@@ -267,18 +267,21 @@ def test_synthetic_arithmetic_is_consistent():
 
 
 def test_aligned_layout_puts_operation_j_at_a_fixed_place():
-    spaced = synthetic_arithmetic(100, max_steps=4, seed=7)
-    aligned = synthetic_arithmetic(100, max_steps=4, seed=7, layout="aligned")
-    for s, a in zip(spaced, aligned):
-        words = a.question.split()
+    aligned = synthetic_arithmetic(300, max_steps=4, seed=7, layout="aligned")
+    assert {len(e.steps) for e in aligned} == {1, 2, 3, 4}
+    for e in aligned:
+        words = e.question.split()
         assert len(words) == 1 + 4 + 1 and words[-1] == "="  # value, 4 operation slots, "="
-        k = len(s.steps)
-        assert words[1 + k : 5] == ["."] * (4 - k)
-        # the same problem as the spaced layout, one word per operation
-        assert " ".join(words[: 1 + k]) == s.question.rstrip(" =").replace(" + ", " +").replace(" - ", " -").replace(
-            " * ", " *"
-        )
-        assert a.answer == s.answer and [x.replace(" ", "") for x in a.steps] == [x.replace(" ", "") for x in s.steps]
+        k = len(e.steps)
+        assert words[1 + k : 5] == ["."] * (4 - k)  # operation j in slot j, "." in the empty slots
+        v = int(words[0])
+        for j, w in enumerate(words[1 : 1 + k]):
+            op, b = w[0], int(w[1:])
+            assert op in "+-*" and 1 <= b <= 9 and (op != "*" or b in (3, 7, 9))  # bijections mod 10, not *1
+            new = eval(f"({v} {op} {b}) % 10")
+            assert e.steps[j] == f"{v} {w} = {new}"
+            v = new
+        assert e.answer == str(v)
 
 
 def test_jsonl_round_trip_and_answers(tmp_path):
@@ -479,3 +482,38 @@ def test_thought_loss_reads_each_fed_back_state_with_the_lm_head():
             want.append(-torch.log_softmax(logits[row, bot + j], -1)[t])
     assert parts["thought"] == pytest.approx(float(torch.stack(want).mean()), rel=1e-5)
     assert "thought" not in sft_loss(r, b)[1]  # weight 0: no such term
+
+
+def test_need_to_budget_rows_are_cut_between_the_need_and_the_budget():
+    tok = make_tokenizer()
+    r = LatentReasoner.from_base(make_model(tok), tok, lora=False, max_latent=8)
+    exs = [Example(f"{i} + 1 =", [f"s{j}" for j in range(1 + i % 3)], "3") for i in range(60)]
+    cfg = SFTConfig(budget_base=3, budget_per_step=1, cot_steps=1, steps_per_stage=1, budget_lengths="need-to-budget")
+    items = _stage_plan(cfg, r, exs)[-1][2]
+    budgets = [latent_budget(len(e.steps), 3, 1, max_latent=8) for e in exs]
+    assert all(len(e.steps) <= it.latent <= b for e, it, b in zip(exs, items, budgets))
+    assert len({it.latent - len(e.steps) for e, it in zip(exs, items)}) == 4  # cut anywhere: need + 0..3
+    b = build_batch(r, items)
+    h = r.heads
+    for row, (it, budget) in enumerate(zip(items, budgets)):
+        ids, labels = b["input_ids"][row].tolist(), b["stop_labels"][row].tolist()
+        bot = ids.index(h.bot_id)
+        decisions = labels[bot : bot + it.latent + 1]  # at <bot> and at every <lat>
+        if it.latent == budget:  # at the budget: continue, then stop
+            assert decisions == [CONTINUE] * it.latent + [STOP]
+        else:  # cut early: never taught to stop there (the last decision is not trained)
+            assert decisions == [CONTINUE] * it.latent + [-100]
+        assert b["lm_labels"][row, int(b["answer_pos"][row])] == tok.encode(" 3", add_special_tokens=False)[0]
+    with pytest.raises(Exception, match="budget_lengths"):
+        SFTConfig(budget_lengths="sometimes")
+
+
+def test_training_loops_report_every_step_to_a_progress_callback():
+    tok = make_tokenizer()
+    r = LatentReasoner.from_base(make_model(tok), tok, lora=False, max_latent=4)
+    ex = [Example("1 + 2 =", ["1 + 2 = 3"], "3"), Example("2 * 3 =", ["2 * 3 = 6", "6 / 2 = 3"], "3")]
+    ticks = []
+    cfg = SFTConfig(stages=2, cot_steps=2, steps_per_stage=3, budget_base=1, budget_steps=2, batch_size=2)
+    train_sft(r, ex, cfg, log=lambda s: None, tick=lambda *a: ticks.append(a))
+    assert [(p, s, t) for p, s, t, _ in ticks] == [("sft", s, 10) for s in range(1, 11)]  # 2 + 2 x 3 + 2 steps
+    assert ticks[-1][3].startswith("stage budget lm ")

@@ -86,6 +86,7 @@ def test_demo_mechanics(tmp_path):
     cfg = DemoConfig(
         n_train=40,
         n_eval=16,
+        n_val=8,
         hidden=32,
         layers=1,
         max_latent=6,
@@ -99,12 +100,13 @@ def test_demo_mechanics(tmp_path):
             batch_size=8,
             thought_weight=1.0,
         ),
-        rl=RLConfig(steps=2, prompts_per_step=2, group_size=3, max_answer_tokens=6),
+        rl=RLConfig(steps=3, prompts_per_step=2, group_size=3, max_answer_tokens=6, val_every=1, val_tolerance=0.2),
     )
     logs: list[str] = []
     s = run_demo(tmp_path, cfg, log=logs.append)
     for f in (
         "train.jsonl",
+        "val.jsonl",
         "eval.jsonl",
         "summary.json",
         TABLE,
@@ -118,3 +120,30 @@ def test_demo_mechanics(tmp_path):
     assert s["config"]["sft"]["seed"] == 3 and s["config"]["rl"]["seed"] == 3
     assert sum(v["n"] for v in s["after_sft"]["by_ops"].values()) == 16
     assert any("after SFT" in line for line in logs)
+    # RL's checkpoint selection on the validation problems (kept out of training and of the held-out set)
+    from selar.train.data import load_jsonl
+    from selar.train.model import LatentReasoner
+    from selar.train.rl import evaluate
+
+    train, val, held = (load_jsonl(tmp_path / f) for f in ("train.jsonl", "val.jsonl", "eval.jsonl"))
+    assert (len(train), len(val)) == (32, 8)
+    assert not {e.question for e in val} & ({e.question for e in train} | {e.question for e in held})
+    hist = s["rl_history"]
+    vals = [h for h in hist if "val_accuracy" in h]
+    assert [h["step"] for h in vals] == [1, 2, 3]
+    kept = hist[-1]["kept_step"]
+    start = next(line for line in logs if line.startswith("rl validation at the start"))
+    start_acc = float(start.split("accuracy ")[1].split(",")[0])
+    ok = [h for h in vals if h["val_accuracy"] >= start_acc - 0.2]
+    if kept:  # the fewest latent steps among the checkpoints within the tolerance
+        assert kept == min(ok, key=lambda h: (h["val_latent_steps"], -h["val_accuracy"], h["step"]))["step"]
+        rl = evaluate(LatentReasoner.load(tmp_path / "rl"), val, max_answer_tokens=6)
+        rec = next(h for h in vals if h["step"] == kept)
+        assert (rl["accuracy"], rl["mean_latent_steps"]) == (rec["val_accuracy"], rec["val_latent_steps"])
+
+
+def test_demo_refuses_a_validation_set_as_large_as_the_training_set(tmp_path):
+    from selar.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="n_val"):
+        run_demo(tmp_path, DemoConfig(n_train=40, n_val=40))

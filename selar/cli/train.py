@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..eval.progress import StepBar
 from .options import Group, fail
 
 
@@ -106,6 +107,13 @@ def train_group() -> None:
     "--budget-steps", type=int, default=None, help="optimizer steps at the budget (default: --steps-per-stage)"
 )
 @click.option(
+    "--budget-lengths",
+    type=click.Choice(["budget", "need-to-budget"]),
+    default="budget",
+    show_default=True,
+    help="need-to-budget: the answer also trained after any latent length from the need to the budget",
+)
+@click.option(
     "--curriculum",
     type=click.Choice(["coconut", "none"]),
     default="coconut",
@@ -154,6 +162,7 @@ def train_sft_cmd(
     budget_base,
     budget_per_step,
     budget_steps,
+    budget_lengths,
     curriculum,
     distill,
     distill_weight,
@@ -184,6 +193,7 @@ def train_sft_cmd(
         budget_base=None if budget_base < 0 else budget_base,
         budget_per_step=budget_per_step,
         budget_steps=budget_steps,
+        budget_lengths=budget_lengths,
         curriculum=curriculum,
         distill=distill,
         distill_weight=distill_weight,
@@ -218,7 +228,8 @@ def train_sft_cmd(
         seed=seed,
     )
     t0 = time.perf_counter()
-    train_sft(model, train, cfg, log=lambda s: click.echo(s, err=True))
+    with StepBar() as bar:
+        train_sft(model, train, cfg, log=bar.log, tick=bar.tick)
     model.save(out_dir)
     click.echo(f"SFT: {time.perf_counter() - t0:.0f} s; adapter written to {out_dir}")
     _echo_eval("after SFT", evaluate(model, held))
@@ -242,6 +253,7 @@ def train_sft_cmd(
     show_default=True,
     help="of the stop head in rollouts (above 1 explores more reasoning lengths)",
 )
+@click.option("--stop-temperature-end", type=float, default=None, help="anneal the stop temperature linearly to this")
 @click.option(
     "--length-penalty", type=float, default=0.2, show_default=True, help="relative length penalty coefficient"
 )
@@ -271,6 +283,7 @@ def train_rl_cmd(
     beta,
     temperature,
     stop_temperature,
+    stop_temperature_end,
     length_penalty,
     length_accuracy_requirement,
     length_reward_below,
@@ -297,13 +310,15 @@ def train_rl_cmd(
         lr=lr,
         beta=beta,
         stop_temperature=stop_temperature,
+        stop_temperature_end=stop_temperature_end,
         temperature=temperature,
         length_penalty=length_penalty,
         length_accuracy_requirement=length_accuracy_requirement or None,
         length_reward_below=length_reward_below,
         seed=seed,
     )
-    train_rl(model, train, cfg, log=lambda s: click.echo(s, err=True))
+    with StepBar() as bar:
+        train_rl(model, train, cfg, log=bar.log, tick=bar.tick)
     model.save(out_dir)
     click.echo(f"RL: {time.perf_counter() - t0:.0f} s; adapter written to {out_dir}")
     _echo_eval("after RL", evaluate(model, held))
@@ -333,7 +348,8 @@ def train_demo_cmd(out_dir, threads, seed):
     _train_setup(threads)
     from ..train.demo import PLOT, TABLE, DemoConfig, format_summary, run_demo
 
-    summary = run_demo(out_dir, DemoConfig(seed=seed), log=lambda s: click.echo(s, err=True))
+    with StepBar() as bar:
+        summary = run_demo(out_dir, DemoConfig(seed=seed), log=bar.log, tick=bar.tick)
     click.echo(format_summary(summary))
     click.echo(f"written: {out_dir}/{TABLE}, {out_dir}/{PLOT}, {out_dir}/summary.json")
 

@@ -53,3 +53,57 @@ class Progress:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+class StepBar:
+    """Progress of a long loop of steps (training): a rich bar with the phase, steps done, a short
+    status (losses, sampled accuracy, steps/s) and ETA on a terminal. Off a terminal it draws
+    nothing: the loop's own log lines, one per interval, are the log-friendly record.
+
+    Use as a context manager; `tick(phase, step, total, info)` after every step, and `log(line)` to
+    print a line above the bar (or to stderr without one)."""
+
+    def __init__(self, enabled: bool = True):
+        self.bar = None
+        self.task = None
+        self.phase = ""
+        self.t0 = time.perf_counter()
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
+
+            self.bar = Bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+
+    def __enter__(self) -> StepBar:
+        if self.bar:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *a) -> None:
+        if self.bar:
+            self.bar.__exit__(*a)
+
+    def tick(self, phase: str, step: int, total: int, info: str = "") -> None:
+        if self.bar is None:
+            return
+        if phase != self.phase or self.task is None:
+            if self.task is not None:
+                self.bar.update(self.task, visible=False)
+            self.phase, self.t0 = phase, time.perf_counter()
+            self.task = self.bar.add_task(phase, total=total, info="")
+        rate = step / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.update(self.task, completed=step, total=total, info=f"{info} | {rate:.1f} steps/s".lstrip(" |"))
+
+    def log(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@ machines without internet), a JSONL loader and GSM8K-Aug from the Hugging Face h
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -43,7 +44,11 @@ def synthetic_arithmetic(
     `layout="aligned"`: each operation one word and the question padded to `max_steps` operations
     with "." ("3 +4 *2 . . =", steps "3 +4 = 7", "7 *2 = 4"), so that operation j always sits at
     the same distance from the j-th latent step: a fixed-width format a small model trained from
-    scratch can read step by step in latent space."""
+    scratch can read step by step in latent space. There every operation is a bijection modulo
+    `modulus` other than the identity (multipliers coprime to it, not 1): no operation loses
+    information, so an answer read before the last operation is almost always wrong, and the
+    only way to reason shorter and stay right is to stop right after it (with "*5" or "*2" a value
+    collapses, and RL learns to stop early where it happens to be right)."""
     if not 1 <= min_steps <= max_steps:
         raise ConfigError(f"need 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
     if modulus < 2:
@@ -51,6 +56,7 @@ def synthetic_arithmetic(
     if layout not in LAYOUTS:
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     sep = "" if layout == "aligned" else " "
+    units = [b for b in range(2, modulus) if math.gcd(b, modulus) == 1] or [1]  # multipliers that lose nothing
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -59,7 +65,7 @@ def synthetic_arithmetic(
         q, steps = [str(v)], []
         for _ in range(k):
             op = rng.choice("+-*")
-            b = rng.randrange(1, modulus)
+            b = rng.choice(units) if op == "*" and layout == "aligned" else rng.randrange(1, modulus)
             w = OPS[op](v, b) % modulus
             q.append(f"{op}{sep}{b}")
             steps.append(f"{v} {op}{sep}{b} = {w}")

@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 
+from ..errors import ConfigError
 from .data import save_jsonl, split_data
 from .model import LatentReasoner
 from .rl import RLConfig, evaluate, train_rl
@@ -27,11 +29,13 @@ TABLE = "table.txt"
 
 def demo_sft() -> SFTConfig:
     return SFTConfig(
-        cot_steps=600,
-        steps_per_stage=400,
+        cot_steps=400,
+        steps_per_stage=300,
+        budget_steps=400,
         latents_per_step=1,
         budget_base=3,
         budget_per_step=1,
+        thought_weight=1.0,
         batch_size=32,
         lr=1e-3,
         log_every=100,
@@ -44,18 +48,23 @@ def demo_rl() -> RLConfig:
         prompts_per_step=8,
         group_size=8,
         lr=1e-4,
-        stop_temperature=3.0,
+        stop_temperature=2.0,
+        stop_temperature_end=1.0,
         length_penalty=0.2,
-        length_accuracy_requirement=None,
+        length_accuracy_requirement=1.0,
         max_answer_tokens=8,
         log_every=10,
+        val_every=10,
+        val_tolerance=0.01,
     )
 
 
 @dataclass
 class DemoConfig:
+    data: str = "synthetic-aligned"  # or "synthetic" (the spaced layout)
     n_train: int = 8000
     n_eval: int = 1000
+    n_val: int = 500  # of the training problems, kept out of training: RL's checkpoint selection
     max_steps: int = 4  # operations per problem: 1..max_steps
     modulus: int = 10
     hidden: int = 128
@@ -67,19 +76,28 @@ class DemoConfig:
     rl: RLConfig = field(default_factory=demo_rl)
 
 
-def run_demo(out: str | Path, cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
+def run_demo(
+    out: str | Path,
+    cfg: DemoConfig,
+    log: Callable[[str], None] = print,
+    tick: Optional[Callable[[str, int, int, str], None]] = None,
+) -> dict:
     """Data, SFT, evaluation, RL, evaluation; writes the data, both adapters, summary.json, the table
     and the plot to `out`, and returns the summary."""
+    if not 0 <= cfg.n_val < cfg.n_train:
+        raise ConfigError(f"need 0 <= n_val < n_train, got n_val {cfg.n_val}, n_train {cfg.n_train}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cfg.sft.seed = cfg.rl.seed = cfg.seed
     train, ev = split_data(
-        "synthetic", cfg.n_train, cfg.n_eval, max_steps=cfg.max_steps, modulus=cfg.modulus, seed=cfg.seed
+        cfg.data, cfg.n_train, cfg.n_eval, max_steps=cfg.max_steps, modulus=cfg.modulus, seed=cfg.seed
     )
+    train, val = train[: len(train) - cfg.n_val], train[len(train) - cfg.n_val :]
     save_jsonl(train, out / "train.jsonl")
+    save_jsonl(val, out / "val.jsonl")
     save_jsonl(ev, out / "eval.jsonl")
-    tok = tiny_tokenizer(train + ev)
+    tok = tiny_tokenizer(train + val + ev)
     base = tiny_model(tok, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed)
     model = LatentReasoner.from_base(
         base, tok, lora=False, projection=cfg.projection, max_latent=cfg.max_latent, seed=cfg.seed
@@ -90,7 +108,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, log: Callable[[str], None] = prin
         f"{len(ev)} held-out problems with 1-{cfg.max_steps} operations (mod {cfg.modulus}), seed {cfg.seed}"
     )
     t = time.perf_counter()
-    sft_hist = train_sft(model, train, cfg.sft, log)
+    sft_hist = train_sft(model, train, cfg.sft, log, tick)
     sft_s = time.perf_counter() - t
     before = evaluate(model, ev, max_answer_tokens=cfg.rl.max_answer_tokens)
     log(
@@ -99,7 +117,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, log: Callable[[str], None] = prin
     )
     model.save(out / "sft")
     t = time.perf_counter()
-    rl_hist = train_rl(model, train, cfg.rl, log)
+    rl_hist = train_rl(model, train, cfg.rl, log, tick, val=val)
     rl_s = time.perf_counter() - t
     after = evaluate(model, ev, max_answer_tokens=cfg.rl.max_answer_tokens)
     model.save(out / "rl")

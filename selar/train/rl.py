@@ -194,7 +194,8 @@ class RLConfig:
     weight_decay: float = 0.0
     beta: float = 0.0  # KL to the SFT model (the paper: 1e-3)
     temperature: float = 1.0  # of the answer tokens in rollouts
-    stop_temperature: float = 1.0  # of the stop head in rollouts
+    stop_temperature: float = 1.0  # of the stop head in rollouts ...
+    stop_temperature_end: Optional[float] = None  # ... annealed linearly to this by the last step (None: constant)
     max_answer_tokens: int = 16
     answer_reward: float = 1.0
     format_penalty: float = -1.0
@@ -205,11 +206,26 @@ class RLConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     log_every: int = 10
+    val_every: int = 0  # with validation problems: evaluate every this many steps and keep the best checkpoint:
+    val_tolerance: float = 0.01  # the fewest latent steps at a validation accuracy within this of the start's
 
 
 def train_rl(
-    model: LatentReasoner, examples: Sequence[Example], cfg: RLConfig, log: Callable[[str], None] = print
+    model: LatentReasoner,
+    examples: Sequence[Example],
+    cfg: RLConfig,
+    log: Callable[[str], None] = print,
+    tick: Optional[Callable[[str, int, int, str], None]] = None,
+    val: Optional[Sequence[Example]] = None,
 ) -> list[dict]:
+    """GRPO with the relative length penalty; returns the logged history. `tick(phase, step, total,
+    info)` is called after every step (a progress bar).
+
+    With `val` problems (never the held-out ones) and `cfg.val_every`, the model is evaluated
+    greedily on them at the start and every `val_every` steps, and ends as the checkpoint with the
+    fewest mean latent steps among those whose validation accuracy is within `cfg.val_tolerance`
+    of the start's (the start itself if none is): model selection on a validation set, as RL runs
+    keep their best checkpoint."""
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     tok = model.tokenizer
@@ -220,7 +236,20 @@ def train_rl(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     history, t0 = [], time.perf_counter()
     acc = {"reward": 0.0, "correct": 0.0, "latent": 0.0, "n": 0}
+    validate = bool(val) and cfg.val_every > 0
+    if validate:
+        assert val is not None
+        start = evaluate(model, val, max_answer_tokens=cfg.max_answer_tokens)
+        floor = start["accuracy"] - cfg.val_tolerance
+        best = (0, start, copy.deepcopy(model.state_dict()))
+        log(
+            f"rl validation at the start: accuracy {start['accuracy']:.3f}, "
+            f"latent steps {start['mean_latent_steps']:.2f}"
+        )
     for step in range(1, cfg.steps + 1):
+        st = cfg.stop_temperature
+        if cfg.stop_temperature_end is not None:
+            st += (cfg.stop_temperature_end - st) * (step - 1) / max(1, cfg.steps - 1)
         exs = rng.sample(list(examples), min(cfg.prompts_per_step, len(examples)))
         prompts = [prompt_ids(tok, e.question) for e in exs for _ in range(cfg.group_size)]
         golds = [e.answer for e in exs for _ in range(cfg.group_size)]
@@ -229,7 +258,7 @@ def train_rl(
             prompts,
             greedy=False,
             temperature=cfg.temperature,
-            stop_temperature=cfg.stop_temperature,
+            stop_temperature=st,
             max_answer_tokens=cfg.max_answer_tokens,
             generator=gen,
         )
@@ -254,11 +283,11 @@ def train_rl(
         adv = grpo_advantages(torch.tensor(rewards), G, cfg.eps).to(model.device)
         batch = build_batch(model, rollout_items(model, prompts, rows))
         model.train()
-        lp, mask = action_logprobs(model, batch, cfg.temperature, cfg.stop_temperature)
+        lp, mask = action_logprobs(model, batch, cfg.temperature, st)
         ref_lp = None
         if ref is not None:
             with torch.no_grad():
-                ref_lp, _ = action_logprobs(ref, batch, cfg.temperature, cfg.stop_temperature)
+                ref_lp, _ = action_logprobs(ref, batch, cfg.temperature, st)
         loss = grpo_loss(lp, mask, adv, ref_lp, cfg.beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -268,6 +297,14 @@ def train_rl(
         acc["correct"] += sum(ok) / len(ok)
         acc["latent"] += sum(lengths) / len(lengths)
         acc["n"] += 1
+        if tick is not None:
+            m = acc["n"]
+            tick(
+                "rl",
+                step,
+                cfg.steps,
+                f"reward {acc['reward'] / m:.3f} sampled acc {acc['correct'] / m:.3f} latent {acc['latent'] / m:.2f}",
+            )
         if acc["n"] == cfg.log_every or step == cfg.steps:
             n = acc["n"]
             rec = {
@@ -283,6 +320,25 @@ def train_rl(
                 f"latent steps {rec['sample_latent_steps']:.2f} ({rec['seconds']} s)"
             )
             acc = {"reward": 0.0, "correct": 0.0, "latent": 0.0, "n": 0}
+        if validate and (step % cfg.val_every == 0 or step == cfg.steps):
+            assert val is not None
+            r = evaluate(model, val, max_answer_tokens=cfg.max_answer_tokens)
+            history.append({"step": step, "val_accuracy": r["accuracy"], "val_latent_steps": r["mean_latent_steps"]})
+            key = lambda x: (x["accuracy"] >= floor, -x["mean_latent_steps"], x["accuracy"])  # noqa: E731
+            kept = key(r) > key(best[1])
+            if kept:
+                best = (step, r, copy.deepcopy(model.state_dict()))
+            log(
+                f"rl validation at step {step}: accuracy {r['accuracy']:.3f}, latent steps "
+                f"{r['mean_latent_steps']:.2f}{' (best so far)' if kept else ''}"
+            )
+    if validate:
+        model.load_state_dict(best[2])
+        history.append({"kept_step": best[0]})
+        log(
+            f"rl: kept the checkpoint of step {best[0]} (validation accuracy {best[1]['accuracy']:.3f}, "
+            f"latent steps {best[1]['mean_latent_steps']:.2f})"
+        )
     model.eval()
     return history
 

@@ -39,6 +39,7 @@ from .model import CONTINUE, STOP, LatentReasoner
 
 DISTILL = ("none", "codi")
 CURRICULA = ("coconut", "none")
+BUDGET_LENGTHS = ("budget", "need-to-budget")
 
 
 @dataclass
@@ -125,13 +126,24 @@ def stage_item(
     )
 
 
-def budget_item(tokenizer, ex: Example, budget: int, *, thoughts: bool = False) -> Item:
+def budget_item(tokenizer, ex: Example, budget: int, *, thoughts: bool = False, latent: Optional[int] = None) -> Item:
     """The whole CoT of `ex` latent with `budget` latent steps; the stop head learns to stop there.
     `thoughts`: thought j decodes to step j's result, and every thought after the last step to the
-    final result (the slack holds the answer)."""
+    final result (the slack holds the answer). `latent` < budget: a row cut after that many latent
+    steps, its answer trained there and its decisions all CONTINUE (the stop head still learns to
+    stop at the budget; the answer learns to be readable anywhere from the need to the budget)."""
+    n = budget if latent is None else latent
     suffix, at = suffix_and_answer(tokenizer, [], ex.answer)
-    th = _thoughts(tokenizer, ex, len(ex.steps), 1, budget, hold=True) if thoughts else []
-    return Item(prompt_ids(tokenizer, ex.question), budget, suffix, supervise_stop=True, answer_at=at, thoughts=th)
+    th = _thoughts(tokenizer, ex, len(ex.steps), 1, n, hold=True) if thoughts else []
+    return Item(
+        prompt_ids(tokenizer, ex.question),
+        n,
+        suffix,
+        supervise_stop=True,
+        answer_at=at,
+        thoughts=th,
+        last_decision_is_action=n >= budget,
+    )
 
 
 def build_batch(model: LatentReasoner, items: Sequence[Item]) -> dict[str, Tensor]:
@@ -257,6 +269,7 @@ class SFTConfig:
     budget_base: Optional[int] = None  # a last stage at a latent budget: base + per_step x steps (capped at
     budget_per_step: int = 0  # max_latent); None: none (the curriculum's steps x c, no slack)
     budget_steps: Optional[int] = None  # optimizer steps of the budget stage (default: steps_per_stage)
+    budget_lengths: str = "budget"  # or "need-to-budget": answer rows cut anywhere from k x 1 to the budget
     curriculum: str = "coconut"  # or "none": no intermediate stages
     distill: str = "none"  # or "codi"
     distill_weight: float = 1.0
@@ -273,6 +286,8 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if self.distill not in DISTILL:
             raise ConfigError(f"distill must be one of {', '.join(DISTILL)}, got {self.distill!r}")
+        if self.budget_lengths not in BUDGET_LENGTHS:
+            raise ConfigError(f"budget_lengths must be one of {', '.join(BUDGET_LENGTHS)}, got {self.budget_lengths!r}")
         if self.curriculum not in CURRICULA:
             raise ConfigError(f"curriculum must be one of {', '.join(CURRICULA)}, got {self.curriculum!r}")
         if self.budget_base is not None and (self.budget_base < 0 or self.budget_per_step < 0):
@@ -314,29 +329,27 @@ def _stage_plan(cfg: SFTConfig, model: LatentReasoner, examples: Sequence[Exampl
     base = cfg.budget_base
     if base is not None:
         n = cfg.budget_steps if cfg.budget_steps is not None else cfg.steps_per_stage
-        plan.append(
-            (
-                "budget",
-                n,
-                [
-                    budget_item(
-                        tok,
-                        e,
-                        latent_budget(len(e.steps), base, cfg.budget_per_step, model.heads.max_latent),
-                        thoughts=th,
-                    )
-                    for e in examples
-                ],
-            )
-        )
+        rng = random.Random(cfg.seed)
+        items = []
+        for e in examples:
+            b = latent_budget(len(e.steps), base, cfg.budget_per_step, model.heads.max_latent)
+            cut = rng.randint(min(len(e.steps), b), b) if cfg.budget_lengths == "need-to-budget" else b
+            items.append(budget_item(tok, e, b, thoughts=th, latent=cut))
+        plan.append(("budget", n, items))
     return plan
 
 
 def train_sft(
-    model: LatentReasoner, examples: Sequence[Example], cfg: SFTConfig, log: Callable[[str], None] = print
+    model: LatentReasoner,
+    examples: Sequence[Example],
+    cfg: SFTConfig,
+    log: Callable[[str], None] = print,
+    tick: Optional[Callable[[str, int, int, str], None]] = None,
 ) -> list[dict]:
-    """Run the curriculum; returns the logged history."""
+    """Run the curriculum; returns the logged history. `tick(phase, step, total, info)` is called
+    after every optimizer step (a progress bar)."""
     plan = _stage_plan(cfg, model, examples)
+    total = sum(n for _, n, _ in plan)
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     params = trainable_parameters(model)
@@ -362,6 +375,8 @@ def train_sft(
             n += 1
             for k, v in parts.items():
                 run[k] = run.get(k, 0.0) + v
+            if tick is not None:
+                tick("sft", step, total, f"stage {stage} " + " ".join(f"{k} {v / n:.3f}" for k, v in run.items()))
             if n == cfg.log_every or i == n_steps - 1:
                 rec = {
                     "stage": stage,
