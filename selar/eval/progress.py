@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 
 class Progress:
@@ -64,8 +64,8 @@ class StepBar:
     print a line above the bar (or to stderr without one)."""
 
     def __init__(self, enabled: bool = True):
-        self.bar = None
-        self.task = None
+        self.bar: Any = None
+        self.task: Any = None
         self.phase = ""
         self.t0 = time.perf_counter()
         if enabled and sys.stderr.isatty():
