@@ -32,6 +32,7 @@ def demo_sft() -> SFTConfig:
         cot_steps=400,
         steps_per_stage=300,
         budget_steps=400,
+        budget_lengths="need-to-budget",
         latents_per_step=1,
         budget_base=3,
         budget_per_step=1,
