@@ -45,7 +45,7 @@ def demo_sft() -> SFTConfig:
 
 def demo_rl() -> RLConfig:
     return RLConfig(
-        steps=150,
+        steps=400,
         prompts_per_step=8,
         group_size=8,
         lr=1e-4,
