@@ -274,7 +274,9 @@ def _max_tokens(body: dict, settings: Settings) -> int:
     if given:
         return body[given[0]]
     default = settings.defaults.get("max_new_tokens")  # `selar serve --set max_new_tokens=N`
-    return min(default, settings.max_tokens) if _is_int(default) and default >= 1 else settings.default_max_tokens
+    if isinstance(default, int) and not isinstance(default, bool) and default >= 1:
+        return min(default, settings.max_tokens)
+    return settings.default_max_tokens
 
 
 def _strings(name: str, value: Any, most: int) -> tuple[str, ...]:
@@ -346,7 +348,7 @@ def parse_request(body: Any, kind: str, model, settings: Settings, check: Option
     seed = body.get("seed")
     if seed is None and settings.defaults.get("seed") is None:
         opts["seed"] = int.from_bytes(uuid.uuid4().bytes[:6], "big")  # OpenAI semantics: random unless given
-    elif _is_int(seed) and not INT64_MIN <= seed <= INT64_MAX:
+    elif isinstance(seed, int) and not isinstance(seed, bool) and not INT64_MIN <= seed <= INT64_MAX:
         raise APIError(400, f"'seed' must be a 64-bit integer, got {seed}", "seed")
     _check_kinds(method, opts)
     try:
