@@ -74,7 +74,7 @@ def tiny():
     import selar
 
     tok = make_tokenizer()
-    return selar.wrap(make_model(tok), tok, name="tiny")
+    return selar.wrap(make_model(tok), tok, name="tiny", compile="off")  # eager unless a test asks
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +82,7 @@ def tiny_thinking():
     import selar
 
     tok = make_tokenizer(thinking=True)
-    return selar.wrap(make_model(tok, seed=1), tok, name="tiny-thinking")
+    return selar.wrap(make_model(tok, seed=1), tok, name="tiny-thinking", compile="off")
 
 
 def _smollm2_available() -> bool:
@@ -103,7 +103,7 @@ def smollm2(tmp_path_factory):
 
     if "SELAR_CACHE" not in os.environ:
         os.environ["SELAR_CACHE"] = str(tmp_path_factory.mktemp("selar-cache"))
-    return selar.load_model("smollm2-135m", dtype="float32")
+    return selar.load_model("smollm2-135m", dtype="float32", compile="off")
 
 
 @pytest.fixture(scope="session")
@@ -115,4 +115,26 @@ def peaked():
     model = make_model(tok)
     with torch.no_grad():
         model.lm_head.weight.mul_(12.0)
-    return selar.wrap(model, tok, name="peaked")
+    return selar.wrap(model, tok, name="peaked", compile="off")
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two rows share (all of them when equal)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)) if a != b else len(a))
+
+
+def nudged_copy(model, rel: float = 1e-5, seed: int = 1):
+    """A selar model of the same transformers weights times (1 + rel x N(0, 1)): how far float32
+    arithmetic alone decides a free-running trajectory (engines' kernels differ by about 1e-5)."""
+    import copy
+
+    import selar
+
+    hf = copy.deepcopy(model.hf_model)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for w in hf.parameters():
+            w.mul_(1 + rel * torch.randn_like(w))
+    m = selar.wrap(hf, model.tokenizer, name=model.name + "-nudged", compile="off")
+    m.stop_ids = model.stop_ids
+    return m

@@ -95,3 +95,28 @@ def test_compile_option_and_its_load_options():
     with pytest.raises(SystemExit) as e:
         compile_load_options("llamacpp", "on")
     assert e.value.code == 2
+
+
+def test_long_jobs_declare_their_work(tiny, tmp_path, monkeypatch):
+    """compile="auto" compiles once a job's declared work pays for it: eval (both schedules) and
+    entropy sweeps declare rows x max_new_tokens before decoding (the continuous schedule and the
+    sweeps decode through sessions, which declared nothing before)."""
+    import json
+
+    from selar.analysis.entropy import collect
+    from selar.eval.config import EvalConfig
+    from selar.eval.runner import run_eval
+
+    declared: list[float] = []
+    monkeypatch.setattr(tiny, "expect_work", declared.append, raising=False)
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i} + 1 =", "answer": str(i + 1)}) + "\n" for i in range(5)))
+    for schedule in ("fixed", "continuous"):
+        declared.clear()
+        cfg = EvalConfig(model="tiny", datasets=[], methods=["cot"], data=str(data), schedule=schedule,
+                         sets={"max_new_tokens": 6}, batch_size=2)  # fmt: skip
+        run_eval(cfg, str(tmp_path / schedule), model=tiny, progress=False)
+        assert sum(declared) == 5 * 6, schedule
+    declared.clear()
+    collect(tiny, ["a", "b", "c"], max_new_tokens=4, batch_size=2)
+    assert declared == [3 * 4]

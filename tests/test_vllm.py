@@ -19,6 +19,8 @@ if importlib.util.find_spec("vllm") is None:
     warnings.warn(f"the vLLM engine's tests are SKIPPED: {WHY}", stacklevel=1)
     pytest.skip(WHY, allow_module_level=True)
 
+from conftest import nudged_copy, shared_prefix  # noqa: E402
+
 import selar  # noqa: E402
 from selar.errors import ConfigError, ModelLoadError  # noqa: E402
 
@@ -57,21 +59,32 @@ def vl(request):
     model.close()
 
 
+@pytest.fixture(scope="module")
+def smollm2_nudged(smollm2):
+    return nudged_copy(smollm2)
+
+
 @pytest.mark.parametrize(
     "method,opts", [("selar", {}), ("selar-no-push", {"tau": 0.3}), ("soft-thinking", {"max_topk": 3}), ("cot", {})]
 )
-def test_greedy_equals_transformers_engine(vl, smollm2, method, opts):
-    want = selar.generate(
-        smollm2, PROMPTS[:4], method, temperature=0, max_new_tokens=64, batch_size=4, trace=True, **opts
-    )
-    got = selar.generate(vl, PROMPTS[:4], method, temperature=0, max_new_tokens=64, trace=True, **opts)
+def test_greedy_equals_transformers_engine(vl, smollm2, smollm2_nudged, method, opts):
+    """vLLM's rows equal the transformers engine's wherever float32 arithmetic decides them: up to
+    the step where a run with the weights nudged by 1e-5 parts from the reference (free-running soft
+    trajectories are chaotic: vLLM's kernels differ from torch's by about that), and over a good
+    share of the steps; rows decided to the end are equal to the end."""
+    kw = dict(temperature=0, max_new_tokens=64, trace=True, **opts)
+    want = selar.generate(smollm2, PROMPTS[:4], method, batch_size=4, **kw)
+    nudged = selar.generate(smollm2_nudged, PROMPTS[:4], method, batch_size=4, **kw)
+    got = selar.generate(vl, PROMPTS[:4], method, **kw)
     if method != "cot":
         assert sum(r.num_soft_steps for r in want) > 10  # the soft path is exercised
-    for w, g in zip(want, got):
-        assert g.token_ids == w.token_ids
-        assert [t["soft"] for t in g.trace or []] == [t["soft"] for t in w.trace or []]
-        assert g.num_soft_steps == w.num_soft_steps
-        assert g.text == w.text and g.finish_reason == w.finish_reason
+    decided = [shared_prefix(w.token_ids, o.token_ids) for w, o in zip(want, nudged)]
+    assert sum(decided) >= 0.25 * sum(len(w.token_ids) for w in want), "too many float32 near-ties"
+    for w, g, n in zip(want, got, decided):
+        assert g.token_ids[:n] == w.token_ids[:n]
+        assert [t["soft"] for t in g.trace or []][:n] == [t["soft"] for t in w.trace or []][:n]
+        if n == len(w.token_ids):
+            assert g.token_ids == w.token_ids and g.text == w.text and g.finish_reason == w.finish_reason
 
 
 def test_wide_mixtures(vl, smollm2):

@@ -31,7 +31,7 @@ if importlib.util.find_spec("vllm") is None:
     pytest.skip(WHY, allow_module_level=True)
 
 import torch  # noqa: E402
-from conftest import make_tokenizer  # noqa: E402
+from conftest import make_tokenizer, shared_prefix  # noqa: E402
 
 import selar  # noqa: E402
 from selar.engines.vllm import NON_STANDARD, check_architecture  # noqa: E402
@@ -190,11 +190,6 @@ def models(request, tmp_path_factory):
     vl.close()
 
 
-def _agree(a: list[int], b: list[int]) -> int:
-    """How many leading tokens two rows share (all of them when equal)."""
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)) if a != b else len(a))
-
-
 @pytest.mark.parametrize(
     "method,opts", [("cot", {}), ("soft-thinking", {"max_topk": 1}), ("selar", {}), ("selar-no-gate", {"k": 5})]
 )
@@ -215,7 +210,7 @@ def test_family_equals_transformers_engine(models, method, opts):
     assert others
     got = selar.generate(vl, TEXTS, method, **kw)
     assert ref.stop_ids == vl.stop_ids and vl.info["architecture"] == "Selar" + ARCHITECTURES[family]
-    decided = [min(_agree(w.token_ids, o[i].token_ids) for o in others) for i, w in enumerate(want)]
+    decided = [min(shared_prefix(w.token_ids, o[i].token_ids) for o in others) for i, w in enumerate(want)]
     assert sum(decided) >= 0.6 * sum(len(w.token_ids) for w in want), f"{family}: too many float32 near-ties"
     for w, g, n in zip(want, got, decided):
         assert g.token_ids[:n] == w.token_ids[:n], family

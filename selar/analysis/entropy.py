@@ -21,6 +21,7 @@ def collect(model, prompts: list[str], method: str = "cot", batch_size: int = 8,
     cfg = make_config(method, **options)
     ids = [format_prompt(model, p) for p in prompts]
     out = {}
+    model.expect_work(len(ids) * cfg.sampling.max_new_tokens)  # a sweep: compile="auto" may compile
     for row in run_continuous(new_session(model, cfg), ids, [cfg.sampling.seed] * len(ids), batch_size):
         out[row.id] = row.entropy
         if progress:

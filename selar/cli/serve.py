@@ -130,6 +130,12 @@ def serve(
         **load_options(engine, max_batch, max_tokens, prompt_room=max_prompt_tokens),
         **compile_load_options(engine, compile_mode),
     )
+    mdl.expect_work(float("inf"))  # a server is the longest job: compile="auto" compiles
+    warm_up = getattr(mdl, "warm_up", None)
+    if warm_up is not None:
+        seconds = warm_up()  # compile before the first request rather than during it
+        if seconds:
+            click.echo(f"selar: compiled the decode step in {seconds:.0f} s", err=True)
     settings = Settings(
         model_name=model,
         api_key=api_key,

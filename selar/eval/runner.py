@@ -233,6 +233,7 @@ def _run_continuous(
             ids = [format_prompt(model, t) for t in texts]
             seeds = [row_seed(cfg.seed, name, p.id, s) for p, s in items]
             t0, tokens = time.perf_counter(), 0
+            model.expect_work(len(ids) * gcfg.sampling.max_new_tokens)  # a long job: compile="auto" compiles
             for row in run_continuous(model.new_session(gcfg), ids, seeds, cfg.batch_size):
                 p, s = items[row.id]
                 r = make_result(model, gcfg, texts[row.id], ids[row.id], row)
