@@ -239,3 +239,22 @@ def test_smollm2_compiled_matches_generate_and_eager(smollm2):
     a, b = selar.generate(m, PROMPTS, "selar", **kw), selar.generate(eager, PROMPTS, "selar", **kw)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
     assert [r.num_soft_steps for r in a] == [r.num_soft_steps for r in b] and sum(r.num_soft_steps for r in a) > 0
+
+
+def test_the_family_probe_tolerates_half_precision_but_not_a_wrong_step(monkeypatch):
+    """`static.support` compares the static step with the eager engine: bfloat16 kernels differ by
+    a few epsilons (SmolLM2 in bfloat16 measured 1.3 on logits up to 29, and `selar serve` on a
+    bfloat16 machine refused it), which passes; a step 2% off its logits (far less than a wrong
+    position or mask gives) does not."""
+    tok = make_tokenizer()
+    bf16 = make_model(tok, seed=5).to(torch.bfloat16)
+    assert static.support(bf16) is None
+    f32 = make_model(tok, seed=6)
+    real = StaticEngine.step
+
+    def off(self, inputs):
+        logits = real(self, inputs)
+        return logits + 0.02 * logits.abs().max() * torch.linspace(0, 1, logits.shape[-1])
+
+    monkeypatch.setattr(StaticEngine, "step", off)
+    assert "does not give the eager engine's logits" in static.support(f32)
