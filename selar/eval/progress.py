@@ -8,24 +8,31 @@ import time
 from typing import Any, Optional
 
 
+def rich_bar() -> Any:
+    """A rich progress bar on stderr: the task's name, the bar, done/total, a status text, ETA."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bar
+
+    return Bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
 class Progress:
     def __init__(self, total: int, done: int, enabled: bool = True, stats: Optional[dict] = None):
         self.total, self.done, self.enabled = total, done, enabled
         self.stats_ref = stats if stats is not None else {"correct": 0, "n": 0, "tokens": 0, "seconds": 0.0}
         self.t0 = time.perf_counter()
         self.start_done, self.tokens = done, 0
-        self.bar = None
+        self.bar: Any = None
         if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as Bar
-
-            self.bar = Bar(
-                TextColumn("eval"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-            )
+            self.bar = rich_bar()
             self.task = self.bar.add_task("eval", total=total, completed=done, info="")
 
     def __enter__(self) -> Progress:
@@ -69,18 +76,7 @@ class StepBar:
         self.phase = ""
         self.t0 = time.perf_counter()
         if enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as Bar
-
-            self.bar = Bar(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
+            self.bar = rich_bar()
 
     def __enter__(self) -> StepBar:
         if self.bar:
