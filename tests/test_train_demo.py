@@ -147,3 +147,18 @@ def test_demo_refuses_a_validation_set_as_large_as_the_training_set(tmp_path):
 
     with pytest.raises(ConfigError, match="n_val"):
         run_demo(tmp_path, DemoConfig(n_train=40, n_val=40))
+
+
+def test_rl_config_is_validated():
+    from selar.errors import ConfigError
+
+    for bad, match in (
+        (dict(group_size=1), "group_size must be at least 2"),
+        (dict(steps=0), "steps must be at least 1"),
+        (dict(stop_temperature=0.0), "stop_temperature must be above 0"),
+        (dict(stop_temperature_end=-1.0), "stop_temperature_end must be above 0"),
+        (dict(val_every=-1), "val_every and val_tolerance"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            RLConfig(**bad)
+    RLConfig(stop_temperature_end=1.0, val_every=10)  # valid

@@ -299,10 +299,6 @@ def train_rl_cmd(
     from ..devices import resolve_device
     from ..train import LatentReasoner, RLConfig, evaluate, train_rl
 
-    train, held = _split(data, n_train, n_eval, max_steps, seed, eval_data)
-    model = LatentReasoner.load(adapter, trainable=True, device=str(resolve_device(device)))
-    _echo_eval("before RL", evaluate(model, held))
-    t0 = time.perf_counter()
     cfg = RLConfig(
         steps=steps,
         prompts_per_step=prompts_per_step,
@@ -316,7 +312,11 @@ def train_rl_cmd(
         length_accuracy_requirement=length_accuracy_requirement or None,
         length_reward_below=length_reward_below,
         seed=seed,
-    )
+    )  # validated before anything slow
+    train, held = _split(data, n_train, n_eval, max_steps, seed, eval_data)
+    model = LatentReasoner.load(adapter, trainable=True, device=str(resolve_device(device)))
+    _echo_eval("before RL", evaluate(model, held))
+    t0 = time.perf_counter()
     with StepBar() as bar:
         train_rl(model, train, cfg, log=bar.log, tick=bar.tick)
     model.save(out_dir)

@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from .data import Example, is_correct, parse_answer
 from .model import STOP, LatentReasoner
 from .sft import Item, build_batch, prompt_ids
@@ -208,6 +209,20 @@ class RLConfig:
     log_every: int = 10
     val_every: int = 0  # with validation problems: evaluate every this many steps and keep the best checkpoint:
     val_tolerance: float = 0.01  # the fewest latent steps at a validation accuracy within this of the start's
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "prompts_per_step", "max_answer_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be at least 2 (GRPO compares a group), got {self.group_size}")
+        for name in ("lr", "temperature", "stop_temperature"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be above 0, got {getattr(self, name)}")
+        if self.stop_temperature_end is not None and not self.stop_temperature_end > 0:
+            raise ConfigError(f"stop_temperature_end must be above 0, got {self.stop_temperature_end}")
+        if self.val_every < 0 or self.val_tolerance < 0:
+            raise ConfigError(f"val_every and val_tolerance must be >= 0, got {self.val_every}, {self.val_tolerance}")
 
 
 def train_rl(
