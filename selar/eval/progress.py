@@ -24,7 +24,22 @@ def rich_bar() -> Any:
     )
 
 
-class Progress:
+class _Bar:
+    """A context that draws `self.bar` (a rich bar, or None off a terminal) while it is open."""
+
+    bar: Any = None
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *a) -> None:
+        if self.bar:
+            self.bar.__exit__(*a)
+
+
+class Progress(_Bar):
     def __init__(self, total: int, done: int, enabled: bool = True, stats: Optional[dict] = None):
         self.total, self.done, self.enabled = total, done, enabled
         self.stats_ref = stats if stats is not None else {"correct": 0, "n": 0, "tokens": 0, "seconds": 0.0}
@@ -34,15 +49,6 @@ class Progress:
         if enabled and sys.stderr.isatty():
             self.bar = rich_bar()
             self.task = self.bar.add_task("eval", total=total, completed=done, info="")
-
-    def __enter__(self) -> Progress:
-        if self.bar:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *a) -> None:
-        if self.bar:
-            self.bar.__exit__(*a)
 
     def update(self, n: int, tokens: int) -> None:
         s = self.stats_ref
@@ -62,7 +68,7 @@ class Progress:
             )
 
 
-class StepBar:
+class StepBar(_Bar):
     """Progress of a long loop of steps (training): a rich bar with the phase, steps done, a short
     status (losses, sampled accuracy, steps/s) and ETA on a terminal. Off a terminal it draws
     nothing: the loop's own log lines, one per interval, are the log-friendly record.
@@ -77,15 +83,6 @@ class StepBar:
         self.t0 = time.perf_counter()
         if enabled and sys.stderr.isatty():
             self.bar = rich_bar()
-
-    def __enter__(self) -> StepBar:
-        if self.bar:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *a) -> None:
-        if self.bar:
-            self.bar.__exit__(*a)
 
     def tick(self, phase: str, step: int, total: int, info: str = "") -> None:
         if self.bar is None:
