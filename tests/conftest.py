@@ -118,6 +118,33 @@ def peaked():
     return selar.wrap(model, tok, name="peaked", compile="off")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`):
+    a tiny model's ops are too small to share, and on a busy machine two threads spin against each
+    other (5x slower); results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def authed_server(model, *, max_tokens: int, default_max_tokens: int):
+    """selar's server on `model` in a thread, as the server tests use it: API key "sekret",
+    8 rows, a 64-request queue, 64 KiB bodies. Stop it with `.stop()`."""
+    from selar.server import Settings, start_in_thread
+
+    settings = Settings(
+        model_name="tiny",
+        api_key="sekret",
+        max_tokens=max_tokens,
+        default_max_tokens=default_max_tokens,
+        max_body_bytes=64 * 1024,
+        timeout=60,
+    )
+    return start_in_thread(model, settings, max_batch=8, max_queue=64)
+
+
 def shared_prefix(a: list[int], b: list[int]) -> int:
     """How many leading tokens two rows share (all of them when equal)."""
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)) if a != b else len(a))

@@ -11,37 +11,17 @@ import pytest
 openai = pytest.importorskip("openai", reason="the server tests need the openai client (pip install openai)")
 httpx = pytest.importorskip("httpx")
 
+from conftest import authed_server  # noqa: E402
+
 import selar  # noqa: E402
 from selar.server import Settings, start_in_thread  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: the tiny model's ops are too small to share, and on a busy machine
-    two threads spin against each other (5x slower); results do not depend on it."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")
 def server(tiny_thinking):
-    srv = start_in_thread(
-        tiny_thinking,
-        Settings(
-            model_name="tiny",
-            api_key="sekret",
-            max_tokens=64,
-            default_max_tokens=16,
-            max_body_bytes=64 * 1024,
-            timeout=60,
-        ),
-        max_batch=8,
-        max_queue=64,
-    )
+    srv = authed_server(tiny_thinking, max_tokens=64, default_max_tokens=16)
     yield srv
     srv.stop()
 

@@ -14,6 +14,7 @@ schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathe
 hypothesis = pytest.importorskip("hypothesis")
 httpx = pytest.importorskip("httpx")
 
+from conftest import authed_server  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
@@ -23,39 +24,18 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from selar.server import Settings, start_in_thread  # noqa: E402
-
 OPERATIONS = ["POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models", "GET /health", "GET /metrics"]
 EXAMPLES = {"POST": 120, "GET": 10}  # per operation and generation mode
 AUTH = {"Authorization": "Bearer sekret"}
 TOTALS: Counter = Counter()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")
 def served(tiny_thinking):
-    srv = start_in_thread(
-        tiny_thinking,
-        Settings(
-            model_name="tiny",
-            api_key="sekret",
-            max_tokens=8,
-            default_max_tokens=4,
-            max_body_bytes=64 * 1024,
-            timeout=60,
-        ),
-        max_batch=8,
-        max_queue=64,
-    )
+    srv = authed_server(tiny_thinking, max_tokens=8, default_max_tokens=4)
     schema = schemathesis.openapi.from_url(srv.url + "/openapi.json")
     yield srv, schema
     srv.stop()

@@ -34,29 +34,9 @@ def image_html(path: Path) -> str:
 
 
 def write_html(rep: dict, dirs: list[str], out: Path) -> Path:
-    from .report import length_table, table
+    from .report import details_table, length_table, table
 
     summaries = rep["summaries"]
-    detail_cols = [
-        "dataset",
-        "method",
-        "problems",
-        "samples",
-        "accuracy",
-        "tokens",
-        "tokens_correct",
-        "tokens_wrong",
-        "tpca",
-        "soft_share",
-        "seconds",
-        "tokens_per_s",
-        "delta_vs_cot",
-        "p_vs_cot",
-    ]
-
-    def fmt(v):
-        return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-
     header, rows = table(summaries)
     images = list(rep["images"])
     for d in dirs:
@@ -77,7 +57,7 @@ def write_html(rep: dict, dirs: list[str], out: Path) -> Path:
         "reasoning with <code>&lt;/think&gt;</code>.</p>",
         table_html(*length_table(summaries)),
         "<h2>Details</h2>",
-        table_html(detail_cols, [[fmt(s.to_dict()[c]) for c in detail_cols] for s in summaries]),
+        table_html(*details_table(summaries)),
         "<h2>Plots</h2>",
         *[image_html(p) for p in images],
         f"<script>{SCRIPT}</script></body></html>",

@@ -108,6 +108,37 @@ def length_table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+DETAIL_COLUMNS = (
+    "dataset",
+    "method",
+    "problems",
+    "samples",
+    "accuracy",
+    "tokens",
+    "tokens_correct",
+    "tokens_wrong",
+    "tpca",
+    "soft_share",
+    "seconds",
+    "tokens_per_s",
+    "delta_vs_cot",
+    "p_vs_cot",
+    "test_vs_cot",
+)
+
+
+def details_table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
+    """Every summary field of the report's "Details" section, one row per (dataset, method)."""
+
+    def fmt(v) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    cols = list(DETAIL_COLUMNS)
+    return cols, [[fmt(s.to_dict()[c]) for c in cols] for s in summaries]
+
+
 def _rank(name: str, preferred: list[str]) -> tuple[int, str]:
     return (preferred.index(name) if name in preferred else len(preferred), name)
 
@@ -213,30 +244,7 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
         "## Details",
         "",
     ]
-    detail_cols = [
-        "dataset",
-        "method",
-        "problems",
-        "samples",
-        "accuracy",
-        "tokens",
-        "tokens_correct",
-        "tokens_wrong",
-        "tpca",
-        "soft_share",
-        "seconds",
-        "tokens_per_s",
-        "delta_vs_cot",
-        "p_vs_cot",
-        "test_vs_cot",
-    ]
-
-    def fmt(v):
-        if v is None:
-            return "-"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    md.append(markdown(detail_cols, [[fmt(s.to_dict()[c]) for c in detail_cols] for s in summaries]))
+    md.append(markdown(*details_table(summaries)))
     images = plots(summaries, out) if make_plots else []
     md += [""] + [f"![{p.stem}]({p.name})" for p in images]
     (out / "report.md").write_text("\n".join(md) + "\n")

@@ -17,7 +17,7 @@ import json
 import os
 import shlex
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -122,39 +122,14 @@ def redacted(cmd: list[str]) -> str:
     return shlex.join(out)
 
 
-def serve(
-    model: str,
-    *,
-    host: str,
-    port: int,
-    api_key: Optional[str],
-    max_batch: int,
-    method: str,
-    defaults: dict,
-    max_prompt_tokens: int,
-    max_tokens: int,
-    dtype: str,
-    extra_args: tuple = (),
-) -> None:
-    """Replace this process by `vllm serve` on `model` with selar's plugin (never returns)."""
-    split_server_defaults(method, defaults, max_tokens)  # what vLLM cannot carry is refused first
+def serve(model: str, **options: Any) -> None:
+    """Replace this process by `vllm serve` on `model` with selar's plugin (never returns). `options`:
+    the keywords of `serve_plan` after `soft_arch` (host, port, api_key, max_batch, method, ...)."""
+    method, defaults, api_key = options["method"], options["defaults"], options["api_key"]
+    split_server_defaults(method, defaults, options["max_tokens"])  # what vLLM cannot carry is refused first
     require_vllm()
     folder, _ = resolve_folder(model)
-    cmd, env = serve_plan(
-        model,
-        folder,
-        soft_architecture(folder),
-        host=host,
-        port=port,
-        api_key=api_key,
-        max_batch=max_batch,
-        method=method,
-        defaults=defaults,
-        max_prompt_tokens=max_prompt_tokens,
-        max_tokens=max_tokens,
-        dtype=dtype,
-        extra_args=extra_args,
-    )
+    cmd, env = serve_plan(model, folder, soft_architecture(folder), **options)
     os.environ.update(env)
     default_environment()
     notes = [
