@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import openai
+from served import selar_server
 
 QUESTIONS = [
     "How many clips did Natalia sell in April and May?",
@@ -85,37 +82,7 @@ def main() -> None:
     ap.add_argument("--sequential", type=int, default=None, help="requests in the one-at-a-time run (default: all)")
     args = ap.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "selar",
-            "serve",
-            "--model",
-            args.model,
-            "--port",
-            str(port),
-            "--max-batch",
-            str(args.max_batch),
-            "--max-queue",
-            str(4 * args.requests),
-        ],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            sys.exit("the server did not start")
+    with selar_server(args.model, max_batch=args.max_batch, max_queue=4 * args.requests) as (_, url):
         asyncio.run(run(url, 2, False, 8, args.method))  # warm-up
         report = {}
         runs = (("concurrent", True, args.requests), ("sequential", False, args.sequential or args.requests))
@@ -133,9 +100,6 @@ def main() -> None:
                 f"{ttft[len(ttft) // 2] if ttft else float('nan'):.2f} s"
             )
         print(f"aggregate throughput ratio concurrent/sequential: {report['concurrent'] / report['sequential']:.2f}x")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +18,7 @@ import time
 import httpx
 import openai
 import psutil
+from served import selar_server
 
 QUESTIONS = [
     "How many clips did Natalia sell in April and May?",
@@ -88,67 +86,31 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile("w+") as log:
-        run(args, url, port, log)
+    log = tempfile.TemporaryFile("w+")
+    with log, selar_server(args.model, max_batch=args.max_batch, max_queue=4 * args.streams, log=log) as (server, url):
+        measure(args, server, url)
 
 
-def run(args, url: str, port: int, log) -> None:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "selar",
-            "serve",
-            "--model",
-            args.model,
-            "--port",
-            str(port),
-            "--max-batch",
-            str(args.max_batch),
-            "--max-queue",
-            str(4 * args.streams),
-        ],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def measure(args, server, url: str) -> None:
+    proc = psutil.Process(server.pid)
+    asyncio.run(soak(url, 4, 0.1, 16, args.seed + 10_000))  # warm-up
+    rss0 = proc.memory_info().rss
+    s = asyncio.run(soak(url, args.streams, args.minutes, args.max_tokens, args.seed))
+    rss1 = proc.memory_info().rss
+    lat = sorted(s["latency"])
+    p50 = lat[len(lat) // 2] if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan")
+    metrics = httpx.get(url + "/metrics", timeout=10).text
+    faults = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("selar_faults_total"))
+    print(
+        f"soak: {s['requests']} requests in {s['wall'] / 60:.1f} min ({args.streams} streams, {args.model}, "
+        f"max_tokens<={args.max_tokens}, methods {'/'.join(METHODS)}): 5xx {s['5xx']}, 4xx {s['4xx']}, "
+        f"other errors {s['other']}; latency p50 {p50:.2f} s, p99 {p99:.2f} s; "
+        f"{s['tokens'] / s['wall']:.1f} tokens/s; server faults {faults:.0f}; "
+        f"server RSS {rss0 / 2**20:.0f} MiB at start, {rss1 / 2**20:.0f} MiB at end"
     )
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and server.poll() is None:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            log.seek(0)
-            sys.exit("the server did not start:\n" + log.read()[-3000:])
-        proc = psutil.Process(server.pid)
-        asyncio.run(soak(url, 4, 0.1, 16, args.seed + 10_000))  # warm-up
-        rss0 = proc.memory_info().rss
-        s = asyncio.run(soak(url, args.streams, args.minutes, args.max_tokens, args.seed))
-        rss1 = proc.memory_info().rss
-        lat = sorted(s["latency"])
-        p50 = lat[len(lat) // 2] if lat else float("nan")
-        p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan")
-        metrics = httpx.get(url + "/metrics", timeout=10).text
-        faults = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("selar_faults_total"))
-        print(
-            f"soak: {s['requests']} requests in {s['wall'] / 60:.1f} min ({args.streams} streams, {args.model}, "
-            f"max_tokens<={args.max_tokens}, methods {'/'.join(METHODS)}): 5xx {s['5xx']}, 4xx {s['4xx']}, "
-            f"other errors {s['other']}; latency p50 {p50:.2f} s, p99 {p99:.2f} s; "
-            f"{s['tokens'] / s['wall']:.1f} tokens/s; server faults {faults:.0f}; "
-            f"server RSS {rss0 / 2**20:.0f} MiB at start, {rss1 / 2**20:.0f} MiB at end"
-        )
-        if s["5xx"]:
-            sys.exit(1)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    if s["5xx"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -163,9 +163,29 @@ def test_auto_compiles_only_when_the_work_pays(compiled):
     again = selar.wrap(compiled.hf_model, compiled.tokenizer, compile="auto")
     selar.generate(compiled, PROMPTS[:1], "cot", temperature=0, max_new_tokens=2)
     assert isinstance(again.make_engine(), StaticEngine)
-    assert again.warm_up() == compiled.compile_seconds > 0  # the same step: nothing compiled again
+    assert again.warm_up() == compiled.compile_seconds > 0  # one step per model, shared by both wrappers
     with pytest.raises(ConfigError, match="compile must be one of auto, on, off"):
         selar.wrap(compiled.hf_model, compiled.tokenizer, compile="yes")
+
+
+def test_warm_up_compiles_every_graph_a_server_runs(compiled):
+    """`selar serve` warms up before its first request: afterwards the server's steps (in
+    torch.inference_mode, one row or several) compile nothing. Before, the warm-up compiled a
+    graph outside inference mode and for one row only: the first requests compiled two more."""
+    from selar.engines.transformers import slots
+
+    compiled.warm_up(max_rows=8)
+    step = slots.compiled(compiled.hf_model)
+    graphs, seconds = step.graphs, compiled.compile_seconds
+    cfg = make_config("selar", temperature=0, max_new_tokens=3, ignore_eos=True)
+    with torch.inference_mode():  # as the server's scheduler decodes
+        for rows in (1, 3, 6):
+            session = compiled.new_session(cfg)
+            ids = compiled.tokenizer(PROMPTS[0])["input_ids"]
+            session.add([ids] * rows, list(range(rows)), [0] * rows)
+            while session.size:
+                session.step()
+    assert step.graphs == graphs and compiled.compile_seconds == seconds
 
 
 def _sliding(tok):

@@ -133,7 +133,7 @@ def serve(
     mdl.expect_work(float("inf"))  # a server is the longest job: compile="auto" compiles
     warm_up = getattr(mdl, "warm_up", None)
     if warm_up is not None:
-        seconds = warm_up()  # compile before the first request rather than during it
+        seconds = warm_up(max_batch)  # compile before the first request rather than during it
         if seconds:
             click.echo(f"selar: compiled the decode step in {seconds:.0f} s", err=True)
     settings = Settings(

@@ -108,17 +108,23 @@ class TransformersModel(Model):
         step = slots.compiled(self.hf_model)
         return 0.0 if step is None else step.compile_seconds
 
-    def warm_up(self) -> float:
+    def warm_up(self, max_rows: int = 2) -> float:
         """Compile the decode step now, if this model decodes compiled (e.g. a server before its
-        first request): a two-token run of one row. Returns the seconds spent compiling."""
+        first request): the graphs a server runs, under `torch.inference_mode` as it decodes, one for
+        a single row and, when `max_rows` > 1, one for every bucket of several rows (two-token runs).
+        Returns the seconds spent compiling so far."""
         from ...methods import make_config
         from .static import StaticEngine
 
-        session = self.new_session(make_config("cot", temperature=0, max_new_tokens=2, ignore_eos=True))
-        if isinstance(session.engine, StaticEngine):
-            session.add([[self.pad_id]], [0], [0])
-            while session.size:
-                session.step()
+        cfg = make_config("cot", temperature=0, max_new_tokens=2, ignore_eos=True)
+        for rows in (1, 2) if max_rows > 1 else (1,):
+            session = self.new_session(cfg)
+            if not isinstance(session.engine, StaticEngine):
+                break
+            with torch.inference_mode():
+                session.add([[self.pad_id]] * rows, list(range(rows)), [0] * rows)
+                while session.size:
+                    session.step()
         return self.compile_seconds
 
     def run(
