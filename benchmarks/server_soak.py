@@ -86,8 +86,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    log = tempfile.TemporaryFile("w+")
-    with log, selar_server(args.model, max_batch=args.max_batch, max_queue=4 * args.streams, log=log) as (server, url):
+    queue = 4 * args.streams
+    with (
+        tempfile.TemporaryFile("w+") as log,
+        selar_server(args.model, max_batch=args.max_batch, max_queue=queue, log=log) as (server, url),
+    ):
         measure(args, server, url)
 
 
