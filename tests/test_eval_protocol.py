@@ -202,12 +202,12 @@ def test_own_prompt_template_from_the_cli(models, tmp_path):
     assert res.exit_code == 2 and "{question}" in res.output
 
 
-def test_guard_needs_the_shared_decode_loop():
+def test_guard_needs_an_engine_that_runs_it():
     from selar.engines.base import Capabilities
     from selar.eval.runner import run_options
 
-    class OwnScheduler:  # an engine that runs its own loop (as vLLM does)
-        capabilities = Capabilities(stepwise=False)
+    class OwnScheduler:  # an engine (e.g. a plugin) that cannot run the answer guard
+        capabilities = Capabilities(stepwise=False, answer_guard=False)
         engine = "own"
         is_thinking = False
 

@@ -87,6 +87,31 @@ def test_greedy_equals_transformers_engine(vl, smollm2, smollm2_nudged, method, 
             assert g.token_ids == w.token_ids and g.text == w.text and g.finish_reason == w.finish_reason
 
 
+def test_answer_guard_equals_transformers_engine(vl, smollm2, smollm2_nudged):
+    """soft_scope=guarded in the plugin as in selar's decode loop: a row's soft steps end at the
+    step whose token completes an answer marker (here words these prompts' answers write early),
+    and vLLM's tokens and soft steps equal the transformers engine's where float32 decides them."""
+    markers = ("colour", " clips", "letter")
+    kw = dict(temperature=0, max_new_tokens=48, trace=True, soft_scope="guarded", answer_markers=markers)
+    want = selar.generate(smollm2, PROMPTS[:4], "selar", batch_size=4, **kw)
+    nudged = selar.generate(smollm2_nudged, PROMPTS[:4], "selar", batch_size=4, **kw)
+    got = selar.generate(vl, PROMPTS[:4], "selar", **kw)
+    guarded = 0
+    for w in want:
+        soft = [t["soft"] for t in w.trace or []]
+        texts = [smollm2.tokenizer.decode(w.token_ids[: k + 1], skip_special_tokens=True) for k in range(len(soft))]
+        end = next((k for k, t in enumerate(texts) if any(m in t for m in markers)), None)
+        if end is not None and any(soft[:end]):
+            assert not any(soft[end:]), "soft steps after the answer marker"
+            guarded += 1
+    assert guarded >= 2  # the guard ended soft rows here
+    decided = [shared_prefix(w.token_ids, o.token_ids) for w, o in zip(want, nudged)]
+    assert sum(decided) >= 0.25 * sum(len(w.token_ids) for w in want), "too many float32 near-ties"
+    for w, g, n in zip(want, got, decided):
+        assert g.token_ids[:n] == w.token_ids[:n]
+        assert [t["soft"] for t in g.trace or []][:n] == [t["soft"] for t in w.trace or []][:n]
+
+
 def test_wide_mixtures(vl, smollm2):
     """Soft Thinking's 10-token mixtures at every step. vLLM's float32 kernels differ from
     transformers' by ~1e-5; near-uniform 10-way mixtures amplify that over the steps (measured:

@@ -133,7 +133,6 @@ def test_set_defaults_reach_vllm(fake_vllm):
         ("bogus=1", "unknown option"),
         ("min_new_tokens=4", "vLLM takes min_tokens from each request only"),
         ("ignore_eos=true", "vLLM takes ignore_eos from each request only"),
-        ("soft_scope=guarded", "answer guard"),
     ],
 )
 def test_defaults_vllm_cannot_carry_are_refused_at_start(fake_vllm, flag, message):
@@ -153,6 +152,9 @@ def test_plugin_applies_the_server_defaults(env):
     assert cfg.sampling.temperature == 0.7 and cfg.sampling.max_new_tokens == 32  # the request's own
     cfg, _ = parse_request(params(seed=11, extra=request_args("selar", {"soft_scope": "reasoning", "tau": 0.6})))
     assert (cfg.sampling.seed, cfg.sampling.soft_scope, cfg.options.tau) == (11, "reasoning", 0.6)
+    guard = {"soft_scope": "guarded", "answer_markers": ["####"]}  # the answer guard: the plugin runs it
+    cfg, _ = parse_request(params(extra=request_args("selar", guard)))
+    assert cfg.sampling.guarded and cfg.sampling.answer_markers == ("####",)
     cfg, _ = parse_request(params(extra=request_args("soft-thinking")))  # defaults only where the method has them
     assert cfg.options.max_topk == 3 and cfg.sampling.seed == 7
     cfg, _ = parse_request(params(extra=request_args("selar", {"seed": 5}), seed=11))
@@ -181,8 +183,7 @@ def test_request_options(env):
         (request_args("selar", {"max_topk": 3}), ConfigError, "unknown option"),
         (request_args("selar", {"max_new_tokens": 3}), ConfigError, "the request's own max_tokens"),
         (request_args("selar", {"min_new_tokens": 3}), ConfigError, "the request's own min_tokens"),
-        (request_args("selar", {"soft_scope": "guarded"}), CapabilityError, "answer guard"),
-        (request_args("selar", {"answer_markers": ["x"]}), CapabilityError, "answer guard"),
+        (request_args("selar", {"answer_markers": []}), ConfigError, "answer_markers must be one or more"),
         (request_args("swir"), CapabilityError, "SwiR feeds a dense mixture"),
         (request_args("adaptive-latent"), CapabilityError, "only the transformers engine"),
         (request_args("nonsense"), ConfigError, "unknown method"),
@@ -202,3 +203,39 @@ def test_every_sampling_setting_has_its_place():
     placed = set(rq.OVERRIDABLE) | set(rq.PLUGIN_ONLY) | set(rq.VLLM_OWN) | set(rq.UNSUPPORTED)
     assert placed == set(SAMPLING_FIELDS)
     assert "the vLLM plugin does not apply it yet" not in rq.UNSUPPORTED.values(), rq.UNSUPPORTED
+
+
+# -- the answer guard in the plugin's state ----------------------------------------------------
+def test_the_answer_guard_in_the_plugin_state():
+    """soft_scope=guarded in the plugin's per-row state, without vLLM. Logits make greedy SeLaR
+    write a text token by token with every step uncertain. A guarded row's steps are soft until
+    the step whose token completes the marker, which is plain, as is every later step. An
+    unguarded row stays soft. The expectation comes from the decoded prefixes alone. A request that
+    resumes after its marker (vLLM preempted it) starts plain."""
+    import torch
+    from conftest import make_tokenizer
+
+    from selar.engines.vllm.state import SoftState
+    from selar.methods.base import VocabInfo
+
+    tok = make_tokenizer()
+    ids = tok("First, 48 / 2 = 24. So the answer is \\boxed{72}. Then 48 + 24 = 72.", add_special_tokens=False)[
+        "input_ids"
+    ]
+    markers = SamplingConfig().answer_markers  # the defaults: "answer is" comes first here
+    first = next(k for k in range(len(ids)) if any(m in tok.decode(ids[: k + 1]) for m in markers))
+    assert 3 < first < len(ids) - 3
+    st = SoftState(3, torch.device("cpu"), VocabInfo(size=len(tok), tokenizer=tok))
+    prompt = tok("How many clips?", add_special_tokens=False)["input_ids"]
+    for i, (scope, done) in enumerate((("guarded", []), ("all", []), ("guarded", ids[: first + 1]))):
+        extra = request_args("selar", {"soft_scope": scope, "tau": 0.0, "protect_symbols": False})
+        st.add(i, params(extra=extra, temperature=0, max_tokens=4 * len(ids)), prompt, list(done))
+    for t in ids:
+        logits = torch.zeros(3, len(tok))
+        logits[:, t] = 2.0  # the greedy token, with entropy left among the others: every step uncertain
+        st.t["last_pos"][:3] = st.t["prompt_len"][:3] + st.t["step"][:3] - 1  # the forward reached each row's end
+        assert st.apply(logits).argmax(-1).tolist() == [t] * 3
+    guarded, unguarded, resumed = (st.record(i)["soft"] for i in range(3))
+    assert guarded == [k < first for k in range(len(ids))]
+    assert unguarded == [True] * len(ids)
+    assert resumed[first + 1 :] == [False] * len(ids)

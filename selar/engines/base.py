@@ -41,6 +41,7 @@ class Capabilities:
     stepwise: bool = True  # runs the shared DecodeSession (rows join and leave between steps)
     streaming: bool = True  # per-token callbacks while decoding
     logit_lens: bool = False  # every layer's hidden states (selar analyze logit-lens)
+    answer_guard: bool = True  # soft_scope "guarded": soft inputs end at a row's first answer marker
 
 
 @dataclass(frozen=True)

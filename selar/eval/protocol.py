@@ -71,7 +71,7 @@ def max_new_tokens(dataset: str, thinking: bool) -> int:
 def defaults(dataset: str, method: str, *, thinking: bool = False, guard: bool = True) -> dict:
     """The protocol's options of `method` on `dataset` before the user's --set: the paper's
     per-dataset options the method has, the token limit, and the answer guard on non-thinking
-    models (`guard`: the engine runs the shared decode loop, where the guard lives)."""
+    models (`guard`: the engine can run the answer guard)."""
     names = option_names(method)
     opts = {k: v for k, v in PAPER_OPTIONS.get(dataset, {}).items() if k in names}
     opts["max_new_tokens"] = max_new_tokens(dataset, thinking)

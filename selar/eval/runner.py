@@ -90,18 +90,15 @@ def _load_model(cfg: EvalConfig, datasets: list[str]):
 
 def run_options(cfg: EvalConfig, model, datasets) -> dict[tuple[str, str], dict]:
     """The options each (dataset, method) runs with on this model."""
-    if not model.capabilities.stepwise and any(
-        cfg.user_options(m).get("soft_scope") == protocol.GUARDED_SCOPE for m in cfg.methods
-    ):
-        able = " or ".join(engines_with("stepwise"))
+    guard = model.capabilities.answer_guard
+    if not guard and any(cfg.user_options(m).get("soft_scope") == protocol.GUARDED_SCOPE for m in cfg.methods):
+        able = " or ".join(engines_with("answer_guard"))
         raise ConfigError(
-            f"soft_scope={protocol.GUARDED_SCOPE} (the answer guard) runs in the shared decode loop, which the "
-            f"{model.engine} engine does not use; use soft_scope=all or the {able} engine"
+            f"soft_scope={protocol.GUARDED_SCOPE} (the answer guard): the {model.engine} engine cannot run it; "
+            f"use soft_scope=all or the {able} engine"
         )
     return {
-        (d, m): cfg.method_options(d, m, thinking=model.is_thinking, guard=model.capabilities.stepwise)
-        for d in datasets
-        for m in cfg.methods
+        (d, m): cfg.method_options(d, m, thinking=model.is_thinking, guard=guard) for d in datasets for m in cfg.methods
     }
 
 

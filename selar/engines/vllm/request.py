@@ -24,24 +24,19 @@ PREFIX = "selar_"
 DEFAULTS_ENV = "SELAR_VLLM_DEFAULTS"  # the server's defaults, handed to vLLM's processes
 # sampling settings the plugin applies itself (a request's selar_ option, or the server's default)
 OVERRIDABLE = ("temperature", "top_p", "top_k", "min_p", "seed")
-PLUGIN_ONLY = ("soft_scope",)
+PLUGIN_ONLY = ("soft_scope", "answer_markers")
 # settings vLLM applies to every request: selar's name -> the request's own (SamplingParams) name
 VLLM_OWN = {"max_new_tokens": "max_tokens", "stop": "stop", "min_new_tokens": "min_tokens", "ignore_eos": "ignore_eos"}
 # `selar serve --engine vllm --set NAME=...`: vLLM's generation config holds these defaults (a
 # request's own settings win); vLLM has no server default for the other VLLM_OWN settings
 GENERATION_CONFIG = ("temperature", "top_p", "top_k", "min_p", "max_new_tokens")
-UNSUPPORTED = {  # selar settings the plugin cannot apply: name -> why
-    "answer_markers": "the answer guard (soft_scope=guarded) runs in selar's own decode loop only",
+# selar settings the plugin cannot apply: name -> why. A sampling setting added to selar but not
+# placed above is refused, not silently dropped
+UNSUPPORTED = {
+    k: "the vLLM plugin does not apply it yet"
+    for k in SAMPLING_FIELDS
+    if k not in set(OVERRIDABLE) | set(PLUGIN_ONLY) | set(VLLM_OWN)
 }
-GUARDED = "soft_scope=guarded (the answer guard) runs in selar's own decode loop, which the vLLM engine does not use"
-# a sampling setting added to selar but not placed above is refused, not silently dropped
-UNSUPPORTED.update(
-    {
-        k: "the vLLM plugin does not apply it yet"
-        for k in SAMPLING_FIELDS
-        if k not in set(OVERRIDABLE) | set(PLUGIN_ONLY) | set(VLLM_OWN) | set(UNSUPPORTED)
-    }
-)
 
 
 def request_args(method: str, options: Optional[dict] = None, key: Optional[str] = None) -> dict:
@@ -61,12 +56,6 @@ def _unprefixed(args: Optional[dict]) -> dict:
 def server_defaults() -> dict:
     """The server's defaults (unprefixed): `method`, method options, `seed`, `soft_scope`."""
     return _unprefixed(env_json(DEFAULTS_ENV))
-
-
-def check_supported(cfg: GenerationConfig) -> None:
-    """CapabilityError for settings the plugin cannot apply."""
-    if cfg.sampling.guarded:
-        raise CapabilityError(GUARDED)
 
 
 def parse_request(params: Any) -> Optional[tuple[GenerationConfig, Optional[str]]]:
@@ -103,9 +92,7 @@ def parse_request(params: Any) -> Optional[tuple[GenerationConfig, Optional[str]
         "min_p": float(params.min_p),
         "max_new_tokens": max(1, int(params.max_tokens or 1)),
     }
-    cfg = make_config(method, **{**request, **opts, "seed": seed})
-    check_supported(cfg)
-    return cfg, key
+    return make_config(method, **{**request, **opts, "seed": seed}), key
 
 
 def make_sampling_params(cfg: GenerationConfig, seed: int, key: str, stop_ids: list[int]) -> Any:
@@ -113,13 +100,14 @@ def make_sampling_params(cfg: GenerationConfig, seed: int, key: str, stop_ids: l
     every engine) and forces it, so vLLM itself samples greedily from the forced logits."""
     from vllm import SamplingParams
 
-    check_supported(cfg)
     s = cfg.sampling
     extra = request_args(cfg.method, asdict(cfg.options), key=key)
     extra.update({PREFIX + k: getattr(s, k) for k in OVERRIDABLE})
     extra[PREFIX + "seed"] = seed
     if s.soft_scope != "auto":
         extra[PREFIX + "soft_scope"] = s.soft_scope
+    if s.answer_markers != SamplingConfig().answer_markers:
+        extra[PREFIX + "answer_markers"] = list(s.answer_markers)
     # the model's stop ids as selar reads them, and only those (as on every engine): vLLM's own
     # eos handling off, so a tokenizer eos outside them does not end rows here alone
     return SamplingParams(
@@ -151,7 +139,7 @@ def split_server_defaults(method: str, defaults: dict, max_tokens: Optional[int]
                 f"--set {name} cannot be a server default with --engine vllm: vLLM takes {VLLM_OWN[name]} from "
                 f"each request only (send `{VLLM_OWN[name]}` with the request)"
             )
-    check_supported(make_config(method, **{k: v for k, v in defaults.items() if k in option_names(method)}))
+    make_config(method, **{k: v for k, v in defaults.items() if k in option_names(method)})  # validates them
     if max_tokens is not None and defaults.get("max_new_tokens", 0) > max_tokens:
         raise ConfigError(f"--set max_new_tokens={defaults['max_new_tokens']} is more than --max-tokens {max_tokens}")
     paper = SamplingConfig()

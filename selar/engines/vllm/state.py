@@ -1,7 +1,8 @@
 """The per-process state the logits processor and the soft-input model share.
 
 Per persistent-batch index (vLLM's row order, tracked through the processor's `update_state`):
-the request's method group, seed, step, and its pending soft input (position, ids, weights).
+the request's method group, seed, step, its tokens so far, and its pending soft input (position,
+ids, weights).
 The processor writes it after each step (`apply`); the model's forward reads it (`embed`) to
 replace the rows whose (request, position) has a stored mixture by `sum_j w_j E(v_j)`, where
 `E` is the model's own token embedding (`embed_input_ids`, scaling included, e.g. Gemma's).
@@ -16,10 +17,11 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ...decode import step_context
+from ...decode import AnswerGuard, answer_guard, step_context
 from ...errors import CapabilityError
 from ...methods import get_method_spec
 from ...methods.base import VocabInfo
+from ...text import stop_checker
 from .request import VLLM_OWN, parse_request
 
 MAX_GROUPS = 32  # distinct method/sampling configurations kept at once
@@ -47,6 +49,7 @@ class SoftState:
             "pend_w": torch.zeros(capacity, 1, dtype=torch.float32, device=device),
             "rec_soft": torch.zeros(capacity, 64, dtype=torch.bool, device=device),
             "rec_ent": torch.zeros(capacity, 64, dtype=torch.float32, device=device),
+            "rec_tok": torch.zeros(capacity, 64, dtype=torch.long, device=device),
         }
         self.keys: list[Optional[str]] = [None] * capacity
         self.groups: dict[str, dict] = {}  # config json -> {"id", "method", "cfg", "state"}
@@ -69,7 +72,7 @@ class SoftState:
                     del self.by_id[self.groups.pop(k)["id"]]
             method = get_method_spec(cfg.method).factory(cfg.options, self.vocab)
             state = method.init_state(self.cap, self.device)
-            g = {"id": self.next_id, "method": method, "cfg": cfg, "state": state}
+            g = {"id": self.next_id, "method": method, "cfg": cfg, "state": state, "guard": self._guard_of(cfg)}
             self.next_id += 1
             self.groups[key] = g
             self.by_id[g["id"]] = g
@@ -80,6 +83,16 @@ class SoftState:
                     self.t[name] = torch.zeros(self.cap, width, dtype=old.dtype, device=self.device)
                     self.t[name][:, : old.shape[1]] = old
         return g
+
+    def _guard_of(self, cfg: Any) -> Optional[AnswerGuard]:
+        """The answer guard of a group under soft_scope "guarded" (the decode loop's, same markers)."""
+        if not cfg.sampling.guarded:
+            return None
+        markers = cfg.sampling.answer_markers
+        if self.vocab.tokenizer is None:
+            raise CapabilityError("soft_scope=guarded needs the model's tokenizer, which the plugin could not load")
+        tok = self.vocab.tokenizer
+        return answer_guard(tok, markers, self.vocab.size, stop_checker(tok, markers))
 
     def _all(self):
         yield self.t
@@ -122,6 +135,12 @@ class SoftState:
         t["limit"][i] = cfg.sampling.max_new_tokens
         t["scoped"][i] = scoped
         t["reasoning"][i] = not (scoped and self.vocab.think_end in output_ids)
+        if output_ids:  # a preempted request resumes: its tokens so far, and whether it answered
+            self._grow(len(output_ids))
+            t["rec_tok"][i, : len(output_ids)] = torch.tensor(output_ids, device=self.device)
+            guard = g["guard"]
+            if guard is not None and guard.check(list(output_ids)):
+                t["reasoning"][i] = False
         t["last_pos"][i] = -2
         self.keys[i] = key
         self.active += 1
@@ -147,7 +166,7 @@ class SoftState:
         if n < w:
             return
         new_w = max(2 * w, n + 1)
-        for name in ("rec_soft", "rec_ent"):
+        for name in ("rec_soft", "rec_ent", "rec_tok"):
             old = self.t[name]
             self.t[name] = torch.zeros(self.cap, new_w, dtype=old.dtype, device=self.device)
             self.t[name][:, :w] = old
@@ -202,7 +221,11 @@ class SoftState:
         # force vLLM to emit the method's token
         logits.index_fill_(0, rows, float("-inf"))
         logits[rows, tok] = 0.0
+        col = step.clamp_max(t["rec_soft"].shape[1] - 1)
+        t["rec_tok"][rows, col] = tok
         soft = out.soft & real
+        if g["guard"] is not None:
+            soft = soft & ~self._answered(g["guard"], rows, tok, real)
         pos = t["prompt_len"][rows] + step
         t["pend_pos"][rows] = torch.where(soft, pos, torch.full_like(pos, -1))
         m = out.inputs.ids.shape[1]
@@ -210,7 +233,6 @@ class SoftState:
         t["pend_w"][rows, :m] = out.inputs.weights.float()
         if m < t["pend_w"].shape[1]:
             t["pend_w"][rows, m:] = 0.0
-        col = step.clamp_max(t["rec_soft"].shape[1] - 1)
         t["rec_soft"][rows, col] = soft
         if out.entropy is not None:
             t["rec_ent"][rows, col] = out.entropy.float()
@@ -219,6 +241,27 @@ class SoftState:
             t["reasoning"][rows] = t["reasoning"][rows] & ~ended
         t["step"][rows] = step + real.long()
         return soft
+
+    def _answered(self, guard: AnswerGuard, rows: Tensor, tok: Tensor, real: Tensor) -> Tensor:
+        """The answer guard (as the decode loop's `_guard`): rows in their soft scope whose token may
+        complete an answer marker have their text's tail checked; a row that wrote a marker leaves
+        its soft scope, and this step's input is its plain token. Returns which rows did."""
+        t = self.t
+        may = real & t["reasoning"][rows]
+        if guard.ends is not None:
+            may = may & guard.ends.to(tok.device)[tok]
+        sel = may.nonzero()[:, 0]
+        hit = torch.zeros_like(may)
+        if sel.numel() == 0:
+            return hit
+        n = t["step"][rows[sel]] + 1  # tokens so far, this step's included
+        back = torch.arange(guard.tail, device=tok.device) - guard.tail
+        tails = t["rec_tok"][rows[sel, None], (n[:, None] + back).clamp_min(0)].tolist()
+        found = [guard.check(x[max(0, guard.tail - k) :]) for x, k in zip(tails, n.tolist())]
+        if any(found):
+            hit[sel[torch.tensor(found, device=tok.device)]] = True
+            t["reasoning"][rows[hit]] = False
+        return hit
 
     # -- the model side ------------------------------------------------------------------------
     def embed(self, model: Any, input_ids: Tensor, positions: Tensor) -> Tensor:
