@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_model, make_tokenizer
+from families import make_family_model
 
 import selar
 from selar.engines.transformers import TransformersEngine, static
@@ -28,13 +29,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread (thread synchronisation per op dominates at this size)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")
@@ -188,58 +183,10 @@ def test_warm_up_compiles_every_graph_a_server_runs(compiled):
     assert step.graphs == graphs and compiled.compile_seconds == seconds
 
 
-def _sliding(tok):
-    from transformers import MistralConfig, MistralForCausalLM
-
-    torch.manual_seed(0)
-    cfg = MistralConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        sliding_window=8,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
-    )
-    return MistralForCausalLM(cfg).eval()
-
-
-def _recurrent(tok):
-    from transformers import FalconH1Config, FalconH1ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = FalconH1Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
-        mamba_d_ssm=64,
-        mamba_n_heads=4,
-        mamba_d_head=16,
-        mamba_n_groups=1,
-        mamba_d_state=16,
-        mamba_d_conv=4,
-        mamba_expand=1,
-        mamba_chunk_size=16,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
-    )
-    return FalconH1ForCausalLM(cfg).eval()
-
-
-@pytest.mark.parametrize(("build", "why"), [(_sliding, "sliding-window"), (_recurrent, "recurrent state")])
-def test_families_the_static_cache_cannot_hold(build, why):
+@pytest.mark.parametrize(("family", "why"), [("mistral", "sliding-window"), ("falcon_h1", "recurrent state")])
+def test_families_the_static_cache_cannot_hold(family, why):
     tok = make_tokenizer()
-    hf = build(tok)
+    hf = make_family_model(family, tok)
     m = selar.wrap(hf, tok, name="other")
     m.expect_work(AUTO_WORK)
     assert type(m.make_engine()) is TransformersEngine  # auto: the eager engine runs it
