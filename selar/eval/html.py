@@ -34,10 +34,8 @@ def image_html(path: Path) -> str:
 
 
 def write_html(rep: dict, dirs: list[str], out: Path) -> Path:
-    from .report import details_table, length_table, table
-
-    summaries = rep["summaries"]
-    header, rows = table(summaries)
+    """report.html from a report's tables (`rep`: header and rows, length, details, images) and the
+    analysis plots found under the run directories."""
     images = list(rep["images"])
     for d in dirs:
         for name in ANALYSIS_IMAGES:
@@ -51,13 +49,13 @@ def write_html(rep: dict, dirs: list[str], out: Path) -> Path:
         f"<p>Runs: {html.escape(', '.join(dirs))}</p>",
         "<p>Accuracy (%) as avg@N with a 95% interval; against <code>cot</code>: "
         "(difference, p-value of a paired test).</p>",
-        table_html(header, rows),
+        table_html(rep["header"], rep["rows"]),
         "<h2>Length, truncation and answer form</h2>",
         "<p>Generations cut by the token limit, and (thinking models) generations that never closed their "
         "reasoning with <code>&lt;/think&gt;</code>.</p>",
-        table_html(*length_table(summaries)),
+        table_html(*rep["length"]),
         "<h2>Details</h2>",
-        table_html(*details_table(summaries)),
+        table_html(*rep["details"]),
         "<h2>Plots</h2>",
         *[image_html(p) for p in images],
         f"<script>{SCRIPT}</script></body></html>",

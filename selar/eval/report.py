@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import SelarError
+from .html import write_html
 from .metrics import Summary, summarize
 from .rundir import read_results
 
@@ -223,6 +224,7 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
     out = Path(out_dir or dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(summaries)
+    length, details = length_table(summaries), details_table(summaries)
     md = [
         "# selar report",
         "",
@@ -239,12 +241,12 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
         "Boxed: answers with a \\boxed result; malformed: a \\boxed not followed by a brace, an unclosed "
         "brace, or a boxed result that is empty or does not parse.",
         "",
-        markdown(*length_table(summaries)),
+        markdown(*length),
         "",
         "## Details",
         "",
+        markdown(*details),
     ]
-    md.append(markdown(*details_table(summaries)))
     images = plots(summaries, out) if make_plots else []
     md += [""] + [f"![{p.stem}]({p.name})" for p in images]
     (out / "report.md").write_text("\n".join(md) + "\n")
@@ -254,9 +256,8 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
         for s in summaries:
             w.writerow(s.to_dict())
     (out / "report.json").write_text(json.dumps([s.to_dict() for s in summaries], indent=1))
-    rep = {"header": header, "rows": rows, "summaries": summaries, "out": out, "images": images}
+    rep = {"header": header, "rows": rows, "length": length, "details": details, "summaries": summaries}
+    rep.update(out=out, images=images)
     if html:
-        from .html import write_html
-
         rep["html"] = write_html(rep, dirs, out)
     return rep

@@ -17,18 +17,18 @@ The emitted tokens are the real ones (the method's visible text), so vLLM's deto
 strings, streaming and OpenAI server work unchanged. `runner` is selar's `Model` over a vLLM
 `LLM` (selar.generate / eval with engine="vllm"); `launch` is `selar serve --engine vllm`.
 Modules: request (options), state (per-process state), plugin (what vLLM loads), models
-(soft-input classes), runner (Model, load_vllm), launch (serve).
+(soft-input classes), runner (Model, load_vllm), launch (serve), entry (the registry entry).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .entry import ENTRY
 from .models import NON_STANDARD, check_architecture, soft_name
 from .plugin import LOGITS_PROCESSOR, WORKER_EXTENSION, WorkerExtension, register
 from .request import PREFIX, parse_request, request_args, split_server_defaults
 from .runner import (
-    ENTRY,
     TESTED_VLLM,
     VLLMModel,
     architecture,

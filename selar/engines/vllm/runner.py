@@ -266,30 +266,3 @@ def load_vllm(
     )
     info = {"vllm": vllm_version(), "architecture": soft_arch, "dtype": dtype}
     return VLLMModel(llm, folder, name_or_path, arch, time.perf_counter() - t0, info)
-
-
-class _Entry:
-    """The vLLM engine's registry entry."""
-
-    @staticmethod
-    def load(
-        name: str, *, dtype: Any = "auto", device: str = "auto", trust_remote_code: bool = False, **options: Any
-    ) -> VLLMModel:
-        if device not in ("auto", "cpu", "cuda"):
-            raise ConfigError("vLLM places the model itself; give device auto (tensor_parallel_size=N for GPUs)")
-        if trust_remote_code:
-            options.setdefault("trust_remote_code", True)
-        return load_vllm(name, dtype=str(dtype), **options)
-
-    @staticmethod
-    def sizing(rows: int, positions: int) -> dict:
-        return {"max_num_seqs": rows, "max_model_len": positions}
-
-    @staticmethod
-    def serve(model: str, **kw: Any) -> None:
-        from .launch import serve
-
-        serve(model, **kw)
-
-
-ENTRY = _Entry()
