@@ -87,12 +87,33 @@ def test_greedy_equals_transformers_engine(vl, smollm2, smollm2_nudged, method, 
             assert g.token_ids == w.token_ids and g.text == w.text and g.finish_reason == w.finish_reason
 
 
+def _markers_after_a_soft_step(model, rows) -> tuple[str, ...]:
+    """Answer markers that these (unguarded) rows write only after a soft step: for each row, the
+    text of the three tokens after its first soft step, when that text first appears there."""
+    markers = []
+    for r in rows:
+        soft = [t["soft"] for t in r.trace or []]
+        s = next((k for k, x in enumerate(soft) if x), None)
+        if s is None or s + 4 > len(r.token_ids):
+            continue
+        before, after = (model.tokenizer.decode(r.token_ids[:n], skip_special_tokens=True) for n in (s + 1, s + 4))
+        marker = after[len(before) :]
+        if len(marker.strip()) >= 3 and marker not in after[:-1]:  # first written by the step at s + 3
+            markers.append(marker)
+    return tuple(markers)
+
+
 def test_answer_guard_equals_transformers_engine(vl, smollm2, smollm2_nudged):
     """soft_scope=guarded in the plugin as in selar's decode loop: a row's soft steps end at the
-    step whose token completes an answer marker (here words these prompts' answers write early),
-    and vLLM's tokens and soft steps equal the transformers engine's where float32 decides them."""
-    markers = ("colour", " clips", "letter")
-    kw = dict(temperature=0, max_new_tokens=48, trace=True, soft_scope="guarded", answer_markers=markers)
+    step whose token completes an answer marker, and vLLM's tokens and soft steps equal the
+    transformers engine's where float32 decides them. The markers are taken from an unguarded run
+    of the same rows, after a soft step, so that the guard ends soft rows whatever text the
+    model writes on this machine (a guarded row equals its unguarded twin up to its marker)."""
+    kw = dict(temperature=0, max_new_tokens=48, trace=True)
+    free = selar.generate(smollm2, PROMPTS[:4], "selar", batch_size=4, soft_scope="all", **kw)
+    markers = _markers_after_a_soft_step(smollm2, free)
+    assert markers
+    kw.update(soft_scope="guarded", answer_markers=markers)
     want = selar.generate(smollm2, PROMPTS[:4], "selar", batch_size=4, **kw)
     nudged = selar.generate(smollm2_nudged, PROMPTS[:4], "selar", batch_size=4, **kw)
     got = selar.generate(vl, PROMPTS[:4], "selar", **kw)
@@ -101,10 +122,10 @@ def test_answer_guard_equals_transformers_engine(vl, smollm2, smollm2_nudged):
         soft = [t["soft"] for t in w.trace or []]
         texts = [smollm2.tokenizer.decode(w.token_ids[: k + 1], skip_special_tokens=True) for k in range(len(soft))]
         end = next((k for k, t in enumerate(texts) if any(m in t for m in markers)), None)
-        if end is not None and any(soft[:end]):
+        if end is not None:
             assert not any(soft[end:]), "soft steps after the answer marker"
-            guarded += 1
-    assert guarded >= 2  # the guard ended soft rows here
+            guarded += any(soft[:end])
+    assert guarded >= 1  # the guard ended a soft row here (each marker's own row, unless another marker came first)
     decided = [shared_prefix(w.token_ids, o.token_ids) for w, o in zip(want, nudged)]
     assert sum(decided) >= 0.25 * sum(len(w.token_ids) for w in want), "too many float32 near-ties"
     for w, g, n in zip(want, got, decided):
