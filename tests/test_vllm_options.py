@@ -227,7 +227,8 @@ def test_the_answer_guard_in_the_plugin_state():
     assert 3 < first < len(ids) - 3
     st = SoftState(3, torch.device("cpu"), VocabInfo(size=len(tok), tokenizer=tok))
     prompt = tok("How many clips?", add_special_tokens=False)["input_ids"]
-    for i, (scope, done) in enumerate((("guarded", []), ("all", []), ("guarded", ids[: first + 1]))):
+    later = tok(" 0 1 2 3 4 5 6 7 8 9" * 4, add_special_tokens=False)["input_ids"]  # the marker far back
+    for i, (scope, done) in enumerate((("guarded", []), ("all", []), ("guarded", ids[: first + 1] + later))):
         extra = request_args("selar", {"soft_scope": scope, "tau": 0.0, "protect_symbols": False})
         st.add(i, params(extra=extra, temperature=0, max_tokens=4 * len(ids)), prompt, list(done))
     for t in ids:
@@ -238,4 +239,4 @@ def test_the_answer_guard_in_the_plugin_state():
     guarded, unguarded, resumed = (st.record(i)["soft"] for i in range(3))
     assert guarded == [k < first for k in range(len(ids))]
     assert unguarded == [True] * len(ids)
-    assert resumed[first + 1 :] == [False] * len(ids)
+    assert len(later) > 40 and resumed[first + 1 + len(later) :] == [False] * len(ids)

@@ -138,9 +138,10 @@ class SoftState:
         if output_ids:  # a preempted request resumes: its tokens so far, and whether it answered
             self._grow(len(output_ids))
             t["rec_tok"][i, : len(output_ids)] = torch.tensor(output_ids, device=self.device)
-            guard = g["guard"]
-            if guard is not None and guard.check(list(output_ids)):
-                t["reasoning"][i] = False
+            if g["guard"] is not None:  # its whole text: the marker may lie before the tail a step checks
+                text = self.vocab.tokenizer.decode(list(output_ids), skip_special_tokens=True)
+                if any(m in text for m in cfg.sampling.answer_markers):
+                    t["reasoning"][i] = False
         t["last_pos"][i] = -2
         self.keys[i] = key
         self.active += 1
