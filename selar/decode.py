@@ -250,17 +250,9 @@ class DecodeSession:
         g, r = self.guard, self.rows
         assert g is not None
         tok = out.tokens
-        may = r["reasoning"] if g.ends is None else r["reasoning"] & g.ends.to(tok.device)[tok]
-        sel = may.nonzero()[:, 0]
-        if sel.numel() == 0:
+        rows = marker_rows(g, r["tokens"], r["step"], tok, r["reasoning"])
+        if rows.numel() == 0:
             return out
-        n = r["step"][sel] + 1  # tokens so far, this step's included
-        back = torch.arange(g.tail, device=tok.device) - g.tail
-        tails = r["tokens"][sel[:, None], (n[:, None] + back).clamp_min(0)].tolist()
-        hit = [g.check(t[max(0, g.tail - k) :]) for t, k in zip(tails, n.tolist())]
-        if not any(hit):
-            return out
-        rows = sel[torch.tensor(hit, device=tok.device)]
         r["reasoning"] = r["reasoning"].index_fill(0, rows, False)
         return replace(out, inputs=plain_rows(out.inputs, tok, rows), soft=out.soft.index_fill(0, rows, False))
 
@@ -286,6 +278,21 @@ class AnswerGuard:
     check: Callable[[list[int]], bool]
     tail: int
     ends: Optional[Tensor] = None
+
+
+def marker_rows(guard: AnswerGuard, tokens: Tensor, steps: Tensor, tok: Tensor, scoped: Tensor) -> Tensor:
+    """Indices of the rows still in their soft scope (`scoped`) whose text, this step's token `tok`
+    (already at column `steps`) included, now holds an answer marker: only rows whose token may
+    complete one have the tail of their text decoded (`tokens`: (B, T) ids so far)."""
+    may = scoped if guard.ends is None else scoped & guard.ends.to(tok.device)[tok]
+    sel = may.nonzero()[:, 0]
+    if sel.numel() == 0:
+        return sel
+    n = steps[sel] + 1  # tokens so far, this step's included
+    back = torch.arange(guard.tail, device=tok.device) - guard.tail
+    tails = tokens[sel[:, None], (n[:, None] + back).clamp_min(0)].tolist()
+    hit = [guard.check(t[max(0, guard.tail - k) :]) for t, k in zip(tails, n.tolist())]
+    return sel[torch.tensor(hit, dtype=torch.bool, device=tok.device)]
 
 
 def marker_end_tokens(tokens: Sequence[str], markers: Sequence[str]) -> Optional[Tensor]:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ...decode import AnswerGuard, answer_guard, step_context
+from ...decode import AnswerGuard, answer_guard, marker_rows, step_context
 from ...errors import CapabilityError
 from ...methods import get_method_spec
 from ...methods.base import VocabInfo
@@ -248,20 +248,11 @@ class SoftState:
         complete an answer marker have their text's tail checked; a row that wrote a marker leaves
         its soft scope, and this step's input is its plain token. Returns which rows did."""
         t = self.t
-        may = real & t["reasoning"][rows]
-        if guard.ends is not None:
-            may = may & guard.ends.to(tok.device)[tok]
-        sel = may.nonzero()[:, 0]
-        hit = torch.zeros_like(may)
-        if sel.numel() == 0:
-            return hit
-        n = t["step"][rows[sel]] + 1  # tokens so far, this step's included
-        back = torch.arange(guard.tail, device=tok.device) - guard.tail
-        tails = t["rec_tok"][rows[sel, None], (n[:, None] + back).clamp_min(0)].tolist()
-        found = [guard.check(x[max(0, guard.tail - k) :]) for x, k in zip(tails, n.tolist())]
-        if any(found):
-            hit[sel[torch.tensor(found, device=tok.device)]] = True
-            t["reasoning"][rows[hit]] = False
+        hit = torch.zeros_like(real)
+        found = marker_rows(guard, t["rec_tok"][rows], t["step"][rows], tok, real & t["reasoning"][rows])
+        if found.numel():
+            hit[found] = True
+            t["reasoning"][rows[found]] = False
         return hit
 
     # -- the model side ------------------------------------------------------------------------
