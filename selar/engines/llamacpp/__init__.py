@@ -1,9 +1,9 @@
 """The llama.cpp engine (`pip install 'selar[llamacpp]'`): `gguf` finds and converts GGUF files,
 `model` loads one into a llama.cpp context, `engine` decodes rows on it step by step."""
 
-from .engine import LlamaCppEngine, _Batch, llamacpp_greedy
+from .engine import LlamaCppEngine, _Batch
 from .gguf import GGUF_TYPES, convert_gguf, embedding_table, resolve_gguf
-from .model import DEFAULT_CONTEXT, DEFAULT_MAX_ROWS, ENTRY, KV_TYPES, LlamaCppModel, load_llamacpp
+from .model import DEFAULT_CONTEXT, DEFAULT_MAX_ROWS, ENTRY, KV_TYPES, LlamaCppModel, llamacpp_greedy, load_llamacpp
 
 __all__ = [
     "LlamaCppEngine",

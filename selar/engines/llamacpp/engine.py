@@ -19,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
@@ -29,8 +29,24 @@ from ...errors import CapabilityError, CapacityError, PromptError
 from ...methods.base import Mixture
 from . import gguf as gg
 
-if TYPE_CHECKING:
-    from .model import LlamaCppModel
+
+class LoadedModel(Protocol):
+    """What the engine needs of its model (`model.LlamaCppModel`): the loaded llama.cpp model, its
+    context, and the sequences of that context it lends to engines."""
+
+    lib: Any
+    lm: Any
+    n_vocab: int
+    n_embd: int
+    table: np.ndarray
+    max_rows: int
+    context: int
+
+    def context_handle(self) -> Any: ...
+
+    def alloc_seqs(self, engine: LlamaCppEngine, k: int) -> np.ndarray: ...
+
+    def free_seqs(self, seqs: Any) -> None: ...
 
 
 class _Batch:
@@ -81,7 +97,7 @@ class FloatRows:
 _FLOAT_ROWS: weakref.WeakKeyDictionary[Any, FloatRows] = weakref.WeakKeyDictionary()
 
 
-def float_rows(model: LlamaCppModel) -> FloatRows:
+def float_rows(model: LoadedModel) -> FloatRows:
     """How this model takes float input rows: the architecture's known transform (see
     `gguf.float_row_scale`), then checked once on the model itself: token t and the float row
     E(t) * scale, each alone at position 0, must give the same logits."""
@@ -115,7 +131,7 @@ def float_rows(model: LlamaCppModel) -> FloatRows:
 class LlamaCppEngine:
     """The engine protocol (add/step/select/reset) over one llama.cpp context."""
 
-    def __init__(self, model: LlamaCppModel, rows: Optional[FloatRows] = None):
+    def __init__(self, model: LoadedModel, rows: Optional[FloatRows] = None):
         self.model, self.lib = model, model.lib
         self.ctx = model.context_handle()
         self.vocab_size = model.n_vocab
@@ -222,38 +238,3 @@ class LlamaCppEngine:
         self.model.free_seqs(self.seq)
         self.seq = np.zeros(0, dtype=np.int32)
         self.pos = np.zeros(0, dtype=np.int32)
-
-
-def llamacpp_greedy(model: LlamaCppModel, prompt: list[int], n: int) -> list[int]:
-    """llama.cpp's own greedy generation (its greedy sampler over its own logits), one sequence,
-    independently of the engine above: the reference for tests. It clears the model's context,
-    so no engine may be decoding on the model meanwhile."""
-    lib = model.lib
-    ctx = model.context_handle()
-    lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
-    model._owners.clear()
-    smpl = lib.llama_sampler_init_greedy()
-    try:
-        step = int(lib.llama_n_batch(ctx))  # a decode call takes at most n_batch tokens
-        for i in range(0, len(prompt) - 1, step):  # all but the last prompt token
-            part = prompt[i : min(i + step, len(prompt) - 1)]
-            arr = (lib.llama_token * len(part))(*part)
-            if lib.llama_decode(ctx, lib.llama_batch_get_one(arr, len(part))) != 0:
-                raise RuntimeError("llama_decode failed")
-        last = (lib.llama_token * 1)(prompt[-1])
-        batch = lib.llama_batch_get_one(last, 1)
-        out: list[int] = []
-        for _ in range(n):
-            if lib.llama_decode(ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed")
-            tok = lib.llama_sampler_sample(smpl, ctx, -1)
-            out.append(int(tok))
-            if lib.llama_vocab_is_eog(model.vocab, tok):
-                break
-            one = (lib.llama_token * 1)(tok)
-            batch = lib.llama_batch_get_one(one, 1)
-        return out
-    finally:
-        lib.llama_sampler_free(smpl)
-        lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
-        model._owners.clear()

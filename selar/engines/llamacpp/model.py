@@ -237,3 +237,38 @@ class _Entry:
 
 
 ENTRY = _Entry()
+
+
+def llamacpp_greedy(model: LlamaCppModel, prompt: list[int], n: int) -> list[int]:
+    """llama.cpp's own greedy generation (its greedy sampler over its own logits), one sequence,
+    independently of the engine above: the reference for tests. It clears the model's context,
+    so no engine may be decoding on the model meanwhile."""
+    lib = model.lib
+    ctx = model.context_handle()
+    lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
+    model._owners.clear()
+    smpl = lib.llama_sampler_init_greedy()
+    try:
+        step = int(lib.llama_n_batch(ctx))  # a decode call takes at most n_batch tokens
+        for i in range(0, len(prompt) - 1, step):  # all but the last prompt token
+            part = prompt[i : min(i + step, len(prompt) - 1)]
+            arr = (lib.llama_token * len(part))(*part)
+            if lib.llama_decode(ctx, lib.llama_batch_get_one(arr, len(part))) != 0:
+                raise RuntimeError("llama_decode failed")
+        last = (lib.llama_token * 1)(prompt[-1])
+        batch = lib.llama_batch_get_one(last, 1)
+        out: list[int] = []
+        for _ in range(n):
+            if lib.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            tok = lib.llama_sampler_sample(smpl, ctx, -1)
+            out.append(int(tok))
+            if lib.llama_vocab_is_eog(model.vocab, tok):
+                break
+            one = (lib.llama_token * 1)(tok)
+            batch = lib.llama_batch_get_one(one, 1)
+        return out
+    finally:
+        lib.llama_sampler_free(smpl)
+        lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
+        model._owners.clear()
