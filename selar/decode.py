@@ -280,17 +280,21 @@ class AnswerGuard:
     ends: Optional[Tensor] = None
 
 
-def marker_rows(guard: AnswerGuard, tokens: Tensor, steps: Tensor, tok: Tensor, scoped: Tensor) -> Tensor:
+def marker_rows(
+    guard: AnswerGuard, tokens: Tensor, steps: Tensor, tok: Tensor, scoped: Tensor, index: Optional[Tensor] = None
+) -> Tensor:
     """Indices of the rows still in their soft scope (`scoped`) whose text, this step's token `tok`
     (already at column `steps`) included, now holds an answer marker: only rows whose token may
-    complete one have the tail of their text decoded (`tokens`: (B, T) ids so far)."""
+    complete one have their tail decoded (`tokens`: (R, T) ids so far). `index`: each batch row's
+    row of `tokens` and `steps` (default: the same), so only the rows checked are gathered."""
     may = scoped if guard.ends is None else scoped & guard.ends.to(tok.device)[tok]
     sel = may.nonzero()[:, 0]
     if sel.numel() == 0:
         return sel
-    n = steps[sel] + 1  # tokens so far, this step's included
+    src = sel if index is None else index[sel]
+    n = steps[src] + 1  # tokens so far, this step's included
     back = torch.arange(guard.tail, device=tok.device) - guard.tail
-    tails = tokens[sel[:, None], (n[:, None] + back).clamp_min(0)].tolist()
+    tails = tokens[src[:, None], (n[:, None] + back).clamp_min(0)].tolist()
     hit = [guard.check(t[max(0, guard.tail - k) :]) for t, k in zip(tails, n.tolist())]
     return sel[torch.tensor(hit, dtype=torch.bool, device=tok.device)]
 

@@ -241,7 +241,7 @@ ENTRY = _Entry()
 
 def llamacpp_greedy(model: LlamaCppModel, prompt: list[int], n: int) -> list[int]:
     """llama.cpp's own greedy generation (its greedy sampler over its own logits), one sequence,
-    independently of the engine above: the reference for tests. It clears the model's context,
+    independently of `engine.LlamaCppEngine`: the reference for tests. It clears the model's context,
     so no engine may be decoding on the model meanwhile."""
     lib = model.lib
     ctx = model.context_handle()

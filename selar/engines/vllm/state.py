@@ -249,7 +249,7 @@ class SoftState:
         its soft scope, and this step's input is its plain token. Returns which rows did."""
         t = self.t
         hit = torch.zeros_like(real)
-        found = marker_rows(guard, t["rec_tok"][rows], t["step"][rows], tok, real & t["reasoning"][rows])
+        found = marker_rows(guard, t["rec_tok"], t["step"], tok, real & t["reasoning"][rows], index=rows)
         if found.numel():
             hit[found] = True
             t["reasoning"][rows[found]] = False
