@@ -9,9 +9,10 @@ engine that can do better offers one optional method:
 Each `next()` prefills the next `chunk` tokens of the new rows into their own cache, leaving the
 running batch alone (so `step` and `select` may run between two calls) and yields None; the last
 `next()` joins the rows to the batch and yields their last logits, exactly as `add` would have
-returned them. `chunks_for(engine)` finds it; the transformers engine does not have it yet, so it
-is provided here for that engine (`transformers_chunks`, using the engine's own forward and join;
-it belongs in the engine package as `TransformersEngine.prefill_chunks`).
+returned them. `chunks_for(engine)` finds it. The static-cache engine (compiled decoding) has its
+own (`StaticEngine.prefill_chunks`); the eager transformers engine does not have it yet, so it is
+provided here for that engine (`transformers_chunks`, using the engine's own forward and join; it
+belongs in the engine package as `TransformersEngine.prefill_chunks`).
 """
 
 from __future__ import annotations

@@ -79,11 +79,17 @@ class TransformersModel(Model):
 
     def make_engine(self) -> TransformersEngine:
         """The compiled static-cache engine (`static`) when `compile` asks for it and the family
-        allows it, else the eager engine."""
+        allows it, else the eager engine (also once the compiled step gave wrong logits, whatever
+        `compile` says: see `slots.Step._verify`)."""
         from . import slots, static
 
         mode = check_compile(self.compile)
-        if mode == "off" or (mode == "auto" and self.work < AUTO_WORK and slots.compiled(self.hf_model) is None):
+        step = slots.compiled(self.hf_model)
+        if (
+            mode == "off"
+            or (step is not None and step.mismatch)
+            or (mode == "auto" and self.work < AUTO_WORK and step is None)
+        ):
             return TransformersEngine(self.hf_model, pad_id=self.pad_id)
         why = static.support(self.hf_model)
         if why is None:

@@ -14,6 +14,7 @@ rows joining and leaving, and the columns growing, reuse the compiled graph.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import types
@@ -126,6 +127,7 @@ class Step:
 
         register_attention()
         self.model, self.compiled, self.error = model, compile, ""
+        self.mismatch = ""  # why the compiled step was dropped after giving wrong logits (see _verify)
         self.cuda = model.get_input_embeddings().weight.device.type == "cuda"
         params = inspect.signature(model.forward).parameters
         self.keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
@@ -172,9 +174,13 @@ class Step:
                     out = self.fn(self.model, embeds, pos, mask, keys, values, self.keep_kw, hidden)
                 else:
                     out = self._first(strict, embeds, pos, mask, keys, values, hidden)
-                if self.compiled and _graphs() != graphs:
+                now = _graphs()
+                fresh = key not in self.seen or now != graphs  # a graph compiled (or loaded from a cache)
+                if self.compiled and now != graphs:
                     self.compile_seconds += time.perf_counter() - t0
-                    self.graphs += _graphs() - graphs
+                    self.graphs += now - graphs
+                if self.compiled and fresh:
+                    out = self._verify(out, embeds, pos, mask, keys, values, hidden)
                 self.seen.add(key)
             finally:
                 cfg._attn_implementation = old
@@ -195,6 +201,57 @@ class Step:
             warnings.warn(f"selar: compiling the decode step failed ({why}); decoding without compiling", stacklevel=3)
             self.fn, self.compiled, self.error = _step, False, why
             return self.fn(self.model, embeds, pos, mask, keys, values, self.keep_kw, hidden)
+
+    def _verify(self, out: tuple[Tensor, Optional[Tensor]], *args: Any) -> tuple[Tensor, Optional[Tensor]]:
+        """The first result of a compiled graph against the step as is on the same inputs (which
+        rewrites the same cache columns). Inductor's on-disk cache does not key on the CPU's
+        instruction set, so a cache shared between machines (a network home, an image built
+        elsewhere) can hand over code for another processor, seen emitting token 0 forever: when
+        the two differ beyond the precision's tolerance, one warning names the cache and the step
+        runs as is from then on (new sessions take the eager engine, see `model.make_engine`)."""
+        embeds, pos, mask, keys, values, hidden = args
+        if self.cuda:  # the graph's output memory is reused at its next replay
+            out = (out[0].clone(), None if out[1] is None else out[1].clone())
+        want = _step(self.model, embeds, pos, mask, keys, values, self.keep_kw, hidden)
+        dtype = embeds.dtype
+        if agree(want[0], out[0], dtype) and (want[1] is None or out[1] is None or agree(want[1], out[1], dtype)):
+            return out
+        gap = float((out[0].float() - want[0].float()).abs().nan_to_num(float("inf")).max())
+        self.mismatch = (
+            f"the compiled decode step gives other logits than the eager step on the same inputs (largest "
+            f"difference {gap:.3g}, logits up to {float(want[0].abs().max()):.3g}), probably code compiled for "
+            f"another CPU in torch inductor's on-disk cache {inductor_cache()}"
+        )
+        warnings.warn(
+            f"selar: {self.mismatch}; decoding eagerly from now on (compile=on and auto alike); delete that "
+            f"directory or set TORCHINDUCTOR_CACHE_DIR to one per machine",
+            stacklevel=4,
+        )
+        self.fn, self.compiled = _step, False
+        return want
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """How far two kernels' logits may differ, relative to the largest: float32 1e-3; bfloat16 and
+    float16 kernels differ by a few of their epsilons (measured on SmolLM2 in bfloat16: 1.3 on
+    logits up to 29), far below what a wrong mask, position or kernel gives."""
+    return max(1e-3, 16 * torch.finfo(dtype).eps)
+
+
+def agree(want: Tensor, got: Tensor, dtype: torch.dtype) -> bool:
+    """`got` equals the reference `want` within `tolerance(dtype)` of want's largest entry."""
+    tol = tolerance(dtype)
+    return torch.allclose(got.float(), want.float(), rtol=tol, atol=tol * max(1.0, float(want.abs().max())))
+
+
+def inductor_cache() -> str:
+    """The directory of torch inductor's on-disk cache of compiled code."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        return cache_dir()
+    except (ImportError, OSError):
+        return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "(torch inductor's default cache directory)")
 
 
 def _graphs() -> int:
