@@ -3,6 +3,7 @@ shards merge; a run directory of another config is refused; torn lines are skipp
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -128,6 +129,21 @@ def test_shards_merge_into_the_single_run(setup, tmp_path):
     assert (rep / "accuracy_vs_tokens.png").stat().st_size > 1000
     rows = (rep / "report.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith("mini,cot,10,2,")
+    # the merged report's figures are the single run's (its own report, written by `selar eval`) ...
+    figures = ("problems", "samples", "accuracy", "ci_low", "ci_high", "tokens", "paired", "delta_vs_cot", "p_vs_cot")
+
+    def report_rows(path):
+        with open(path / "report.csv") as f:
+            return {r["method"]: {k: r.get(k) for k in figures} for r in csv.DictReader(f)}
+
+    single_rows = report_rows(single)
+    assert set(single_rows) == {"cot", "selar"} and report_rows(rep) == single_rows
+    # ... and those are the single run's results counted here: avg@2 over the 10 problems
+    records = read_results(single / "results.jsonl")
+    for method, row in single_rows.items():
+        oks = [r["correct"] for r in records if r["method"] == method]
+        assert len(oks) == 20 and float(row["accuracy"]) == pytest.approx(sum(oks) / 20)
+    assert f"Model: {setup / 'model'} (transformers, float32)" in (rep / "report.md").read_text()
 
 
 def test_bad_eval_input(setup, tmp_path):

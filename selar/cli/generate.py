@@ -1,4 +1,5 @@
-"""`selar generate`: one or more prompts, one method or several side by side, streamed."""
+"""`selar generate`: one or more prompts, one method or several side by side; a single prompt is
+streamed on engines that can stream, and printed whole when done on the others (vLLM)."""
 
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ def generate(
     Example: selar generate "What is 17 * 23?" --method selar --tau 0.5 --k 3
     """
     from ..api import generate as api_generate
-    from ..engines import load_model, load_options
+    from ..engines import get_engine, load_model, load_options
+    from ..engines.base import refuse_method
     from ..methods import make_config
 
     flat = {
@@ -116,6 +118,9 @@ def generate(
         unused = set(opts) - set().union(*(options_for(m, opts, False) for m in methods))
         if unused:
             fail(f"option(s) {', '.join(sorted(unused))} apply to none of {', '.join(methods)}")
+    capabilities = get_engine(engine).capabilities  # known from the registry, before anything is loaded
+    for m in methods:
+        refuse_method(engine, capabilities, m)
     longest = max(c.sampling.max_new_tokens for c in configs.values())
     mdl = load_model(
         model,
@@ -125,7 +130,8 @@ def generate(
         **load_options(engine, min(batch_size, len(prompts)), longest),
         **compile_load_options(engine, compile_mode),
     )
-    stream = not as_json and len(methods) == 1 and len(prompts) == 1
+    single = not as_json and len(methods) == 1 and len(prompts) == 1
+    stream = single and mdl.capabilities.streaming  # else (vLLM) the text is printed when done
     results = {}
     for m in methods:
         cb = _Streamer(mdl.tokenizer) if stream else None
@@ -140,6 +146,8 @@ def generate(
         return
     if len(methods) > 1:
         _print_compare(prompts, methods, results)
+    elif single and not stream:
+        click.echo(results[methods[0]][0].text)
     elif not stream:
         for r in results[methods[0]]:
             click.echo(f"### {r.prompt}\n{r.text}\n")

@@ -17,6 +17,24 @@ from . import protocol
 SCHEDULES = ("fixed", "continuous")
 
 
+def sets_for(sets: dict, method: str) -> dict:
+    """The --set options (`sets`) that apply to `method`: "opt" for every method that has it,
+    "method.opt" for one. ConfigError for an unknown method or a "method.opt" it does not have."""
+    names = option_names(method)
+    opts: dict = {}
+    for key, value in sets.items():
+        target, _, opt = key.rpartition(".")
+        if target and target != method:
+            get_method_spec(target)
+            continue
+        if opt not in names:
+            if target:
+                raise ConfigError(f"method {method} has no option {opt!r}")
+            continue
+        opts[opt] = value
+    return opts
+
+
 @dataclass
 class EvalConfig:
     model: str
@@ -78,19 +96,7 @@ class EvalConfig:
 
     def user_options(self, method: str) -> dict:
         """The --set options that apply to `method` ("opt" for every method that has it, "method.opt" for one)."""
-        names = option_names(method)
-        opts: dict = {}
-        for key, value in self.sets.items():
-            target, _, opt = key.rpartition(".")
-            if target and target != method:
-                get_method_spec(target)
-                continue
-            if opt not in names:
-                if target:
-                    raise ConfigError(f"method {method} has no option {opt!r}")
-                continue
-            opts[opt] = value
-        return opts
+        return sets_for(self.sets, method)
 
     def method_options(self, dataset: str, method: str, *, thinking: bool = False, guard: bool = True) -> dict:
         """Options of one method on one dataset: the protocol's defaults (for a thinking model or

@@ -36,7 +36,7 @@ def image_html(path: Path) -> str:
 def write_html(rep: dict, dirs: list[str], out: Path) -> Path:
     """report.html from a report's tables (`rep`: header and rows, length, details, images) and the
     analysis plots found under the run directories."""
-    images = list(rep["images"])
+    images, models = list(rep["images"]), rep.get("models") or ["not recorded"]
     for d in dirs:
         for name in ANALYSIS_IMAGES:
             for p in sorted(Path(d).rglob(name)):
@@ -47,8 +47,11 @@ def write_html(rep: dict, dirs: list[str], out: Path) -> Path:
         f"<style>{CSS}</style></head><body>",
         "<h1>selar report</h1>",
         f"<p>Runs: {html.escape(', '.join(dirs))}</p>",
-        "<p>Accuracy (%) as avg@N with a 95% interval; against <code>cot</code>: "
-        "(difference, p-value of a paired test).</p>",
+        f"<p>Model{'s' if len(models) > 1 else ''}: {html.escape('; '.join(models))}</p>",
+        *[f"<p>{html.escape(n)}</p>" for n in rep.get("notes", [])],
+        "<p>Accuracy (%) as avg@N with a 95% interval; against <code>cot</code> (the cot row of the same "
+        "model, engine, dtype, prompt and protocol): (difference, p-value of a paired test), over the "
+        "problems both rows answered; when fewer than either row's, the cell says on how many.</p>",
         table_html(rep["header"], rep["rows"]),
         "<h2>Length, truncation and answer form</h2>",
         "<p>Generations cut by the token limit, and (thinking models) generations that never closed their "

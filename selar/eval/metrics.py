@@ -39,6 +39,8 @@ class Summary:
     max_tokens: Optional[int] = None  # longest generation
     boxed: Optional[float] = None  # share of answers that box a result (well-formed or not)
     malformed_boxed: Optional[float] = None  # share of answers whose boxed result is malformed
+    baseline: Optional[str] = None  # the row the delta and p-value are against (a cot row)
+    paired: Optional[int] = None  # problems both this row and its baseline answered: the delta's problems
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,7 +82,14 @@ def per_problem(records: list[dict]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-def summarize(records: list[dict], timings: list[dict], baseline: str = "cot") -> list[Summary]:
+def summarize(
+    records: list[dict],
+    timings: list[dict],
+    baseline: str = "cot",
+    baselines: Optional[dict[tuple[str, str], Optional[str]]] = None,
+) -> list[Summary]:
+    """One Summary per (dataset, method) of the records. Each method is compared with `baseline`
+    on the problems both answered, or, given `baselines`, with the row it names for (dataset, method)."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["dataset"], r["method"])].append(r)
@@ -128,17 +137,19 @@ def summarize(records: list[dict], timings: list[dict], baseline: str = "cot") -
         if forms:
             s.boxed = sum(f != "none" for f in forms) / len(forms)
             s.malformed_boxed = forms.count("malformed") / len(forms)
-        base = groups.get((dataset, baseline))
-        if base is not None and method != baseline:
+        against = baselines.get((dataset, method)) if baselines is not None else baseline
+        base = groups.get((dataset, against)) if against is not None and against != method else None
+        if base is not None:
             bp = per_problem(base)
             shared = sorted(set(pp) & set(bp))
+            s.baseline, s.paired = against, len(shared)
             diffs = np.array([pp[k] - bp[k] for k in shared])
             s.delta_vs_cot = float(diffs.mean()) if len(diffs) else None
-            if samples == 1:
+            if shared and samples == 1:
                 b = int(sum(1 for k in shared if pp[k] > bp[k]))
                 c = int(sum(1 for k in shared if pp[k] < bp[k]))
                 s.p_vs_cot, s.test_vs_cot = mcnemar_exact(b, c), f"McNemar b={b} c={c}"
-            else:
+            elif shared:
                 s.p_vs_cot, s.test_vs_cot = paired_bootstrap(diffs), "paired bootstrap"
         out.append(s)
     return out

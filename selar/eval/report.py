@@ -5,42 +5,28 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
 from pathlib import Path
 from typing import Optional
 
 from ..errors import SelarError
 from .html import write_html
+from .merge import BASELINE, read_runs
 from .metrics import Summary, summarize
-from .rundir import read_results
 
 DATASET_ORDER = ["gsm8k", "math500", "gpqa", "aime2024", "aime2025"]
 METHOD_ORDER = ["cot", "soft-thinking", "swir", "selar"]
 
 
 def collect(dirs: list[str]) -> tuple[list[dict], list[dict]]:
-    """All records (deduplicated by (dataset, problem, method, sample)) and timings of the dirs."""
-    records: dict[tuple, dict] = {}
-    timings: list[dict] = []
-    for d in dirs:
-        p = Path(d)
-        if not p.exists():
-            raise SelarError(f"no such run directory or results file: {d}")
-        files = sorted(p.glob("results*.jsonl")) if p.is_dir() else [p]
-        for f in files:
-            for r in read_results(f):
-                key = (r["dataset"], r["problem_id"], r["method"], r["sample"])
-                if key in records and records[key]["correct"] != r["correct"]:
-                    warnings.warn(f"conflicting results for {key}; keeping the first")
-                records.setdefault(key, r)
-        if p.is_dir():
-            for f in sorted(p.glob("timing*.jsonl")):
-                timings += read_results(f)
-    return list(records.values()), timings
+    """All records and timings of the dirs (see `merge.read_runs`: rows of one method run with
+    different settings are kept apart, their "method" being the row's label)."""
+    runs = read_runs(dirs)
+    return runs.records, runs.timings
 
 
 def _order(names, preferred):
-    return [n for n in preferred if n in names] + sorted(n for n in names if n not in preferred)
+    """Names in the preferred order, then the others sorted; a row label (`selar@tau=0.3`) beside its method."""
+    return sorted(names, key=lambda n: _rank(n, preferred))
 
 
 def table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
@@ -56,9 +42,7 @@ def table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
             if s is None:
                 cells.append("-")
                 continue
-            sig = ""
-            if s.p_vs_cot is not None and s.delta_vs_cot is not None:
-                sig = f" ({s.delta_vs_cot * 100:+.1f}, p={s.p_vs_cot:.2f})"
+            sig = _vs_cot(s, by.get((d, s.baseline)) if s.baseline else None)
             cells.append(f"{s.accuracy * 100:.1f} [{s.ci_low * 100:.1f}, {s.ci_high * 100:.1f}]{sig}")
             accs.append(s.accuracy)
             toks.append(s.tokens)
@@ -72,6 +56,16 @@ def table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
         cells.append(f"{sum(softs) / len(softs) * 100:.1f}" if softs else "-")
         rows.append(cells)
     return header, rows
+
+
+def _vs_cot(s: Summary, base: Optional[Summary]) -> str:
+    """A cell's comparison with its cot row `base`: (difference, p-value), naming that row when it is
+    not plain `cot`, and the number of problems the difference is over when fewer than either row's."""
+    if s.p_vs_cot is None or s.delta_vs_cot is None:
+        return ""
+    vs = f" vs {s.baseline}" if s.baseline != BASELINE else ""
+    fewer = s.paired is not None and (s.paired != s.problems or (base is not None and s.paired != base.problems))
+    return f" ({s.delta_vs_cot * 100:+.1f}{vs}, p={s.p_vs_cot:.2f}{f', on {s.paired} paired' if fewer else ''})"
 
 
 def length_table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
@@ -122,6 +116,8 @@ DETAIL_COLUMNS = (
     "soft_share",
     "seconds",
     "tokens_per_s",
+    "baseline",
+    "paired",
     "delta_vs_cot",
     "p_vs_cot",
     "test_vs_cot",
@@ -140,8 +136,9 @@ def details_table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]
     return cols, [[fmt(s.to_dict()[c]) for c in cols] for s in summaries]
 
 
-def _rank(name: str, preferred: list[str]) -> tuple[int, str]:
-    return (preferred.index(name) if name in preferred else len(preferred), name)
+def _rank(name: str, preferred: list[str]) -> tuple[int, str, str]:
+    base = name.partition("@")[0]
+    return (preferred.index(base) if base in preferred else len(preferred), base, name)
 
 
 def markdown(header, rows) -> str:
@@ -216,11 +213,28 @@ def plots(summaries: list[Summary], out: Path) -> list[Path]:
     return paths
 
 
+ACCURACY_NOTE = (
+    "Accuracy (%) as avg@N with a 95% interval; against `cot` (the `cot` row of the same model, engine, "
+    "dtype, prompt and protocol): (difference, p-value of a paired test), over the problems both rows "
+    "answered; when that is fewer than either row's, the cell says on how many (`paired`, also in Details)."
+)
+
+
+def notes(split: dict[str, list[str]]) -> list[str]:
+    """A sentence per method whose runs had different settings and are kept apart."""
+    return [
+        f"`{m}` was run with different settings; its runs are kept apart as "
+        + ", ".join(f"`{r}`" for r in rows)
+        + " (labelled with the settings that differ)."
+        for m, rows in split.items()
+    ]
+
+
 def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool = True, html: bool = False) -> dict:
-    records, timings = collect(dirs)
-    if not records:
+    runs = read_runs(dirs)
+    if not runs.records:
         raise SelarError(f"no results*.jsonl in {', '.join(dirs)}")
-    summaries = summarize(records, timings)
+    summaries = summarize(runs.records, runs.timings, baselines=runs.baselines)
     out = Path(out_dir or dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(summaries)
@@ -230,7 +244,10 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
         "",
         f"Runs: {', '.join(dirs)}",
         "",
-        "Accuracy (%) as avg@N with a 95% interval; against `cot`: (difference, p-value of a paired test).",
+        f"Model{'s' if len(runs.models) > 1 else ''}: {'; '.join(runs.models)}",
+        "",
+        *[f"{note}\n" for note in notes(runs.split)],
+        ACCURACY_NOTE,
         "",
         markdown(header, rows),
         "",
@@ -257,6 +274,7 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
             w.writerow(s.to_dict())
     (out / "report.json").write_text(json.dumps([s.to_dict() for s in summaries], indent=1))
     rep = {"header": header, "rows": rows, "length": length, "details": details, "summaries": summaries}
+    rep.update(models=runs.models, notes=notes(runs.split))
     rep.update(out=out, images=images)
     if html:
         rep["html"] = write_html(rep, dirs, out)
