@@ -17,6 +17,13 @@ REPO_FOLDER = Path(__file__).resolve().parents[1] / "integrations" / "selar-gene
 PROMPTS = ["How many clips did Natalia sell altogether in April and May?", "2 + 3 ="]
 
 
+def same_layout(model: selar.Model, raw: bool = True) -> list[str]:
+    """PROMPTS in the order selar.generate batches them (shortest first): custom_generate decodes
+    its rows in the order given, so both sides then run the same kernels on the same batch layout,
+    and free-running soft decoding may be compared token for token."""
+    return sorted(PROMPTS, key=lambda p: len(selar.format_prompt(model, p, raw=raw)))
+
+
 def left_padded(model: selar.Model, prompts, raw: bool = True):
     enc = [selar.format_prompt(model, p, raw=raw) for p in prompts]
     n = max(map(len, enc))
@@ -75,12 +82,13 @@ def test_cot_greedy_plain_tensor_and_right_padding_tiny(tiny):
 
 
 def test_selar_sampled_equals_selar_generate_tiny(tiny):
-    ids, mask, enc = left_padded(tiny, PROMPTS)
+    prompts = same_layout(tiny)
+    ids, mask, enc = left_padded(tiny, prompts)
     opts = dict(tau=0.9, k=5, seed=11)
     got = custom(tiny, ids, mask, method="selar", do_sample=True, temperature=0.7, top_p=0.9, top_k=10,
                  max_new_tokens=16, return_dict_in_generate=True, output_scores=True, output_logits=True,
                  **opts)  # fmt: skip
-    ref = selar.generate(tiny, PROMPTS, "selar", raw=True, temperature=0.7, top_p=0.9, top_k=10, min_p=0.0,
+    ref = selar.generate(tiny, prompts, "selar", raw=True, temperature=0.7, top_p=0.9, top_k=10, min_p=0.0,
                          max_new_tokens=16, **opts)  # fmt: skip
     assert got.sequences[:, ids.shape[1] :].tolist() == padded(ref, tiny.pad_id)
     assert got.num_soft_steps.tolist() == [r.num_soft_steps for r in ref] and sum(got.num_soft_steps) > 0
@@ -120,6 +128,44 @@ def test_stop_strings_end_rows_tiny(tiny):
     assert len(ref[0].token_ids) < len(free[0].token_ids)
 
 
+@pytest.mark.parametrize("least", [{"min_new_tokens": 6}, {"min_length": 6}], ids=["min_new_tokens", "min_length"])
+def test_min_new_tokens_holds_off_eos_as_generate_does_tiny(tiny, least):
+    """Issue 27: min_new_tokens (and min_length, which counts the input) were refused. As eos, tokens
+    each row writes early end it early; held off for 6 new tokens, the rows run on, as in generate."""
+    ids, mask, _ = left_padded(tiny, PROMPTS)
+    n = ids.shape[1]
+    free = tiny.hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False)[:, n:]
+    eos = [int(free[0, 3]), int(free[1, 5])]  # row 0 writes the first as its 4th token, row 1 the second as its 6th
+    kw = dict(max_new_tokens=16, do_sample=False, eos_token_id=eos, return_dict_in_generate=True, output_scores=True)
+    early = custom(tiny, ids, mask, method="cot", **kw)
+    assert early.finish_reasons == ["stop", "stop"] and early.sequences.shape[1] == n + 6
+    if "min_length" in least:  # it counts the (padded) input, as transformers' min_length does
+        least = {"min_length": n + least["min_length"]}
+    ref = tiny.hf_model.generate(input_ids=ids, attention_mask=mask, **kw, **least)
+    got = custom(tiny, ids, mask, method="cot", **kw, **least)
+    assert torch.equal(got.sequences, ref.sequences)
+    assert got.finish_reasons == ["stop", "stop"]
+    lengths = [next(i + 1 for i, t in enumerate(row) if t in eos) for row in got.sequences[:, n:].tolist()]
+    assert min(lengths) > 6 and max(lengths) == got.sequences.shape[1] - n
+    assert len(got.scores) == len(ref.scores) == max(lengths)
+    for step, (a, b) in enumerate(zip(got.scores, ref.scores)):  # eos at -inf in both while held off
+        running = [i for i, k in enumerate(lengths) if step < k]  # generate goes on scoring finished rows
+        torch.testing.assert_close(a[running], b[running], rtol=1e-4, atol=1e-4)
+        assert bool(torch.isinf(a[:, eos]).all()) == (step < 6)
+
+
+def test_min_new_tokens_beyond_the_budget_runs_to_it_tiny(tiny):
+    """min_new_tokens above max_new_tokens is no error in generate: eos is held off to the end."""
+    ids, mask, _ = left_padded(tiny, PROMPTS)
+    n = ids.shape[1]
+    free = tiny.hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)[:, n:]
+    eos = [int(free[0, 3]), int(free[1, 5])]
+    kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=eos, min_new_tokens=20)
+    ref = tiny.hf_model.generate(input_ids=ids, attention_mask=mask, **kw)
+    got = custom(tiny, ids, mask, method="cot", **kw)
+    assert torch.equal(got, ref) and got.shape[1] == n + 8
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
@@ -139,7 +185,8 @@ def test_refuses_what_it_does_not_implement(tiny, kw, match):
 
 @pytest.mark.slow
 def test_smollm2_cot_greedy_equals_generate_and_selar_equals_selar_generate(smollm2):
-    ids, mask, _ = left_padded(smollm2, PROMPTS, raw=False)  # chat template, left padding
+    prompts = same_layout(smollm2, raw=False)
+    ids, mask, _ = left_padded(smollm2, prompts, raw=False)  # chat template, left padding
     ref = smollm2.hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=40, do_sample=False)
     got = custom(smollm2, ids, mask, method="cot", max_new_tokens=40)
     assert torch.equal(got, ref)
@@ -147,7 +194,7 @@ def test_smollm2_cot_greedy_equals_generate_and_selar_equals_selar_generate(smol
     opts = dict(tau=0.5, seed=3, max_new_tokens=32)
     got = custom(smollm2, ids, mask, method="selar", do_sample=True, temperature=0.6, top_p=0.95, top_k=20,
                  return_dict_in_generate=True, **opts)  # fmt: skip
-    sel = selar.generate(smollm2, PROMPTS, "selar", temperature=0.6, top_p=0.95, top_k=20, **opts)
+    sel = selar.generate(smollm2, prompts, "selar", temperature=0.6, top_p=0.95, top_k=20, **opts)
     assert got.sequences[:, ids.shape[1] :].tolist() == padded(sel, smollm2.pad_id)
     assert got.num_soft_steps.tolist() == [r.num_soft_steps for r in sel]
     assert got.finish_reasons == [r.finish_reason for r in sel]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import string
 
 import pytest
+import torch
 
 openai = pytest.importorskip("openai", reason="the server tests need the openai client (pip install openai)")
 httpx = pytest.importorskip("httpx")
@@ -31,6 +33,33 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="sekret", max_retries=0)
 
 
+def hf_greedy(model, prompt: str, max_new_tokens: int, **kw) -> list[int]:
+    """transformers' own greedy continuation of a raw prompt, ending at the model's stop ids: an
+    independent reference for what the server answers (kw: e.g. min_new_tokens)."""
+    ids = torch.tensor([selar.format_prompt(model, prompt, raw=True)])
+    out = model.hf_model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=list(model.stop_ids),
+        pad_token_id=model.pad_id,
+        **kw,
+    )
+    return out[0, ids.shape[1] :].tolist()
+
+
+@pytest.fixture(scope="module")
+def early_stop(tiny):
+    """`tiny` whose stop id is the 5th token of its greedy continuation of "clips": that row ends
+    after 5 tokens unless min_new_tokens holds the stop id off (the random model never draws <eos>)."""
+    free = selar.generate(tiny, "clips", "cot", raw=True, temperature=0, max_new_tokens=8)[0].token_ids
+    assert free[4] not in free[:4]
+    model = selar.wrap(copy.deepcopy(tiny.hf_model), tiny.tokenizer, name="tiny", compile="off")
+    model.stop_ids = [free[4]]
+    return model
+
+
 def test_chat_matches_the_api(client, tiny_thinking):
     r = client.chat.completions.create(
         model="tiny",
@@ -49,12 +78,63 @@ def test_chat_matches_the_api(client, tiny_thinking):
         assert msg.content == "" and msg.model_extra["reasoning_content"] == ref.text.replace("<think>", "").strip()
 
 
-def test_completion_and_models(client):
+def test_completion_and_models(client, tiny_thinking):
+    """The text of a completion (a thinking model: its reasoning apart) is transformers' greedy
+    continuation of the raw prompt; `min_new_tokens` is accepted (it used to answer 500)."""
     r = client.completions.create(
-        model="tiny", prompt="2 + 3 =", max_tokens=5, temperature=0, extra_body={"method": "cot"}
+        model="tiny", prompt="2 + 3 =", max_tokens=5, temperature=0, extra_body={"method": "cot", "min_new_tokens": 3}
     )
-    assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens <= 5
+    ref = hf_greedy(tiny_thinking, "2 + 3 =", 5, min_new_tokens=3)
+    text = tiny_thinking.tokenizer.decode(ref, skip_special_tokens=True)
+    reasoning, _, answer = text.rpartition("</think>") if "</think>" in text else (text, "", "")
+    assert r.choices[0].text == answer
+    assert r.choices[0].model_extra["reasoning_content"] == reasoning.replace("<think>", "").strip()
+    assert r.usage.completion_tokens == len(ref) >= 3
+    assert r.choices[0].finish_reason == ("stop" if ref[-1] in tiny_thinking.stop_ids else "length")
     assert [m.id for m in client.models.list().data] == ["tiny"]
+
+
+def test_min_new_tokens_in_requests_holds_off_the_stop_id(early_stop):
+    """Issue 27: any request with min_new_tokens >= 2 answered 500. The completion holds off its stop
+    id for that many tokens, its text as transformers' generate(min_new_tokens=...) writes it."""
+    srv = authed_server(early_stop, max_tokens=16, default_max_tokens=16)
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="sekret", max_retries=0)
+        lengths = []
+        for n in (0, 1, 2, 6, 7):
+            r = client.completions.create(
+                model="tiny",
+                prompt="clips",
+                max_tokens=12,
+                temperature=0,
+                extra_body={"method": "cot", "min_new_tokens": n},
+            )
+            ref = hf_greedy(early_stop, "clips", 12, min_new_tokens=n)
+            assert r.choices[0].text == early_stop.tokenizer.decode(ref, skip_special_tokens=True), n
+            assert r.usage.completion_tokens == len(ref) > n and ref[-1] in early_stop.stop_ids, n
+            assert r.choices[0].finish_reason == "stop" and r.model_extra["selar"]["finish_reason"] == "stop"
+            lengths.append(len(ref))
+        assert lengths[0] == 5 and lengths[-1] > lengths[-2] > 5  # the stop id was held off, then drawn
+    finally:
+        srv.stop()
+
+
+def test_server_wide_min_new_tokens_default(early_stop):
+    """`selar serve --set min_new_tokens=6`: every request failed (500); now a request without it
+    holds the stop id off for 6 tokens, and a request's own value wins."""
+    srv = start_in_thread(early_stop, Settings(model_name="tiny", max_tokens=16, defaults={"min_new_tokens": 6}))
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            for extra, n in (({}, 6), ({"min_new_tokens": 0}, 0), ({"min_new_tokens": 7}, 7)):
+                body = {"prompt": "clips", "max_tokens": 12, "temperature": 0, "method": "cot", **extra}
+                r = http.post("/v1/completions", json=body)
+                assert r.status_code == 200, r.text
+                ref = hf_greedy(early_stop, "clips", 12, min_new_tokens=n)
+                choice = r.json()["choices"][0]
+                assert choice["text"] == early_stop.tokenizer.decode(ref, skip_special_tokens=True), extra
+                assert r.json()["usage"]["completion_tokens"] == len(ref) > n, extra
+    finally:
+        srv.stop()
 
 
 def test_streaming_chat_equals_non_streaming(client):
@@ -356,6 +436,7 @@ def test_stop_strings_in_requests(tiny):
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
         base = dict(model="tiny", prompt="How many clips?", max_tokens=20, temperature=0, extra_body={"method": "cot"})
         full = client.completions.create(**base).choices[0].text
+        assert full == tiny.tokenizer.decode(hf_greedy(tiny, "How many clips?", 20), skip_special_tokens=True)
         stop = full[len(full) // 2 :][:3]
         cut = client.completions.create(stop=[stop], **base).choices[0]
         assert cut.finish_reason == "stop" and stop not in cut.text and full.startswith(cut.text)

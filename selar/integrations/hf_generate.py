@@ -15,14 +15,18 @@ What maps to what:
   `num_return_sequences` gets seed + j), not by torch's global generator.
 - `max_new_tokens` (or `max_length` minus the input width), `eos_token_id`, `pad_token_id`,
   `stop_strings`, `num_return_sequences`, `attention_mask` (left or right padding) as in generate.
+- `min_new_tokens` (or `min_length` minus the input width; the larger of the two when both are
+  set): the eos ids are held off until a row has that many new tokens (selar's `min_new_tokens`;
+  beyond `max_new_tokens` it holds them off to the end, as in generate).
 - `method` (default "selar") and that method's options (`tau`, `k`, ...), `seed`, `soft_scope`,
   `stop`, `answer_markers`: selar's own keywords.
 - Returns the `sequences` tensor (inputs followed by the new tokens, rows that finished early
   padded with `pad_token_id`), or with `return_dict_in_generate=True` a `SelarGenerateOutput`:
   `sequences`; `scores` (`output_scores=True`: per step a (rows, vocab) tensor of the scores the
   token was drawn from: the raw logits when greedy, else logits / temperature with the tokens
-  outside top-k/top-p/min-p at -inf, as transformers' warpers give them); `logits`
-  (`output_logits=True`: raw logits); at steps after a row has finished, its row holds -inf.
+  outside top-k/top-p/min-p at -inf, as transformers' warpers give them; the eos ids at -inf
+  while min_new_tokens holds them off); `logits` (`output_logits=True`: raw logits); at steps
+  after a row has finished, its row holds -inf.
   Beside those: `soft` (rows, new tokens) bool (steps whose next input was a soft mixture),
   `num_soft_steps` (rows,) and `finish_reasons` (one of selar's finish reasons per row).
 
@@ -54,8 +58,8 @@ UNSUPPORTED = (
     "num_beams", "num_beam_groups", "diversity_penalty", "penalty_alpha", "dola_layers", "constraints",
     "force_words_ids", "repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size",
     "encoder_no_repeat_ngram_size", "bad_words_ids", "sequence_bias", "suppress_tokens", "begin_suppress_tokens",
-    "forced_bos_token_id", "forced_eos_token_id", "min_length", "min_new_tokens", "typical_p", "epsilon_cutoff",
-    "eta_cutoff", "exponential_decay_length_penalty", "renormalize_logits", "guidance_scale", "watermarking_config",
+    "forced_bos_token_id", "forced_eos_token_id", "typical_p", "epsilon_cutoff", "eta_cutoff",
+    "exponential_decay_length_penalty", "renormalize_logits", "guidance_scale", "watermarking_config",
     "token_healing", "max_time", "output_attentions", "output_hidden_states", "prompt_lookup_num_tokens",
     "low_memory", "cache_implementation", "prefill_chunk_size",
 )  # fmt: skip
@@ -162,6 +166,10 @@ def _sampling(gc: Any, width: int, ours: dict) -> dict:
             raise ConfigError(
                 f"max_length={gc.max_length} leaves no room after inputs of {width} tokens; set max_new_tokens"
             )
+    # transformers' min_new_tokens counts new tokens, min_length the input too; both hold eos off
+    least = max(int(gc.min_new_tokens or 0), int(gc.min_length or 0) - width)
+    if least > 0:
+        opts["min_new_tokens"] = min(least, opts["max_new_tokens"])  # beyond the budget: held off to the end
     stop = gc.stop_strings or ()
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     extra = ours.pop("stop", ()) or ()
@@ -232,7 +240,11 @@ def generate(model: Any, inputs: Optional[torch.Tensor] = None, generation_confi
         return sequences
     scores = logits = None
     if want_scores:
-        scores = tuple(_full(ids, _processed(lg, cfg.sampling), len(out)) for ids, lg in steps)
+        least, stops = cfg.sampling.min_new_tokens, list(sm.stop_ids)
+        scores = tuple(
+            _full(ids, _processed(_held_off(lg, t < least, stops), cfg.sampling), len(out))
+            for t, (ids, lg) in enumerate(steps)
+        )
     if want_logits:
         logits = tuple(_full(ids, lg, len(out)) for ids, lg in steps)
     return _output_class()(
@@ -259,6 +271,15 @@ def _decode(sm: Any, cfg: Any, prompts: list[list[int]], seeds: list[int], keep:
         for row in session.step():
             done[row.id] = row
     return [done[i] for i in range(len(prompts))], steps
+
+
+def _held_off(logits: torch.Tensor, early: bool, stop_ids: list[int]) -> torch.Tensor:
+    """The logits a token was drawn from: at `early` steps (before min_new_tokens; every row here
+    starts at step 0) the stop ids at -inf, as the decode loop masks them and transformers'
+    min-length processors leave its scores."""
+    if not early or not stop_ids:
+        return logits
+    return logits.index_fill(1, torch.tensor(stop_ids, device=logits.device), float("-inf"))
 
 
 def _processed(logits: torch.Tensor, s: Any) -> torch.Tensor:

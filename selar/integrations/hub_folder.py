@@ -60,9 +60,9 @@ print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True
 - `method` (default `"selar"`): any selar method (`cot`, `selar`, `soft-thinking`, `swir`, ...),
   with its options as keywords (`tau`, `k`, `push_weight`, ...).
 - transformers' settings: `do_sample`, `temperature`, `top_p`, `top_k`, `min_p`,
-  `max_new_tokens`/`max_length`, `eos_token_id`, `pad_token_id`, `stop_strings`,
-  `num_return_sequences`, `attention_mask`, `return_dict_in_generate`, `output_scores`,
-  `output_logits`. Greedy unless `do_sample=True`.
+  `max_new_tokens`/`max_length`, `min_new_tokens`/`min_length`, `eos_token_id`, `pad_token_id`,
+  `stop_strings`, `num_return_sequences`, `attention_mask`, `return_dict_in_generate`,
+  `output_scores`, `output_logits`. Greedy unless `do_sample=True`.
 - selar's own: `seed` (rows are seeded by it, not by torch's generator), `soft_scope`, `stop`,
   `tokenizer` (loaded from the model's folder when not given).
 

@@ -28,7 +28,7 @@ from typing import Any, Optional, cast
 
 import torch
 
-from ..config import GenerationConfig
+from ..config import SAMPLING_FIELDS, GenerationConfig
 from ..decode import DecodeSession, RowOutput
 from ..text import stop_checker
 from .health import SHUTDOWN, Fault, Snapshot, classify
@@ -43,9 +43,11 @@ class QueueFull(Exception):
 
 
 def group_key(cfg: GenerationConfig) -> str:
-    """Requests with equal keys can share a session (seed, budget and stop strings are per row)."""
-    s = dataclasses.replace(cfg.sampling, seed=0, max_new_tokens=1, stop=())
-    return repr((cfg.method, cfg.options, s))
+    """Requests with equal keys can share a session (seed, budget and stop strings are per row).
+    Built from the fields themselves: a config rebuilt with a stand-in budget would be validated
+    (min_new_tokens > max_new_tokens raised for every request with min_new_tokens >= 2)."""
+    shared = {f: getattr(cfg.sampling, f) for f in SAMPLING_FIELDS if f not in ("seed", "max_new_tokens", "stop")}
+    return repr((cfg.method, cfg.options, shared))
 
 
 @dataclass(eq=False)
