@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -116,6 +117,12 @@ class GenerationConfig:
             "options": dataclasses.asdict(self.options),
             "sampling": dataclasses.asdict(self.sampling),
         }
+
+
+def stop_tail(stops: Sequence[str]) -> int:
+    """How many last tokens can hold a stop string (or answer marker) that the last token
+    completed: one per character at most, plus slack for tokens that decode to nothing alone."""
+    return max(len(s) for s in stops) + 16
 
 
 def env_json(name: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import sampling
-from .config import FinishReason, SamplingConfig
+from .config import FinishReason, SamplingConfig, stop_tail
 from .errors import CapabilityError
 from .methods.base import Method, Mixture, StepContext, StepOutput
 
@@ -78,7 +78,8 @@ def step_context(
 class DecodeSession:
     """Rows decoding together with one method and one sampling config.
 
-    `stop_check(row_id, tokens) -> bool` (optional) implements stop strings;
+    `stop_check(row_id, tail) -> bool` (optional) implements stop strings: it sees a row's last
+    `stop_tail` tokens (the tail a stop string can span; see `text.stop_tail`), never its history;
     `on_step(row_ids, tokens, soft)` is called every step with the rows' ids;
     `answer_guard` (optional) ends a row's soft scope at its first answer marker."""
 
@@ -94,6 +95,7 @@ class DecodeSession:
         think_start: Optional[int] = None,
         max_positions: Optional[int] = None,
         stop_check: Optional[Callable[[int, list[int]], bool]] = None,
+        stop_tail: int = 0,
         on_step: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None,
         answer_guard: Optional[AnswerGuard] = None,
     ):
@@ -102,6 +104,7 @@ class DecodeSession:
         self.think_end = think_end if reasoning_scope else None
         self.think_start = think_start
         self.max_positions, self.stop_check, self.on_step = max_positions, stop_check, on_step
+        self.stop_tail = stop_tail if stop_check is not None else 0
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
         self.need = method.num_candidates
         self.need_hidden = bool(getattr(method, "needs_hidden", False))
@@ -127,10 +130,10 @@ class DecodeSession:
         ids: Sequence[int],
         seeds: Sequence[int],
         max_new_tokens: Optional[Sequence[int]] = None,
-        check_stops: Optional[Sequence[bool]] = None,
+        stop_tails: Optional[Sequence[int]] = None,
     ) -> None:
-        """Prefill new rows; they take part from the next step on. `check_stops[i]`: run
-        `stop_check` on row i (default: every row, when the session has a stop_check)."""
+        """Prefill new rows; they take part from the next step on. `stop_tails[i]`: how many last
+        tokens of row i `stop_check` reads, 0 for none (default: the session's `stop_tail`)."""
         logits = self.engine.add([list(p) for p in prompts])
         dev, n = logits.device, len(prompts)
         self.stop_ids = self.stop_ids.to(dev)
@@ -144,11 +147,7 @@ class DecodeSession:
             "limit": torch.tensor(limit, dtype=torch.long, device=dev),
             "step": torch.zeros(n, dtype=torch.long, device=dev),
             "reasoning": torch.tensor([self._reasoning_open(p) for p in prompts], dtype=torch.bool, device=dev),
-            "check": torch.tensor(
-                list(check_stops) if check_stops is not None else [self.stop_check is not None] * n,
-                dtype=torch.bool,
-                device=dev,
-            ),
+            "tail": torch.tensor(list(stop_tails or [self.stop_tail] * n), dtype=torch.long, device=dev),
             "tokens": torch.full((n, width), -1, dtype=torch.long, device=dev),
             "soft": torch.zeros((n, width), dtype=torch.bool, device=dev),
             "entropy": torch.zeros((n, width), dtype=torch.float32, device=dev),
@@ -212,13 +211,11 @@ class DecodeSession:
         code = torch.where(r["step"] >= r["limit"], _CODE["length"], -1)
         if out.stop is not None:
             code = torch.where(out.stop, _CODE["method"], code)
-        if self.stop_check is not None:  # stop strings: a per-row check, only on rows that have them
-            sel = r["check"].nonzero()[:, 0]
+        if self.stop_check is not None:  # stop strings: a per-row check of its tail, on rows that have them
+            sel = (r["tail"] > 0).nonzero()[:, 0]
             if sel.numel():
-                hit = [
-                    self.stop_check(i, t[:n])
-                    for i, t, n in zip(r["id"][sel].tolist(), r["tokens"][sel].tolist(), r["step"][sel].tolist())
-                ]
+                tails = row_tails(r["tokens"], sel, r["step"][sel], r["tail"][sel])
+                hit = [self.stop_check(i, t) for i, t in zip(r["id"][sel].tolist(), tails)]
                 code[sel] = torch.where(torch.tensor(hit, device=code.device), _CODE["stop_string"], code[sel])
         if self.cancelled:
             gone = torch.tensor([i in self.cancelled for i in r["id"].tolist()], device=code.device)
@@ -292,11 +289,17 @@ def marker_rows(
     if sel.numel() == 0:
         return sel
     src = sel if index is None else index[sel]
-    n = steps[src] + 1  # tokens so far, this step's included
-    back = torch.arange(guard.tail, device=tok.device) - guard.tail
-    tails = tokens[src[:, None], (n[:, None] + back).clamp_min(0)].tolist()
-    hit = [guard.check(t[max(0, guard.tail - k) :]) for t, k in zip(tails, n.tolist())]
-    return sel[torch.tensor(hit, dtype=torch.bool, device=tok.device)]
+    tails = row_tails(tokens, src, steps[src] + 1, torch.full_like(src, guard.tail))  # this step's token included
+    return sel[torch.tensor([guard.check(t) for t in tails], dtype=torch.bool, device=tok.device)]
+
+
+def row_tails(tokens: Tensor, rows: Tensor, n: Tensor, width: Tensor) -> list[list[int]]:
+    """The last `width[j]` of the first `n[j]` tokens of each row `rows[j]` of `tokens` (R, T):
+    one gather of the tails only, never a copy of whole histories."""
+    w = int(width.max())
+    back = torch.arange(w, device=tokens.device) - w
+    tails = tokens[rows[:, None], (n[:, None] + back).clamp_min(0)].tolist()
+    return [t[w - k :] for t, k in zip(tails, torch.minimum(width, n).tolist())]
 
 
 def marker_end_tokens(tokens: Sequence[str], markers: Sequence[str]) -> Optional[Tensor]:
@@ -325,7 +328,7 @@ def answer_guard(
         if ends is not None and vocab_size > n:  # ids the tokenizer does not name: always checked
             ends = torch.cat([ends, torch.ones(vocab_size - n, dtype=torch.bool)])
         _ENDS[key] = (tokenizer, ends)  # the tokenizer is kept, so its id is not reused
-    return AnswerGuard(check, max(len(m) for m in markers) + 16, _ENDS[key][1])
+    return AnswerGuard(check, stop_tail(markers), _ENDS[key][1])
 
 
 def plain_rows(inputs: Mixture, tokens: Tensor, rows: Tensor) -> Mixture:
@@ -350,12 +353,8 @@ def _cat(a: Tensor, b: Tensor) -> Tensor:
         fill = -1 if a.dtype == torch.long else 0
 
         def pad(x: Tensor) -> Tensor:
-            extra = width - x.shape[1]
-            if extra == 0:
-                return x
-            return torch.cat(
-                [x, torch.full((x.shape[0], extra, *x.shape[2:]), fill, dtype=x.dtype, device=x.device)], 1
-            )
+            extra = torch.full((x.shape[0], width - x.shape[1], *x.shape[2:]), fill, dtype=x.dtype, device=x.device)
+            return torch.cat([x, extra], 1)
 
         a, b = pad(a), pad(b)
     return torch.cat([a, b])

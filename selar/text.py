@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .config import stop_tail
+
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     """`text` up to the first occurrence of any stop string."""
@@ -15,7 +17,7 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
 def stop_checker(tokenizer: Any, stops: Sequence[str]) -> Callable[[Sequence[int]], bool]:
     """`check(ids) -> bool`: whether the decoded tail of `ids` holds a stop string (only the tail
     that can hold one is decoded, so a check costs O(longest stop), not O(length))."""
-    tail = max(len(s) for s in stops) + 16
+    tail = stop_tail(stops)
 
     def check(ids: Sequence[int]) -> bool:
         text = tokenizer.decode(list(ids[-tail:]), skip_special_tokens=True)

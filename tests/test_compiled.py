@@ -8,6 +8,7 @@ and method), so the compilation is paid once."""
 
 from __future__ import annotations
 
+import forced
 import pytest
 import torch
 from conftest import make_model, make_tokenizer
@@ -66,6 +67,7 @@ def hf_greedy(model, prompts, n):
     return rows
 
 
+@pytest.mark.arithmetic
 def test_cot_greedy_equals_generate(compiled):
     assert isinstance(compiled.make_engine(), StaticEngine)
     got = [r.token_ids for r in selar.generate(compiled, PROMPTS, "cot", temperature=0, max_new_tokens=24)]
@@ -73,10 +75,15 @@ def test_cot_greedy_equals_generate(compiled):
     assert compiled.compile_seconds > 0  # reported apart from decoding
 
 
-def joined_run(model, method, **kw):
-    """Rows joining a running batch at different steps (and leaving as they finish)."""
-    s = model.new_session(make_config(method, **kw))
-    enc = [selar.format_prompt(model, p) for p in PROMPTS]
+@pytest.mark.arithmetic
+@pytest.mark.parametrize("method", ["cot", "selar", "soft-thinking", "swir"])
+def test_rows_joining_and_leaving_match_eager_step_by_step(compiled, eager, method):
+    """Compiled and eager are different arithmetic: the compiled engine is teacher-forced beside the
+    eager one while rows join a running batch at different steps and leave as they finish."""
+    kw = dict(temperature=0.7, max_new_tokens=16, seed=5)
+    s, rep = forced.session(eager, compiled.make_engine(), method, tol=1e-4, **kw)
+    assert isinstance(s.engine.b, StaticEngine) and not isinstance(s.engine.a, StaticEngine)
+    enc = [selar.format_prompt(eager, p) for p in PROMPTS]
     got = {}
 
     def steps(n):
@@ -90,36 +97,25 @@ def joined_run(model, method, **kw):
     s.add([enc[3]], [3], [5])
     while s.size:
         steps(1)
-    return [got[i] for i in range(len(PROMPTS))], s.engine
+    print(f"\n{method}, compiled vs eager:", rep)
+    rep.assert_ok()
+    assert sorted(got) == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("method", ["cot", "selar", "soft-thinking", "swir"])
-def test_rows_joining_and_leaving_match_eager_step_by_step(compiled, eager, method):
-    kw = dict(temperature=0.7, max_new_tokens=16, seed=5)
-    want, eng = joined_run(eager, method, **kw)
-    got, engine = joined_run(compiled, method, **kw)
-    assert isinstance(engine, StaticEngine) and not isinstance(eng, StaticEngine)
-    assert [r.token_ids for r in got] == [r.token_ids for r in want]
-    assert [r.soft for r in got] == [r.soft for r in want]
-    assert [r.finish_reason for r in got] == [r.finish_reason for r in want]
-    for a, b in zip(got, want):
-        assert a.entropy == pytest.approx(b.entropy, abs=1e-4)
-    solo = [selar.generate(eager, [p], method, **kw)[0].token_ids for p in PROMPTS]
-    assert [r.token_ids for r in got] == solo  # and each row equals the prompt decoded alone
-
-
+@pytest.mark.arithmetic
 def test_cache_grows_without_recompiling(compiled, eager, monkeypatch):
     selar.generate(compiled, PROMPTS[:1], "cot", temperature=0, max_new_tokens=2)  # the graph exists
     graphs = (compiled.compile_seconds, torch._dynamo.utils.counters["stats"]["unique_graphs"])
     monkeypatch.setattr(static, "MIN_LENGTH", 128)  # prompts of ~20 tokens + 150 new ones cross it
-    kw = dict(temperature=0, max_new_tokens=150, ignore_eos=True)
-    got = selar.generate(compiled, PROMPTS, "selar", batch_size=3, **kw)
-    want = selar.generate(eager, PROMPTS, "selar", batch_size=3, **kw)
-    assert [r.token_ids for r in got] == [r.token_ids for r in want]
-    assert all(r.num_tokens == 150 for r in got)
+    enc = [selar.format_prompt(eager, p) for p in PROMPTS]
+    rep = forced.compare(eager, compiled.make_engine(), enc, "selar", tol=1e-4, max_new_tokens=150, ignore_eos=True)
+    print("\nselar, compiled vs eager, 150 tokens:", rep)
+    rep.assert_ok()
+    assert all(len(r.token_ids) == 150 for r in rep.rows)
     assert (compiled.compile_seconds, torch._dynamo.utils.counters["stats"]["unique_graphs"]) == graphs
 
 
+@pytest.mark.arithmetic
 def test_hidden_state_inputs_match_eager(compiled):
     """Rows whose next input is their own last hidden state (Mixture.latent), beside token rows."""
     hf, n = compiled.hf_model, compiled.vocab_size
@@ -196,16 +192,22 @@ def test_families_the_static_cache_cannot_hold(family, why):
 
 
 @pytest.mark.slow
+@pytest.mark.arithmetic
 def test_smollm2_compiled_matches_generate_and_eager(smollm2):
+    """CoT greedy: the compiled engine equals transformers' own generate token for token (one near-
+    tie could part them, but greedy CoT is not chaotic: it measured equal on every CPU so far).
+    SeLaR: compiled and eager are different arithmetic, and free-running SeLaR is chaotic, so the
+    compiled engine is teacher-forced beside the eager one and compared step by step."""
     m = selar.wrap(smollm2.hf_model, smollm2.tokenizer, name="smollm2", compile="on")
     got = [r.token_ids for r in selar.generate(m, PROMPTS, "cot", temperature=0, max_new_tokens=40)]
     assert got == hf_greedy(m, PROMPTS, 40)
     assert any(len(r) < 40 for r in got)  # some row stops early: rows leave the batch
-    kw = dict(temperature=0, max_new_tokens=40, protect_symbols=False, tau=0.5)
-    eager = selar.wrap(smollm2.hf_model, smollm2.tokenizer, compile="off")
-    a, b = selar.generate(m, PROMPTS, "selar", **kw), selar.generate(eager, PROMPTS, "selar", **kw)
-    assert [r.token_ids for r in a] == [r.token_ids for r in b]
-    assert [r.num_soft_steps for r in a] == [r.num_soft_steps for r in b] and sum(r.num_soft_steps for r in a) > 0
+    enc = [selar.format_prompt(smollm2, p) for p in PROMPTS]
+    rep = forced.compare(smollm2, m.make_engine(), enc, "selar", tol=2e-3, max_new_tokens=40, protect_symbols=False,
+                         tau=0.5)  # fmt: skip
+    print("\ncompiled vs eager, selar, teacher-forced:", rep)
+    rep.assert_ok()
+    assert rep.soft_steps > 0 and rep.inputs_checked > 0.8 * rep.row_steps
 
 
 def test_the_family_probe_tolerates_half_precision_but_not_a_wrong_step(monkeypatch):

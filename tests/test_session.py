@@ -3,6 +3,7 @@ other rows' outputs unchanged (each equals the prompt decoded alone)."""
 
 from __future__ import annotations
 
+import forced
 import pytest
 
 import selar
@@ -32,23 +33,52 @@ def session(model, method, **kw):
     )
 
 
+def joined(s, enc, seed=5):
+    """Rows joining a running batch at different steps (and leaving as they finish)."""
+    got = {}
+
+    def steps(n):
+        for _ in range(n):
+            got.update({r.id: r for r in s.step()})
+
+    s.add([enc[0]], [0], [seed])
+    steps(4)
+    s.add(enc[1:3], [1, 2], [seed, seed])  # join a running batch of different length
+    steps(3)
+    s.add([enc[3]], [3], [seed])
+    while s.size:
+        steps(1)
+    return [got[i] for i in range(4)]
+
+
 @pytest.mark.parametrize("method", ["cot", "selar", "swir", "soft-thinking"])
 def test_rows_joining_mid_decode_match_solo_runs(tiny_thinking, method):
+    """The session's bookkeeping (rows joining and leaving, per-row steps, seeds and method state)
+    on an engine that computes every row alone: the same kernels on the same layout as each
+    prompt decoded alone, so the tokens must be equal, token for token."""
     kw = dict(temperature=0.7, max_new_tokens=16, seed=5)
-    solo = [selar.generate(tiny_thinking, [p], method, **kw)[0].token_ids for p in PROMPTS]
+    solo = [selar.generate(tiny_thinking, [p], method, **kw)[0] for p in PROMPTS]
     enc = [selar.format_prompt(tiny_thinking, p) for p in PROMPTS]
     s = session(tiny_thinking, method, **kw)
-    got = {}
-    s.add([enc[0]], [0], [5])
-    for _ in range(4):
-        got.update({r.id: r.token_ids for r in s.step()})
-    s.add(enc[1:3], [1, 2], [5, 5])  # join a running batch of different length
-    for _ in range(3):
-        got.update({r.id: r.token_ids for r in s.step()})
-    s.add([enc[3]], [3], [5])
-    while s.size:
-        got.update({r.id: r.token_ids for r in s.step()})
-    assert [got[i] for i in range(4)] == solo
+    s.engine = forced.SoloEngine(lambda: TransformersEngine(tiny_thinking.hf_model, pad_id=tiny_thinking.pad_id))
+    got = joined(s, enc)
+    assert [r.token_ids for r in got] == [r.token_ids for r in solo]
+    assert [sum(r.soft) for r in got] == [r.num_soft_steps for r in solo]
+    assert [r.finish_reason for r in got] == [r.finish_reason for r in solo]
+
+
+@pytest.mark.arithmetic
+@pytest.mark.parametrize("method", ["selar", "swir", "soft-thinking"])
+def test_batched_rows_match_rows_alone_teacher_forced(tiny_thinking, method):
+    """The batched engine (rows of different lengths, joining and leaving) against every row
+    computed alone: different arithmetic (padding, batch width), so teacher-forced, step by step."""
+    enc = [selar.format_prompt(tiny_thinking, p) for p in PROMPTS]
+    solo = forced.SoloEngine(lambda: TransformersEngine(tiny_thinking.hf_model, pad_id=tiny_thinking.pad_id))
+    kw = {"protect_symbols": False} if method == "selar" else {}
+    s, rep = forced.session(tiny_thinking, solo, method, tol=1e-4, temperature=0.7, max_new_tokens=16, seed=5, **kw)
+    joined(s, enc)
+    print(f"\n{method}, batched vs alone:", rep)
+    rep.assert_ok()
 
 
 def test_cancel_frees_the_row(tiny):
@@ -65,3 +95,33 @@ def test_cancel_frees_the_row(tiny):
         rest += s.step()
     alone = selar.generate(tiny, PROMPTS[1], "selar", temperature=0, max_new_tokens=12)[0]
     assert rest[0].token_ids == alone.token_ids
+
+
+def test_stop_check_reads_only_the_tail_a_stop_string_can_span(tiny):
+    """Issue 27, bug 4: the stop-string check copied every row's whole token history to Python on
+    every step (O(length) per step); it is handed the last `stop_tail` tokens only, and still
+    stops where a check of the whole text does."""
+    from selar.config import stop_tail
+    from selar.text import stop_checker
+
+    enc = [selar.format_prompt(tiny, p) for p in PROMPTS]
+    free = selar.generate(tiny, PROMPTS, "cot", temperature=0, max_new_tokens=60, ignore_eos=True)
+    stops = [free[0].text[-6:-3]]  # a string the first row writes late in its text
+    check, seen = stop_checker(tiny.tokenizer, stops), []
+
+    def spy(row, ids):
+        seen.append(len(ids))
+        return check(ids)
+
+    s = session(tiny, "cot", temperature=0, max_new_tokens=60, ignore_eos=True)
+    s.stop_check, s.stop_tail = spy, stop_tail(stops)
+    rows = sorted(s.add(enc, range(4), [0] * 4) or [], key=lambda r: r.id)
+    while s.size:
+        rows += s.step()
+    rows.sort(key=lambda r: r.id)
+    assert max(seen) == stop_tail(stops) < 60  # whole histories were 60 tokens long
+    ref = selar.generate(tiny, PROMPTS, "cot", temperature=0, max_new_tokens=60, ignore_eos=True, stop=stops)
+    assert [r.token_ids for r in rows] == [r.token_ids for r in ref]
+    assert rows[0].finish_reason == "stop_string" and len(rows[0].token_ids) < 60
+    whole = [tiny.tokenizer.decode(r.token_ids[:-1], skip_special_tokens=True) for r in rows]
+    assert not any(stops[0] in w for w in whole)  # no row ran past a stop it had written

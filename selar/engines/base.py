@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..config import GenerationConfig
+from ..config import GenerationConfig, stop_tail
 from ..decode import DecodeSession, Engine, RowOutput, answer_guard, run_to_end
 from ..errors import CapabilityError, ConfigError
 from ..methods import get_method_spec
@@ -188,6 +188,7 @@ class Model:
             reasoning_scope=s.reasoning_only(self.is_thinking),
             max_positions=self.max_positions,
             stop_check=stop_check,
+            stop_tail=stop_tail(s.stop) if s.stop else 64,
             on_step=on_step,
             answer_guard=answer_guard(
                 self.tokenizer, s.answer_markers, self.vocab_size, stop_checker(self.tokenizer, s.answer_markers)

@@ -227,12 +227,13 @@ class SelarLM(LM):
         m = self.model
         if cfg.sampling.stop and self.think_end_id is not None and m.capabilities.stepwise:
             check, end = stop_checker(m.tokenizer, cfg.sampling.stop), self.think_end_id
+            answering: set[int] = set()  # rows past their think end (a check sees only a row's tail)
 
-            def after_reasoning(_row: int, ids: list[int]) -> bool:
-                if end not in ids:
-                    return False
-                k = len(ids) - ids[::-1].index(end)
-                return k < len(ids) and check(ids[k:])
+            def after_reasoning(row: int, tail: list[int]) -> bool:
+                if end in tail:
+                    answering.add(row)
+                    tail = tail[len(tail) - tail[::-1].index(end) :]
+                return row in answering and bool(tail) and check(tail)
 
             return run_to_end(new_session(m, cfg, stop_check=after_reasoning), prompts, seeds)
         return m.run(prompts, cfg, seeds, batch_size=len(prompts))

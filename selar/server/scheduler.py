@@ -28,7 +28,7 @@ from typing import Any, Optional, cast
 
 import torch
 
-from ..config import SAMPLING_FIELDS, GenerationConfig
+from ..config import SAMPLING_FIELDS, GenerationConfig, stop_tail
 from ..decode import DecodeSession, RowOutput
 from ..text import stop_checker
 from .health import SHUTDOWN, Fault, Snapshot, classify
@@ -232,7 +232,7 @@ class Scheduler:
                     [j.id for j in jobs],
                     [j.config.sampling.seed for j in jobs],
                     [j.config.sampling.max_new_tokens for j in jobs],
-                    [j.id in self.checks for j in jobs],
+                    [stop_tail(j.config.sampling.stop) if j.id in self.checks else 0 for j in jobs],
                 )
             finally:
                 sess.engine = inner

@@ -1,0 +1,202 @@
+"""Teacher-forced, step-wise comparison of two arithmetic paths of one model (compiled vs eager,
+engine vs engine, batch layout vs batch layout, dtype vs dtype).
+
+Free-running soft decoding is chaotic: a 1e-6 change in a logit flips a near-tie, the flipped
+token changes every later input, and two correct paths part within a few steps. So the reference
+path A drives one decode session; path B is fed exactly A's inputs (the same tokens and the same
+soft mixtures) at every step; each step the method is also applied to B's logits, with A's state.
+Then, row by row and step by step, only where the arithmetic cannot decide the outcome:
+
+- logits: |A - B| <= `tol` everywhere (the arithmetic's own error, asserted);
+- the emitted token is the same wherever A's margin between its best two tokens exceeds 2 `tol`;
+- the gate (soft or not) is the same wherever the entropy is more than `gate_tol` from `tau`
+  (methods without a threshold: everywhere the token is decided);
+- the fed input (the weights over the vocabulary) is the same within `weight_tol` wherever both
+  are made of the same tokens (a near-tie at the edge of a top-k swaps a token in or out).
+
+`report.assert_ok()` checks all of that and that most steps were decided (so a comparison cannot
+pass by deciding nothing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+import selar
+from selar import sampling
+from selar.decode import DecodeSession, run_to_end, step_context
+from selar.methods import make_config
+
+
+@dataclass
+class Report:
+    tol: float
+    row_steps: int = 0
+    tokens_decided: int = 0
+    gates_decided: int = 0
+    inputs_checked: int = 0
+    soft_steps: int = 0
+    max_logit_err: float = 0.0
+    max_weight_err: float = 0.0
+    failures: list[str] = field(default_factory=list)
+    rows: list[Any] = field(default_factory=list)  # the driving session's outputs (compare())
+
+    def assert_ok(self, min_decided: float = 0.8) -> None:
+        assert self.row_steps > 0, "nothing was compared"
+        assert not self.failures, "\n".join(self.failures[:10])
+        assert self.max_logit_err <= self.tol, f"logits differ by {self.max_logit_err:.2e} > {self.tol:.1e}"
+        for what, n in (("tokens", self.tokens_decided), ("gates", self.gates_decided)):
+            assert n >= min_decided * self.row_steps, f"only {n}/{self.row_steps} {what} decided"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.row_steps} row-steps: tokens decided {self.tokens_decided}, gates decided "
+            f"{self.gates_decided}, inputs checked {self.inputs_checked} ({self.soft_steps} soft); "
+            f"max |logit diff| {self.max_logit_err:.2e}, max |weight diff| {self.max_weight_err:.2e}"
+        )
+
+
+class _TeeEngine:
+    """Engine A, with engine B fed the same inputs; B's last logits are kept beside A's."""
+
+    def __init__(self, a: Any, b: Any):
+        self.a, self.b = a, b
+        self.lb: Optional[torch.Tensor] = None
+
+    def add(self, prompts):
+        la, lb = self.a.add(prompts), self.b.add(prompts)
+        self.lb = lb.float() if self.lb is None else torch.cat([self.lb, lb.float()])
+        return la
+
+    def step(self, inputs):
+        la, self.lb = self.a.step(inputs), self.b.step(inputs).float()
+        return la
+
+    def select(self, keep):
+        self.a.select(keep)
+        self.b.select(keep)
+        self.lb = self.lb[keep]
+
+    def reset(self):
+        self.a.reset()
+        self.b.reset()
+        self.lb = None
+
+
+def _dense(mix, vocab: int) -> torch.Tensor:
+    if mix.ids is None:
+        return mix.weights.float()
+    return torch.zeros(mix.weights.shape[0], vocab).scatter_add_(1, mix.ids, mix.weights.float())
+
+
+class _TeeMethod:
+    """The session's method on A's logits (what is fed), and again on B's logits (compared)."""
+
+    def __init__(self, method: Any, session: DecodeSession, engine: _TeeEngine, report: Report, tols: dict):
+        self.method, self.session, self.engine, self.report, self.t = method, session, engine, report, tols
+        self.name, self.num_candidates = method.name, method.num_candidates
+        self.needs_hidden = getattr(method, "needs_hidden", False)
+
+    def init_state(self, n, device):
+        return self.method.init_state(n, device)
+
+    def step(self, ctx, state):
+        out = self.method.step(ctx, state)
+        s, rep, t = self.session, self.report, self.t
+        la, lb = ctx.logits.float(), self.engine.lb
+        lb = torch.where(torch.isneginf(la), la, lb)  # the session's own masks (min_new_tokens)
+        ctx_b = step_context(lb, s.cfg, s.need, seeds=s.rows["seed"], steps=ctx.step, reasoning=ctx.reasoning,
+                             limit=ctx.max_new_tokens, hidden=ctx.hidden)  # fmt: skip
+        out_b = self.method.step(ctx_b, {k: v.clone() for k, v in state.items()})
+        finite = torch.isfinite(la)
+        err = torch.where(finite, (la - lb).abs(), torch.zeros_like(la)).amax(-1)
+        rep.max_logit_err = max(rep.max_logit_err, float(err.max()))
+        top2 = la.topk(2, -1).values
+        tok_ok = (top2[:, 0] - top2[:, 1]) > 2 * t["tol"]
+        if not s.cfg.greedy:  # the drawn token: Gumbel-max over log p_t, p_t of logits / T
+            u = sampling.hash_uniform(s.rows["seed"], ctx.step, ctx.cand_probs.shape[1])
+            score = (torch.log(ctx.cand_probs.double()) - torch.log(-torch.log(u))).topk(2, -1).values
+            tok_ok &= (score[:, 0] - score[:, 1]) > 4 * t["tol"] / ctx.temperature
+        gate_ok = tok_ok.clone()
+        if t["tau"] is not None and out.entropy is not None:
+            gate_ok &= (out.entropy.float() - t["tau"]).abs() > t["gate_tol"]
+        wa, wb = _dense(out.inputs, la.shape[-1]), _dense(out_b.inputs, la.shape[-1])
+        same_support = ((wa != 0) == (wb != 0)).all(-1)
+        in_ok = gate_ok & same_support
+        werr = (wa - wb).abs().amax(-1)
+        rows = s.rows["id"].tolist()
+        for j in range(la.shape[0]):  # a test helper: per-row messages are fine here
+            at = f"row {rows[j]} step {int(ctx.step[j])}"
+            if bool(tok_ok[j]) and int(out.tokens[j]) != int(out_b.tokens[j]):
+                rep.failures.append(f"{at}: token {int(out.tokens[j])} vs {int(out_b.tokens[j])}")
+            if bool(gate_ok[j]) and bool(out.soft[j]) != bool(out_b.soft[j]):
+                rep.failures.append(f"{at}: soft {bool(out.soft[j])} vs {bool(out_b.soft[j])}")
+            if bool(in_ok[j]) and float(werr[j]) > t["weight_tol"]:
+                rep.failures.append(f"{at}: fed weights differ by {float(werr[j]):.2e}")
+        rep.row_steps += la.shape[0]
+        rep.tokens_decided += int(tok_ok.sum())
+        rep.gates_decided += int(gate_ok.sum())
+        rep.inputs_checked += int(in_ok.sum())
+        rep.soft_steps += int((in_ok & out.soft).sum())
+        if bool(in_ok.any()):
+            rep.max_weight_err = max(rep.max_weight_err, float(werr[in_ok].max()))
+        return out
+
+
+def session(model_a: selar.Model, engine_b: Any, method: str, *, tol: float, gate_tol: float = 0.02,
+            weight_tol: float = 1e-3, **kw: Any) -> tuple[DecodeSession, Report]:  # fmt: skip
+    """A decode session of `model_a` whose engine drives, `engine_b` teacher-forced beside it, and
+    the report its steps fill; `kw` are the method's and sampling settings (greedy unless given).
+    Add rows and step it as any session; `session.engine.reset()` frees both engines."""
+    cfg = make_config(method, **{"temperature": 0.0, **kw})
+    s = model_a.new_session(cfg)
+    report = Report(tol)
+    tee = _TeeEngine(s.engine, engine_b)
+    s.engine = tee
+    tau = getattr(cfg.options, "tau", None)
+    tols = dict(tol=tol, tau=None if tau is None else float(tau), gate_tol=gate_tol, weight_tol=weight_tol)
+    s.method = _TeeMethod(s.method, s, tee, report, tols)
+    return s, report
+
+
+def compare(model_a: selar.Model, engine_b: Any, prompts: list[list[int]], method: str, *, tol: float,
+            seeds: Optional[list[int]] = None, **kw: Any) -> Report:  # fmt: skip
+    """`prompts` (token ids) decoded in one batch by `session(...)` to the end; rows are seeded by
+    `seeds` (default: the config's seed for every row)."""
+    s, report = session(model_a, engine_b, method, tol=tol, **kw)
+    try:
+        report.rows = run_to_end(s, prompts, list(seeds) if seeds is not None else [int(s.cfg.seed)] * len(prompts))
+    finally:
+        s.engine.reset()
+    return report
+
+
+class SoloEngine:
+    """Every row in a batch of its own (one engine per row): another batch layout of the same
+    model, to compare batched decoding with rows decoded alone, teacher-forced."""
+
+    def __init__(self, make_engine: Any):
+        self.make, self.rows = make_engine, []
+
+    def add(self, prompts):
+        new = [self.make() for _ in prompts]
+        logits = [e.add([p]) for e, p in zip(new, prompts)]
+        self.rows += new
+        return torch.cat(logits)
+
+    def step(self, inputs):
+        return torch.cat([e.step(inputs.select(torch.tensor([j]))) for j, e in enumerate(self.rows)])
+
+    def select(self, keep):
+        kept = set(keep.tolist())
+        for j, e in enumerate(self.rows):
+            if j not in kept:
+                e.reset()
+        self.rows = [self.rows[j] for j in keep.tolist()]
+
+    def reset(self):
+        for e in self.rows:
+            e.reset()
+        self.rows = []
