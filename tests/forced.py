@@ -19,7 +19,8 @@ pass by deciding nothing)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
@@ -200,3 +201,81 @@ class SoloEngine:
         for e in self.rows:
             e.reset()
         self.rows = []
+
+
+class _Replay:
+    """The session's method with each row's emitted token forced to a recorded one (another
+    engine's or process's output): the fed inputs follow the record, and the method's own choice
+    on this engine's logits is compared with it where this arithmetic decides it."""
+
+    def __init__(self, method: Any, session: DecodeSession, record: dict, report: Report, tols: dict):
+        self.method, self.session, self.record, self.report, self.t = method, session, record, report, tols
+        self.name, self.num_candidates = method.name, method.num_candidates
+        self.needs_hidden = getattr(method, "needs_hidden", False)
+
+    def init_state(self, n, device):
+        return self.method.init_state(n, device)
+
+    def step(self, ctx, state):
+        s, rep, t = self.session, self.report, self.t
+        ids, steps = s.rows["id"].tolist(), ctx.step.tolist()
+        rec = torch.tensor([self.record[i][0][k] for i, k in zip(ids, steps)])
+        rec_soft = [self.record[i][1][k] if self.record[i][1] is not None else None for i, k in zip(ids, steps)]
+        own = self.method.step(ctx, {k: v.clone() for k, v in state.items()})
+        out = self.method.step(replace(ctx, sampled=rec), state)
+        la = ctx.logits.float()
+        top2 = la.topk(2, -1).values
+        tok_ok = (top2[:, 0] - top2[:, 1]) > 2 * t["tol"]
+        if not s.cfg.greedy:
+            u = sampling.hash_uniform(s.rows["seed"], ctx.step, ctx.cand_probs.shape[1])
+            score = (torch.log(ctx.cand_probs.double()) - torch.log(-torch.log(u))).topk(2, -1).values
+            tok_ok &= (score[:, 0] - score[:, 1]) > 4 * t["tol"] / ctx.temperature
+        gate_ok = tok_ok.clone()
+        if t["tau"] is not None and own.entropy is not None:
+            gate_ok &= (own.entropy.float() - t["tau"]).abs() > t["gate_tol"]
+        for j in range(la.shape[0]):  # a test helper: per-row messages are fine here
+            at = f"row {ids[j]} step {steps[j]}"
+            if bool(tok_ok[j]) and int(own.tokens[j]) != int(rec[j]):
+                rep.failures.append(f"{at}: this engine emits {int(own.tokens[j])}, the record {int(rec[j])}")
+            if bool(gate_ok[j]) and rec_soft[j] is not None and bool(own.soft[j]) != rec_soft[j]:
+                rep.failures.append(f"{at}: soft {bool(own.soft[j])} here, {rec_soft[j]} in the record")
+        rep.row_steps += la.shape[0]
+        rep.tokens_decided += int(tok_ok.sum())
+        rep.gates_decided += int(gate_ok.sum())
+        rep.soft_steps += int(own.soft.sum())
+        return replace(out, tokens=rec)
+
+
+def replay(
+    model: selar.Model,
+    prompts: list[list[int]],
+    tokens: list[list[int]],
+    method: str,
+    *,
+    tol: float,
+    soft: Optional[list[list[bool]]] = None,
+    seeds: Optional[list[int]] = None,
+    gate_tol: float = 0.02,
+    **kw: Any,
+) -> Report:
+    """Teacher-force `model` on recorded outputs (`tokens`, and `soft` flags if known, per prompt),
+    as produced by another engine or process with the same method and settings: every step is fed
+    the recorded token (or this engine's soft mixture where the method goes soft), and where this
+    arithmetic decides the step, the method's own token and gate must equal the record's."""
+    cfg = make_config(method, **{"temperature": 0.0, **kw})
+    s = model.new_session(cfg)
+    report = Report(tol)
+    tau = getattr(cfg.options, "tau", None)
+    tols = dict(tol=tol, tau=None if tau is None else float(tau), gate_tol=gate_tol)
+    record = {i: (t, None if soft is None else soft[i]) for i, t in enumerate(tokens)}
+    s.method = _Replay(s.method, s, record, report, tols)
+    s.cfg = dataclasses.replace(s.cfg, ignore_eos=True)  # rows end with their record
+    rows = [i for i, t in enumerate(tokens) if t]
+    try:
+        s.add([prompts[i] for i in rows], rows, [seeds[i] if seeds else int(cfg.sampling.seed) for i in rows],
+              [len(tokens[i]) for i in rows])  # fmt: skip
+        while s.size:
+            s.step()
+    finally:
+        s.engine.reset()
+    return report
