@@ -45,6 +45,7 @@ def ours(model, prompts, method="cot", n=24, **kw):
     return [r.token_ids for r in selar.generate(model, prompts, method, temperature=0, max_new_tokens=n, **kw)]
 
 
+@pytest.mark.arithmetic
 @pytest.mark.parametrize("batch", [1, 4])
 def test_cot_greedy_equals_generate_tiny(tiny, batch):
     prompts = PROMPTS[:batch]
@@ -56,6 +57,7 @@ def test_cot_greedy_equals_generate_thinking_model(tiny_thinking):
 
 
 @pytest.mark.slow
+@pytest.mark.arithmetic
 @pytest.mark.parametrize("batch", [1, 4])
 def test_cot_greedy_equals_generate_smollm2(smollm2, batch):
     prompts = PROMPTS[:batch]

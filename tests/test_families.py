@@ -79,6 +79,7 @@ def early_stop_token(free: list[list[int]]) -> int:
     raise AssertionError("no token ends some rows but not all")
 
 
+@pytest.mark.arithmetic
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_cot_greedy_equals_generate(family, tok):
     model = copy.copy(family_model(family, tok))
@@ -168,6 +169,7 @@ def median_entropy(model, enc, k):
     return float((-(p * p.clamp_min(1e-30).log()).sum(-1) / math.log(k)).median())
 
 
+@pytest.mark.arithmetic
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_selar_equals_float64_reference(family, tok):
     model = copy.copy(family_model(family, tok))

@@ -20,6 +20,7 @@ class Off(TransformersEngine):
         return logits + 0.5 * (logits.shape[-1] - 1 - __import__("torch").arange(logits.shape[-1])) / logits.shape[-1]
 
 
+@pytest.mark.arithmetic
 def test_compare_passes_on_equal_arithmetic_and_fails_on_wrong_logits(peaked):
     enc = [selar.format_prompt(peaked, p) for p in PROMPTS]
     kw = dict(tau=0.6, protect_symbols=False, max_new_tokens=12)
@@ -31,6 +32,7 @@ def test_compare_passes_on_equal_arithmetic_and_fails_on_wrong_logits(peaked):
         off.assert_ok(min_decided=0.0)
 
 
+@pytest.mark.arithmetic
 def test_replay_accepts_its_own_record_and_catches_a_changed_token(peaked):
     enc = [selar.format_prompt(peaked, p) for p in PROMPTS]
     kw = dict(tau=0.6, protect_symbols=False, max_new_tokens=12, temperature=0.7, seed=3)

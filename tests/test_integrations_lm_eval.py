@@ -202,7 +202,6 @@ def test_lm_eval_in_process_equals_selar_eval_tiny(tiny, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.arithmetic
 def test_lm_eval_cli_accuracy_equals_selar_eval_smollm2(smollm2, tmp_path):
     """The cross-check through lm-eval's command line, another process: its sampled SeLaR texts are
     selar's method with selar eval's seeds and settings wherever float32 decides a step (another

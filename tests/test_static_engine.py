@@ -36,6 +36,7 @@ def long_prompt(tok, n: int) -> list[int]:
     return ids[:n]
 
 
+@pytest.mark.arithmetic
 def test_static_engine_prefills_in_chunks_between_steps(tiny):
     """Two long rows of different lengths prefilled 32 columns at a time while two running rows
     step between the chunks: their logits equal a one-call prefill's, and every step after, with
