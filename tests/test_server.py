@@ -133,6 +133,11 @@ def test_server_wide_min_new_tokens_default(early_stop):
                 choice = r.json()["choices"][0]
                 assert choice["text"] == early_stop.tokenizer.decode(ref, skip_special_tokens=True), extra
                 assert r.json()["usage"]["completion_tokens"] == len(ref) > n, extra
+            # a budget below the server's default: the default holds the stop id off to the end of it
+            body = {"prompt": "clips", "max_tokens": 4, "temperature": 0, "method": "cot"}
+            r = http.post("/v1/completions", json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] == 4
     finally:
         srv.stop()
 

@@ -345,6 +345,8 @@ def parse_request(body: Any, kind: str, model, settings: Settings, check: Option
         opts[key] = value
     if body.get("stop") is not None:
         opts["stop"] = _strings("stop", body["stop"], MAX_STOPS)
+    if body.get("min_new_tokens") is None and "min_new_tokens" in opts:  # a server default: within the budget
+        opts["min_new_tokens"] = min(opts["min_new_tokens"], opts["max_new_tokens"])
     seed = body.get("seed")
     if seed is None and settings.defaults.get("seed") is None:
         opts["seed"] = int.from_bytes(uuid.uuid4().bytes[:6], "big")  # OpenAI semantics: random unless given
