@@ -9,10 +9,11 @@ Then, row by row and step by step, only where the arithmetic cannot decide the o
 
 - logits: |A - B| <= `tol` everywhere (the arithmetic's own error, asserted);
 - the emitted token is the same wherever A's margin between its best two tokens exceeds 2 `tol`;
-- the gate (soft or not) is the same wherever the entropy is more than `gate_tol` from `tau`
-  (methods without a threshold: everywhere the token is decided);
-- the fed input (the weights over the vocabulary) is the same within `weight_tol` wherever both
-  are made of the same tokens (a near-tie at the edge of a top-k swaps a token in or out).
+- the gate (soft or not) is the same wherever the entropy is more than `gate_tol` (default 2 `tol`)
+  from `tau` (methods without a threshold: everywhere the token is decided);
+- the fed input (the weights over the vocabulary) is the same within `weight_tol` (default 4 `tol`)
+  wherever both are made of the same tokens (a near-tie at the edge of a top-k swaps a token in or
+  out).
 
 `report.assert_ok()` checks all of that and that most steps were decided (so a comparison cannot
 pass by deciding nothing)."""
@@ -146,8 +147,8 @@ class _TeeMethod:
         return out
 
 
-def session(model_a: selar.Model, engine_b: Any, method: str, *, tol: float, gate_tol: float = 0.02,
-            weight_tol: float = 1e-3, **kw: Any) -> tuple[DecodeSession, Report]:  # fmt: skip
+def session(model_a: selar.Model, engine_b: Any, method: str, *, tol: float, gate_tol: Optional[float] = None,
+            weight_tol: Optional[float] = None, **kw: Any) -> tuple[DecodeSession, Report]:  # fmt: skip
     """A decode session of `model_a` whose engine drives, `engine_b` teacher-forced beside it, and
     the report its steps fill; `kw` are the method's and sampling settings (greedy unless given).
     Add rows and step it as any session; `session.engine.reset()` frees both engines."""
@@ -157,6 +158,8 @@ def session(model_a: selar.Model, engine_b: Any, method: str, *, tol: float, gat
     tee = _TeeEngine(s.engine, engine_b)
     s.engine = tee
     tau = getattr(cfg.options, "tau", None)
+    gate_tol = 2 * tol if gate_tol is None else gate_tol  # a normalised entropy moves less than its logits
+    weight_tol = 4 * tol if weight_tol is None else weight_tol  # p_t moves like its logits, the push up to 2x
     tols = dict(tol=tol, tau=None if tau is None else float(tau), gate_tol=gate_tol, weight_tol=weight_tol)
     s.method = _TeeMethod(s.method, s, tee, report, tols)
     return s, report
@@ -255,7 +258,7 @@ def replay(
     tol: float,
     soft: Optional[list[list[bool]]] = None,
     seeds: Optional[list[int]] = None,
-    gate_tol: float = 0.02,
+    gate_tol: Optional[float] = None,
     **kw: Any,
 ) -> Report:
     """Teacher-force `model` on recorded outputs (`tokens`, and `soft` flags if known, per prompt),
@@ -266,7 +269,7 @@ def replay(
     s = model.new_session(cfg)
     report = Report(tol)
     tau = getattr(cfg.options, "tau", None)
-    tols = dict(tol=tol, tau=None if tau is None else float(tau), gate_tol=gate_tol)
+    tols = dict(tol=tol, tau=None if tau is None else float(tau), gate_tol=2 * tol if gate_tol is None else gate_tol)
     record = {i: (t, None if soft is None else soft[i]) for i, t in enumerate(tokens)}
     s.method = _Replay(s.method, s, record, report, tols)
     s.cfg = dataclasses.replace(s.cfg, ignore_eos=True)  # rows end with their record
