@@ -41,7 +41,7 @@ def test_replay_accepts_its_own_record_and_catches_a_changed_token(peaked):
     ok = forced.replay(peaked, enc, tokens, "selar", tol=1e-5, soft=soft, **kw)
     ok.assert_ok(min_decided=0.9)
     changed = [list(t) for t in tokens]
-    changed[1][4] = (changed[1][4] + 1) % peaked.vocab_size
+    changed[1][0] = (changed[1][0] + 1) % peaked.vocab_size  # step 0: before any soft input
     bad = forced.replay(peaked, enc, changed, "selar", tol=1e-5, soft=soft, **kw)
-    with pytest.raises(AssertionError, match="row 1 step 4: this engine emits"):
+    with pytest.raises(AssertionError, match="row 1 step 0: this engine emits"):
         bad.assert_ok(min_decided=0.0)

@@ -226,12 +226,14 @@ def test_lm_eval_cli_accuracy_equals_selar_eval_smollm2(smollm2, tmp_path):
     assert len(texts) == len(PROBLEMS) and all(texts)
     # the same problems through selar's own settings for lm-eval's request (SelarLM._options)
     lm = SelarLM(pretrained=smollm2, method="selar", tau=0.5)
-    opts, _ = lm._options({"do_sample": True, "temperature": 0.6, "max_gen_toks": 48})
-    enc = [selar.format_prompt(smollm2, q) for q, _ in PROBLEMS]
+    args = [s["arguments"]["gen_args_0"] for s in samples]  # (context, gen_kwargs) of each request
+    opts, _ = lm._options(args[0]["arg_1"])
+    assert opts["temperature"] == 0.6 and opts["max_new_tokens"] == 48
+    enc = [smollm2.tokenizer.encode(a["arg_0"], add_special_tokens=False) for a in args]  # templated already
     seeds = [row_seed(0, "arith", str(s["doc_id"]), 0) for s in samples]
     # each text's tokens but the last (a stop string may have cut into the last one)
     tokens = [smollm2.tokenizer.encode(t, add_special_tokens=False)[:-1] for t in texts]
-    rep = forced.replay(smollm2, enc, tokens, "selar", tol=1e-3, seeds=seeds, **opts)
+    rep = forced.replay(smollm2, enc, tokens, "selar", tol=1e-3, seeds=seeds, retokenized=True, **opts)
     print("\nlm-eval CLI texts replayed:", rep)
     rep.assert_ok()
     lm_acc = lm_results["results"]["arith"]["acc,none"]
