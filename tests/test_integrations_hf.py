@@ -194,7 +194,10 @@ def test_smollm2_cot_greedy_equals_generate_and_selar_equals_selar_generate(smol
     opts = dict(tau=0.5, seed=3, max_new_tokens=32)
     got = custom(smollm2, ids, mask, method="selar", do_sample=True, temperature=0.6, top_p=0.95, top_k=20,
                  return_dict_in_generate=True, **opts)  # fmt: skip
-    sel = selar.generate(smollm2, prompts, "selar", temperature=0.6, top_p=0.95, top_k=20, **opts)
+    # custom_generate wraps the model with the default compile policy: compiled if this model's step
+    # was compiled already (an earlier test may have), so selar's side is wrapped alike: one engine
+    same = selar.wrap(smollm2.hf_model, smollm2.tokenizer)
+    sel = selar.generate(same, prompts, "selar", temperature=0.6, top_p=0.95, top_k=20, **opts)
     assert got.sequences[:, ids.shape[1] :].tolist() == padded(sel, smollm2.pad_id)
     assert got.num_soft_steps.tolist() == [r.num_soft_steps for r in sel]
     assert got.finish_reasons == [r.finish_reason for r in sel]
