@@ -93,6 +93,21 @@ def _dense(mix, vocab: int) -> torch.Tensor:
     return torch.zeros(mix.weights.shape[0], vocab).scatter_add_(1, mix.ids, mix.weights.float())
 
 
+def decided(s: DecodeSession, ctx: Any, la: torch.Tensor, entropy: Optional[torch.Tensor], t: dict):
+    """(token decided, gate decided) per row: the margin of the best two tokens (the Gumbel-max
+    scores of p_t when sampling) beyond the arithmetic's error, and the entropy away from tau."""
+    top2 = la.topk(2, -1).values
+    tok_ok = (top2[:, 0] - top2[:, 1]) > 2 * t["tol"]
+    if not s.cfg.greedy:  # the drawn token: Gumbel-max over log p_t, p_t of logits / T
+        u = sampling.hash_uniform(s.rows["seed"], ctx.step, ctx.cand_probs.shape[1])
+        score = (torch.log(ctx.cand_probs.double()) - torch.log(-torch.log(u))).topk(2, -1).values
+        tok_ok &= (score[:, 0] - score[:, 1]) > 4 * t["tol"] / ctx.temperature
+    gate_ok = tok_ok.clone()
+    if t["tau"] is not None and entropy is not None:
+        gate_ok &= (entropy.float() - t["tau"]).abs() > t["gate_tol"]
+    return tok_ok, gate_ok
+
+
 class _TeeMethod:
     """The session's method on A's logits (what is fed), and again on B's logits (compared)."""
 
@@ -115,15 +130,7 @@ class _TeeMethod:
         finite = torch.isfinite(la)
         err = torch.where(finite, (la - lb).abs(), torch.zeros_like(la)).amax(-1)
         rep.max_logit_err = max(rep.max_logit_err, float(err.max()))
-        top2 = la.topk(2, -1).values
-        tok_ok = (top2[:, 0] - top2[:, 1]) > 2 * t["tol"]
-        if not s.cfg.greedy:  # the drawn token: Gumbel-max over log p_t, p_t of logits / T
-            u = sampling.hash_uniform(s.rows["seed"], ctx.step, ctx.cand_probs.shape[1])
-            score = (torch.log(ctx.cand_probs.double()) - torch.log(-torch.log(u))).topk(2, -1).values
-            tok_ok &= (score[:, 0] - score[:, 1]) > 4 * t["tol"] / ctx.temperature
-        gate_ok = tok_ok.clone()
-        if t["tau"] is not None and out.entropy is not None:
-            gate_ok &= (out.entropy.float() - t["tau"]).abs() > t["gate_tol"]
+        tok_ok, gate_ok = decided(s, ctx, la, out.entropy, t)
         wa, wb = _dense(out.inputs, la.shape[-1]), _dense(out_b.inputs, la.shape[-1])
         same_support = ((wa != 0) == (wb != 0)).all(-1)
         in_ok = gate_ok & same_support
@@ -228,15 +235,7 @@ class _Replay:
         own = self.method.step(ctx, {k: v.clone() for k, v in state.items()})
         out = self.method.step(replace(ctx, sampled=rec), state)
         la = ctx.logits.float()
-        top2 = la.topk(2, -1).values
-        tok_ok = (top2[:, 0] - top2[:, 1]) > 2 * t["tol"]
-        if not s.cfg.greedy:
-            u = sampling.hash_uniform(s.rows["seed"], ctx.step, ctx.cand_probs.shape[1])
-            score = (torch.log(ctx.cand_probs.double()) - torch.log(-torch.log(u))).topk(2, -1).values
-            tok_ok &= (score[:, 0] - score[:, 1]) > 4 * t["tol"] / ctx.temperature
-        gate_ok = tok_ok.clone()
-        if t["tau"] is not None and own.entropy is not None:
-            gate_ok &= (own.entropy.float() - t["tau"]).abs() > t["gate_tol"]
+        tok_ok, gate_ok = decided(s, ctx, la, own.entropy, t)
         live = torch.tensor([i not in self.split for i in ids])
         tok_ok, gate_ok = tok_ok & live, gate_ok & live
         for j in range(la.shape[0]):  # a test helper: per-row messages are fine here
