@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Union
 
 from .config import GenerationConfig
-from .decode import RowOutput
+from .decode import DecodeSession, RowOutput
+from .decode import new_session as _new_session
 from .engines import Model, load_model
 from .errors import ConfigError, PromptError
 from .methods import make_config
@@ -114,9 +115,10 @@ def generate(
 
 def new_session(
     model: Model, cfg: GenerationConfig, on_step: Optional[Callable] = None, stop_check: Optional[Callable] = None
-):
-    """A step-wise decode session of `model` with one method and sampling config (see Model.new_session)."""
-    return model.new_session(cfg, on_step=on_step, stop_check=stop_check)
+) -> DecodeSession:
+    """A step-wise decode session of `model` with one method and sampling config (rows are added
+    later; see `selar.decode.new_session`)."""
+    return _new_session(model, cfg, on_step=on_step, stop_check=stop_check)
 
 
 def make_result(

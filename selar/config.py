@@ -7,7 +7,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -123,6 +123,18 @@ def stop_tail(stops: Sequence[str]) -> int:
     """How many last tokens can hold a stop string (or answer marker) that the last token
     completed: one per character at most, plus slack for tokens that decode to nothing alone."""
     return max(len(s) for s in stops) + 16
+
+
+def stop_checker(tokenizer: Any, stops: Sequence[str]) -> Callable[[Sequence[int]], bool]:
+    """`check(ids) -> bool`: whether the decoded tail of `ids` holds a stop string (only the tail
+    that can hold one is decoded, so a check costs O(longest stop), not O(length))."""
+    tail = stop_tail(stops)
+
+    def check(ids: Sequence[int]) -> bool:
+        text = tokenizer.decode(list(ids[-tail:]), skip_special_tokens=True)
+        return any(s in text for s in stops)
+
+    return check
 
 
 def env_json(name: str) -> dict[str, Any]:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 import torch
 from torch import Tensor
 
 from . import sampling
-from .config import FinishReason, SamplingConfig, stop_tail
+from .config import FinishReason, GenerationConfig, SamplingConfig, stop_checker, stop_tail
 from .errors import CapabilityError
-from .methods.base import Method, Mixture, StepContext, StepOutput
+from .methods import get_method_spec
+from .methods.base import Method, Mixture, StepContext, VocabInfo
+from .scope import AnswerGuard, answer_guard, marked_mask, row_tails, scope_at_start, scope_step
 
 
 class Engine(Protocol):
@@ -54,7 +56,7 @@ def step_context(
     *,
     seeds: Tensor,
     steps: Tensor,
-    reasoning: Tensor,
+    in_scope: Tensor,
     limit: Tensor,
     hidden: Optional[Tensor] = None,
 ) -> StepContext:
@@ -67,7 +69,7 @@ def step_context(
         cand_ids=ids,
         cand_probs=probs,
         sampled=drawn,
-        reasoning=reasoning,
+        in_scope=in_scope,
         step=steps,
         max_new_tokens=limit,
         temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
@@ -81,7 +83,9 @@ class DecodeSession:
     `stop_check(row_id, tail) -> bool` (optional) implements stop strings: it sees a row's last
     `stop_tail` tokens (the tail a stop string can span; see `text.stop_tail`), never its history;
     `on_step(row_ids, tokens, soft)` is called every step with the rows' ids;
-    `answer_guard` (optional) ends a row's soft scope at its first answer marker."""
+    `answer_guard` (optional) ends a row's soft scope at its first answer marker. The scope rules
+    (`selar.scope`) are applied after every method step: `think_end` is the model's `</think>`
+    (fed plainly whenever emitted), `reasoning_scope` whether it closes the soft scope."""
 
     def __init__(
         self,
@@ -101,8 +105,7 @@ class DecodeSession:
     ):
         self.engine, self.method, self.cfg = engine, method, cfg
         self.guard = answer_guard
-        self.think_end = think_end if reasoning_scope else None
-        self.think_start = think_start
+        self.think_end, self.think_start, self.reasoning_scope = think_end, think_start, reasoning_scope
         self.max_positions, self.stop_check, self.on_step = max_positions, stop_check, on_step
         self.stop_tail = stop_tail if stop_check is not None else 0
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
@@ -146,7 +149,7 @@ class DecodeSession:
             "seed": torch.tensor(list(seeds), dtype=torch.long, device=dev),
             "limit": torch.tensor(limit, dtype=torch.long, device=dev),
             "step": torch.zeros(n, dtype=torch.long, device=dev),
-            "reasoning": torch.tensor([self._reasoning_open(p) for p in prompts], dtype=torch.bool, device=dev),
+            "in_scope": torch.tensor([self._scope_at_start(p) for p in prompts], dtype=torch.bool, device=dev),
             "tail": torch.tensor(list(stop_tails or [self.stop_tail] * n), dtype=torch.long, device=dev),
             "tokens": torch.full((n, width), -1, dtype=torch.long, device=dev),
             "soft": torch.zeros((n, width), dtype=torch.bool, device=dev),
@@ -160,16 +163,8 @@ class DecodeSession:
         self.rows = {k: _cat(self.rows[k], new[k]) for k in self.rows}
         self.state = {k: _cat(self.state[k], state[k]) for k in self.state}
 
-    def _reasoning_open(self, prompt: Sequence[int]) -> bool:
-        """Whether a row starts inside its reasoning: not when its prompt ends a think block
-        (a thinking model's template with thinking off puts an empty one there)."""
-        if self.think_end is not None:
-            for t in reversed(prompt):
-                if t == self.think_end:
-                    return False
-                if t == self.think_start:
-                    break
-        return True
+    def _scope_at_start(self, prompt: Sequence[int]) -> bool:
+        return scope_at_start(prompt, self.think_start, self.think_end) if self.reasoning_scope else True
 
     def cancel(self, row_id: int) -> None:
         """Finish a row at the next step (e.g. its client went away)."""
@@ -189,7 +184,7 @@ class DecodeSession:
             self.need,
             seeds=r["seed"],
             steps=r["step"],
-            reasoning=r["reasoning"],
+            in_scope=r["in_scope"],
             limit=r["limit"],
             hidden=getattr(self.engine, "hidden", None) if self.need_hidden else None,
         )
@@ -197,15 +192,14 @@ class DecodeSession:
         self.state = out.state if out.state is not None else self.state
         tok, at = out.tokens, r["step"][:, None]
         r["tokens"].scatter_(1, at, tok[:, None])
-        if self.guard is not None:
-            out = self._guard(out)
+        marked = marked_mask(self.guard, r["tokens"], r["step"], tok, r["in_scope"])
+        out, r["in_scope"] = scope_step(out, r["in_scope"], self.think_end, ends_at_think=self.reasoning_scope,
+                                        marked=marked)  # fmt: skip
         r["soft"].scatter_(1, at, out.soft[:, None])
         if out.entropy is not None:
             r["entropy"].scatter_(1, at, out.entropy.float()[:, None])
         if self.on_step is not None:
             self.on_step(r["id"], tok, out.soft)
-        if self.think_end is not None:
-            r["reasoning"] = r["reasoning"] & (tok != self.think_end)
         r["step"] = r["step"] + 1
 
         code = torch.where(r["step"] >= r["limit"], _CODE["length"], -1)
@@ -240,19 +234,6 @@ class DecodeSession:
         self.logits = self.engine.step(inputs)
         return finished
 
-    def _guard(self, out: StepOutput) -> StepOutput:
-        """The answer guard: rows still in their soft scope whose token may complete an answer
-        marker have the tail of their text checked (decoding only that tail); a row that wrote a
-        marker leaves its soft scope, and this step's input is its plain token already."""
-        g, r = self.guard, self.rows
-        assert g is not None
-        tok = out.tokens
-        rows = marker_rows(g, r["tokens"], r["step"], tok, r["reasoning"])
-        if rows.numel() == 0:
-            return out
-        r["reasoning"] = r["reasoning"].index_fill(0, rows, False)
-        return replace(out, inputs=plain_rows(out.inputs, tok, rows), soft=out.soft.index_fill(0, rows, False))
-
     def _collect(self, done: Tensor, code: Tensor) -> list[RowOutput]:
         r = self.rows
         idx = done.nonzero()[:, 0]
@@ -263,87 +244,6 @@ class DecodeSession:
             self.cancelled.discard(rid)
             out.append(RowOutput(rid, toks[j][: n[j]], _NAME[c], soft[j][: n[j]], ent[j][: n[j]]))
         return out
-
-
-@dataclass
-class AnswerGuard:
-    """soft_scope "guarded": once a row's text holds an answer marker (e.g. `\\boxed`), its later
-    inputs are plain tokens, so soft inputs cannot garble the answer. `check(ids)` says whether
-    the text of these ids (a row's last `tail` tokens) holds a marker; `ends` (V,) bool marks the
-    tokens that can complete one (None: any), so only rows that emitted such a token are checked."""
-
-    check: Callable[[list[int]], bool]
-    tail: int
-    ends: Optional[Tensor] = None
-
-
-def marker_rows(
-    guard: AnswerGuard, tokens: Tensor, steps: Tensor, tok: Tensor, scoped: Tensor, index: Optional[Tensor] = None
-) -> Tensor:
-    """Indices of the rows still in their soft scope (`scoped`) whose text, this step's token `tok`
-    (already at column `steps`) included, now holds an answer marker: only rows whose token may
-    complete one have their tail decoded (`tokens`: (R, T) ids so far). `index`: each batch row's
-    row of `tokens` and `steps` (default: the same), so only the rows checked are gathered."""
-    may = scoped if guard.ends is None else scoped & guard.ends.to(tok.device)[tok]
-    sel = may.nonzero()[:, 0]
-    if sel.numel() == 0:
-        return sel
-    src = sel if index is None else index[sel]
-    tails = row_tails(tokens, src, steps[src] + 1, torch.full_like(src, guard.tail))  # this step's token included
-    return sel[torch.tensor([guard.check(t) for t in tails], dtype=torch.bool, device=tok.device)]
-
-
-def row_tails(tokens: Tensor, rows: Tensor, n: Tensor, width: Tensor) -> list[list[int]]:
-    """The last `width[j]` of the first `n[j]` tokens of each row `rows[j]` of `tokens` (R, T):
-    one gather of the tails only, never a copy of whole histories."""
-    w = int(width.max())
-    back = torch.arange(w, device=tokens.device) - w
-    tails = tokens[rows[:, None], (n[:, None] + back).clamp_min(0)].tolist()
-    return [t[w - k :] for t, k in zip(tails, torch.minimum(width, n).tolist())]
-
-
-def marker_end_tokens(tokens: Sequence[str], markers: Sequence[str]) -> Optional[Tensor]:
-    """(V,) bool over a vocabulary given as its token strings (byte-level BPE or SentencePiece):
-    the tokens that contain the last character of some marker, or are byte tokens (`<0x..>`); None
-    (every token) when a marker ends in a character these vocabularies may spell otherwise."""
-    last = {m[-1] for m in markers}
-    if any(not (c.isascii() and c.isprintable() and not c.isspace()) for c in last):
-        return None
-    return torch.tensor([any(c in t for c in last) or t.startswith("<0x") for t in tokens], dtype=torch.bool)
-
-
-_ENDS: dict[tuple[int, tuple[str, ...], int], tuple[object, Optional[Tensor]]] = {}
-
-
-def answer_guard(
-    tokenizer: Any, markers: Sequence[str], vocab_size: int, check: Callable[[list[int]], bool]
-) -> AnswerGuard:
-    """The guard of a model's tokenizer for these markers; `check(ids)` finds a marker in the text
-    of ids (e.g. `selar.text.stop_checker(tokenizer, markers)`). The token mask is built once per
-    tokenizer and markers."""
-    key = (id(tokenizer), tuple(markers), vocab_size)
-    if key not in _ENDS:
-        n = len(tokenizer)
-        ends = marker_end_tokens(tokenizer.convert_ids_to_tokens(list(range(n))), markers)
-        if ends is not None and vocab_size > n:  # ids the tokenizer does not name: always checked
-            ends = torch.cat([ends, torch.ones(vocab_size - n, dtype=torch.bool)])
-        _ENDS[key] = (tokenizer, ends)  # the tokenizer is kept, so its id is not reused
-    return AnswerGuard(check, stop_tail(markers), _ENDS[key][1])
-
-
-def plain_rows(inputs: Mixture, tokens: Tensor, rows: Tensor) -> Mixture:
-    """`inputs` with these rows' inputs replaced by their plain tokens."""
-    weights = inputs.weights.clone()
-    weights[rows] = 0.0
-    ids = None
-    if inputs.ids is None:  # dense: one-hot over the vocabulary
-        weights[rows, tokens[rows]] = 1.0
-    else:
-        ids = inputs.ids.clone()
-        ids[rows, 0] = tokens[rows]
-        weights[rows, 0] = 1.0
-    latent = None if inputs.latent is None else inputs.latent.index_fill(0, rows, False)
-    return Mixture(ids, weights, latent)
 
 
 def _cat(a: Tensor, b: Tensor) -> Tensor:
@@ -384,6 +284,54 @@ def run_continuous(
             ids = [queue.popleft() for _ in range(free)]
             session.add([prompts[i] for i in ids], ids, [seeds[i] for i in ids])
         yield from session.step()
+
+
+class SessionModel(Protocol):
+    """What `new_session` reads of a loaded model (`selar.engines.base.Model`)."""
+
+    tokenizer: Any
+    vocab_size: int
+    stop_ids: list[int]
+    max_positions: Optional[int]
+    think_start: Optional[int]
+    think_end: Optional[int]
+
+    def make_engine(self) -> Engine: ...
+    def vocab_info(self) -> VocabInfo: ...
+    def require(self, capability: str, what: str) -> None: ...
+    def check_method(self, method: str) -> None: ...
+
+
+def new_session(
+    model: SessionModel,
+    config: GenerationConfig,
+    *,
+    on_step: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None,
+    stop_check: Optional[Callable[[int, list[int]], bool]] = None,
+) -> DecodeSession:
+    """A decode session of `model` (a step-wise engine's model) with one method and sampling
+    config; rows are added later. `stop_check` defaults to the config's stop strings."""
+    model.require("stepwise", "a step-wise decode session (continuous batching, streaming, analysis)")
+    model.check_method(config.method)
+    cfg = config.sampling
+    if stop_check is None and cfg.stop:
+        check = stop_checker(model.tokenizer, cfg.stop)
+        stop_check = lambda _row, ids: check(ids)  # noqa: E731
+    guard = answer_guard(model.tokenizer, cfg.answer_markers, model.vocab_size) if cfg.guarded else None
+    return DecodeSession(
+        model.make_engine(),
+        get_method_spec(config.method).factory(config.options, model.vocab_info()),
+        cfg,
+        stop_ids=model.stop_ids,
+        think_end=model.think_end,
+        think_start=model.think_start,
+        reasoning_scope=cfg.reasoning_only(model.think_end is not None),
+        max_positions=model.max_positions,
+        stop_check=stop_check,
+        stop_tail=stop_tail(cfg.stop) if cfg.stop else 64,
+        on_step=on_step,
+        answer_guard=guard,
+    )
 
 
 def decode(

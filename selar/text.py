@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from .config import stop_tail
+from .config import stop_checker
+
+__all__ = ["Detokenizer", "cut_at_stop", "held_back", "stop_checker"]
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     """`text` up to the first occurrence of any stop string."""
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
     return text if cut < 0 else text[:cut]
-
-
-def stop_checker(tokenizer: Any, stops: Sequence[str]) -> Callable[[Sequence[int]], bool]:
-    """`check(ids) -> bool`: whether the decoded tail of `ids` holds a stop string (only the tail
-    that can hold one is decoded, so a check costs O(longest stop), not O(length))."""
-    tail = stop_tail(stops)
-
-    def check(ids: Sequence[int]) -> bool:
-        text = tokenizer.decode(list(ids[-tail:]), skip_special_tokens=True)
-        return any(s in text for s in stops)
-
-    return check
 
 
 def held_back(text: str, stops: Sequence[str]) -> int:

@@ -28,7 +28,7 @@ import torch
 
 import selar
 from selar import sampling
-from selar.decode import DecodeSession, run_to_end, step_context
+from selar.decode import DecodeSession, new_session, run_to_end, step_context
 from selar.methods import make_config
 
 
@@ -124,7 +124,7 @@ class _TeeMethod:
         s, rep, t = self.session, self.report, self.t
         la, lb = ctx.logits.float(), self.engine.lb
         lb = torch.where(torch.isneginf(la), la, lb)  # the session's own masks (min_new_tokens)
-        ctx_b = step_context(lb, s.cfg, s.need, seeds=s.rows["seed"], steps=ctx.step, reasoning=ctx.reasoning,
+        ctx_b = step_context(lb, s.cfg, s.need, seeds=s.rows["seed"], steps=ctx.step, in_scope=ctx.in_scope,
                              limit=ctx.max_new_tokens, hidden=ctx.hidden)  # fmt: skip
         out_b = self.method.step(ctx_b, {k: v.clone() for k, v in state.items()})
         finite = torch.isfinite(la)
@@ -160,7 +160,7 @@ def session(model_a: selar.Model, engine_b: Any, method: str, *, tol: float, gat
     the report its steps fill; `kw` are the method's and sampling settings (greedy unless given).
     Add rows and step it as any session; `session.engine.reset()` frees both engines."""
     cfg = make_config(method, **{"temperature": 0.0, **kw})
-    s = model_a.new_session(cfg)
+    s = new_session(model_a, cfg)
     report = Report(tol)
     tee = _TeeEngine(s.engine, engine_b)
     s.engine = tee
@@ -283,7 +283,7 @@ def replay(
     otherwise than the model wrote it ("\n\n" as one token or two): a row is checked up to the
     first step where this engine's token and the record's are one a prefix of the other."""
     cfg = make_config(method, **{"temperature": 0.0, **kw})
-    s = model.new_session(cfg)
+    s = new_session(model, cfg)
     report = Report(tol)
     tau = getattr(cfg.options, "tau", None)
     tols = dict(tol=tol, tau=None if tau is None else float(tau), gate_tol=2 * tol if gate_tol is None else gate_tol)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import selar
+from selar.decode import new_session
 from selar.engines import ENGINES, Capabilities, get_engine
 from selar.engines.base import refuse_method
 from selar.errors import CapabilityError, ConfigError
@@ -144,7 +145,7 @@ def test_readme_example_method_runs_everywhere_a_method_name_is_taken(tiny):
         from selar.methods.base import Mixture
 
         # its soft input is exactly the average of the two most probable tokens' embeddings
-        session = tiny.new_session(make_config("top2", tau=0.0, temperature=0, max_new_tokens=3))
+        session = new_session(tiny, make_config("top2", tau=0.0, temperature=0, max_new_tokens=3))
         fed = []
         step = session.engine.step
         session.engine.step = lambda mix: (fed.append(mix), step(mix))[1]  # type: ignore[method-assign]

@@ -62,10 +62,11 @@ def swir_run(entropies, window, **opts):
 
 
 def test_swir_switching_and_window():
-    # H: 8 (ref) -> 4 (lower: to explicit) -> 6 (higher, but inside the window) -> 6 -> 8 (window passed: to latent)
+    # H: 8 (ref) -> 4 (lower: to explicit) -> 6 (higher, but inside the window) -> 6 -> 8 (window passed:
+    # to latent) -> 2 (lower: to explicit) -> 2; a switch to explicit feeds a blend, which is soft (not a token)
     ms = [8, 4, 6, 6, 8, 2, 2]
     (row,), eng = swir_run(ms, window=3)
-    assert row.soft == [True, False, False, False, True, False, False]
+    assert row.soft == [True, True, False, False, True, True, False]
     # latent input: the dense softmax; at the switch to explicit: a E(y) + (1 - a) E(</think>)
     dense0 = eng.fed[0][1].weights[0]
     assert torch.allclose(dense0, torch.softmax(peaked_logits(V, 5, m=8), -1), atol=1e-6)
@@ -81,14 +82,11 @@ def test_swir_switching_and_window():
 
 def test_swir_window_blocks_early_return_to_latent():
     (row,), _ = swir_run([8, 4, 6, 6, 8], window=10)
-    assert row.soft == [True, False, False, False, False]
+    assert row.soft == [True, True, False, False, False]
 
 
-def test_swir_switch_count_injects_think_end():
-    (row,), _ = swir_run([8, 4, 8, 2, 8, 8], window=1, max_switch_count=2)
-    # switches at t=1 (to explicit) and t=2 (to latent): the second switch injects </think>
-    assert row.token_ids[2] == END
-    assert not any(row.soft[2:])  # reasoning is over: explicit from then on
+# latent -> explicit switches (the only ones the reference counts) at t = 1, 3, 5, 7, 9
+BUDGET = [8, 4, 8, 2, 8, 2, 8, 2, 8, 2] + [8] * 10
 
 
 class _Tok:
@@ -96,14 +94,45 @@ class _Tok:
         return [20, 21, 22]
 
 
-def test_swir_2c_injects_answer_and_stops():
-    steps = [peaked_logits(V, 5, m=m) for m in [8, 4, 8, 2, 8, 2, 8, 8, 8, 8, 8, 8, 8, 8]]
+def test_swir_switch_budget_ends_a_thinking_row():
+    """C = 2 on a vocabulary with think tokens: </think> is injected after the C-th to the 2C-th
+    latent -> explicit switch (switching goes on after an injected </think>), the answer prefix after
+    the (2C+1)-th, and the row stops; once </think> is out, every input is a plain token."""
     m = SwiR(
-        SwiROptions(window=1, protect_symbols=False, max_switch_count=2, answer_tokens=2),
+        SwiROptions(window=1, protect_symbols=False, max_switch_count=2, answer_tokens=6),
+        vocab(V, THINK, END, tokenizer=_Tok()),
+    )
+    (row,), eng = run(m, seq(*[peaked_logits(V, 5, m=k) for k in BUDGET]), think_end=END, temperature=0.0)
+    toks = row.token_ids
+    assert [t for t in range(10) if toks[t] == END] == [4, 6, 8]
+    assert toks[10:14] == [END, 20, 21, 22]
+    assert len(toks) == 9 + 6 and row.finish_reason == "method"
+    assert any(row.soft[:4]) and not any(row.soft[4:])
+    for _, mix in eng.fed[4:]:  # after the first </think>: one-hot inputs of the emitted tokens
+        assert torch.equal(mix.weights.count_nonzero(-1), torch.ones(mix.weights.shape[0], dtype=torch.long))
+    assert int(eng.fed[4][1].weights[0].argmax()) == END
+
+
+def test_swir_a_row_that_writes_think_end_itself_is_locked():
+    """A row whose model samples </think> never switches back to latent (the reference's lock)."""
+    steps = [peaked_logits(V, 5, m=8), peaked_logits(V, 5, m=4), peaked_logits(V, END)] + [
+        peaked_logits(V, 5, m=k) for k in (8, 2, 8, 2, 8, 2)
+    ]
+    m = SwiR(SwiROptions(window=1, protect_symbols=False, max_switch_count=1), vocab(V, THINK, END, tokenizer=_Tok()))
+    (row,), _ = run(m, seq(*steps), think_end=END, temperature=0.0)
+    # one switch (t=1) then the model's own </think>: locked, no more switches, nothing injected
+    assert row.token_ids[2] == END and row.token_ids[3:] == [5] * 6
+    assert not any(row.soft[2:])
+
+
+def test_swir_2c_injects_answer_and_stops():
+    steps = [peaked_logits(V, 5, m=m) for m in BUDGET]
+    m = SwiR(
+        SwiROptions(window=1, protect_symbols=False, max_switch_count=2, answer_tokens=5),
         vocab(V, None, None, tokenizer=_Tok()),
-    )  # no think tokens: reasoning never closes
+    )  # no think tokens: nothing closes, the answer prefix alone is injected
     (row,), _ = run(m, seq(*steps), think_end=None, temperature=0.0)
-    # 4th switch (2C) at t=4: inject the answer prefix, then 2 more tokens, then stop
-    assert row.token_ids[4:7] == [20, 21, 22]
-    assert len(row.token_ids) == 4 + 3 + 2
+    # the 5th (2C+1) latent -> explicit switch at t=9: the prefix from t=10, stop 5 steps after the switch
+    assert row.token_ids[10:13] == [20, 21, 22]
+    assert len(row.token_ids) == 9 + 5
     assert row.finish_reason == "method"

@@ -15,6 +15,7 @@ from conftest import make_model, make_tokenizer
 from families import make_family_model
 
 import selar
+from selar.decode import new_session
 from selar.engines.transformers import TransformersEngine, static
 from selar.engines.transformers.model import AUTO_WORK
 from selar.engines.transformers.static import StaticEngine
@@ -171,7 +172,7 @@ def test_warm_up_compiles_every_graph_a_server_runs(compiled):
     cfg = make_config("selar", temperature=0, max_new_tokens=3, ignore_eos=True)
     with torch.inference_mode():  # as the server's scheduler decodes
         for rows in (1, 3, 6):
-            session = compiled.new_session(cfg)
+            session = new_session(compiled, cfg)
             ids = compiled.tokenizer(PROMPTS[0])["input_ids"]
             session.add([ids] * rows, list(range(rows)), [0] * rows)
             while session.size:

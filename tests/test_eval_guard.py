@@ -8,10 +8,10 @@ import torch
 from conftest import make_tokenizer
 
 import selar
-from selar.decode import DecodeSession, answer_guard, marker_end_tokens, run_to_end
+from selar.decode import DecodeSession, run_to_end
 from selar.methods import get_method_spec, make_config
 from selar.methods.base import VocabInfo
-from selar.text import stop_checker
+from selar.scope import answer_guard, marker_end_tokens
 
 MARKERS = ("\\boxed", "answer is")
 TEXTS = [
@@ -77,7 +77,7 @@ def run(scope: str, markers=MARKERS):
     )
     method = get_method_spec("selar-no-gate").factory(cfg.options, VocabInfo(size=V, tokenizer=tok))
     s = cfg.sampling
-    guard = answer_guard(tok, s.answer_markers, V, stop_checker(tok, s.answer_markers)) if s.guarded else None
+    guard = answer_guard(tok, s.answer_markers, V) if s.guarded else None
     session = DecodeSession(
         eng,
         method,

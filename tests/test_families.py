@@ -16,6 +16,7 @@ from families import FAMILIES, WINDOW, make_family_model, token_rows  # noqa: E4
 from test_selar_formula import reference_input, reference_p  # noqa: E402
 
 import selar
+from selar.decode import new_session
 from selar.engines.transformers import TransformersEngine
 from selar.errors import CapabilityError
 from selar.methods import make_config
@@ -137,7 +138,7 @@ class Recorder(TransformersEngine):
 def run_schedule(model, cfg, enc, limits):
     """Rows 0 and 1 start, row 2 joins after 3 steps and row 3 after 5 more; `limits` are
     per-row max_new_tokens (some rows finish early)."""
-    session = model.new_session(cfg)
+    session = new_session(model, cfg)
     session.engine = eng = Recorder(model.hf_model, model.pad_id)
     out = {}
 

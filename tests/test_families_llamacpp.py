@@ -19,6 +19,7 @@ from families import make_family_model  # noqa: E402
 from tiny_gguf import ARCH, write_gguf  # noqa: E402
 
 import selar  # noqa: E402
+from selar.decode import new_session  # noqa: E402
 from selar.engines.llamacpp import LlamaCppModel  # noqa: E402
 from selar.engines.llamacpp import engine as cpp_engine  # noqa: E402
 from selar.engines.llamacpp import gguf as gg  # noqa: E402
@@ -158,5 +159,5 @@ def test_listed_architectures_are_refused(gguf_dir, monkeypatch):
         threads=1,
     )
     with pytest.raises(CapabilityError, match="llama model: a test reason"):
-        cpp.new_session(make_config("soft-thinking", max_new_tokens=4))
+        new_session(cpp, make_config("soft-thinking", max_new_tokens=4))
     assert selar.generate(cpp, PROMPTS[:1], "cot", temperature=0, max_new_tokens=4)[0].token_ids

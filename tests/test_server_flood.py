@@ -23,6 +23,7 @@ psutil = pytest.importorskip("psutil")
 from conftest import make_model, make_tokenizer  # noqa: E402
 
 import selar  # noqa: E402
+from selar.decode import new_session  # noqa: E402
 from selar.engines.transformers import TransformersEngine  # noqa: E402
 from selar.server import Settings, start_in_thread  # noqa: E402
 from selar.server.prefill import Prefilled, transformers_chunks  # noqa: E402
@@ -241,7 +242,7 @@ def test_chunked_prefill_joins_rows_as_one_prefill_does(tiny):
     torch.testing.assert_close(chunked[-1], one, atol=1e-4, rtol=1e-4)
 
     cfg = selar.make_config("cot", temperature=0, max_new_tokens=16)
-    sess = tiny.new_session(cfg)
+    sess = new_session(tiny, cfg)
     out = {}
     sess.add(shorts, [0, 1], [0, 0])
     chunks = transformers_chunks(sess.engine, [long], 32)

@@ -18,13 +18,12 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..config import GenerationConfig, stop_tail
-from ..decode import DecodeSession, Engine, RowOutput, answer_guard, run_to_end
+from ..config import GenerationConfig
+from ..decode import Engine, RowOutput, new_session, run_to_end
 from ..errors import CapabilityError, ConfigError
 from ..methods import get_method_spec
 from ..methods.base import VocabInfo
 from ..sources import import_string
-from ..text import stop_checker
 
 THINK_TOKENS = ("<think>", "</think>")
 KIND_NAMES = {
@@ -164,39 +163,6 @@ class Model:
         """A new step-wise engine over this model (one per decode session)."""
         raise CapabilityError(f"the {self.engine} engine runs its own decode loop (no step-wise sessions)")
 
-    def new_session(
-        self,
-        cfg: GenerationConfig,
-        on_step: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None,
-        stop_check: Optional[Callable[[int, list[int]], bool]] = None,
-    ) -> DecodeSession:
-        """A decode session of this model with one method and sampling config (rows are added later)."""
-        self.require("stepwise", "a step-wise decode session (continuous batching, streaming, analysis)")
-        self.check_method(cfg.method)
-        s = cfg.sampling
-        if stop_check is None and s.stop:
-            check = stop_checker(self.tokenizer, s.stop)
-            stop_check = lambda _row, ids: check(ids)  # noqa: E731
-        method = get_method_spec(cfg.method).factory(cfg.options, self.vocab_info())
-        return DecodeSession(
-            self.make_engine(),
-            method,
-            s,
-            stop_ids=self.stop_ids,
-            think_end=self.think_end,
-            think_start=self.think_start,
-            reasoning_scope=s.reasoning_only(self.is_thinking),
-            max_positions=self.max_positions,
-            stop_check=stop_check,
-            stop_tail=stop_tail(s.stop) if s.stop else 64,
-            on_step=on_step,
-            answer_guard=answer_guard(
-                self.tokenizer, s.answer_markers, self.vocab_size, stop_checker(self.tokenizer, s.answer_markers)
-            )
-            if s.guarded
-            else None,
-        )
-
     def run(
         self,
         prompts: Sequence[Sequence[int]],
@@ -222,7 +188,7 @@ class Model:
                 def cb(rows: Tensor, toks: Tensor, soft: Tensor, idx: list[int] = idx) -> None:
                     on_step([idx[r] for r in rows.tolist()], toks.tolist(), soft.tolist())
 
-            rows = run_to_end(self.new_session(cfg, on_step=cb), [prompts[i] for i in idx], [seeds[i] for i in idx])
+            rows = run_to_end(new_session(self, cfg, on_step=cb), [prompts[i] for i in idx], [seeds[i] for i in idx])
             for i, row in zip(idx, rows):
                 row.id = i
                 results[i] = row

@@ -218,7 +218,7 @@ def _run_continuous(
     on long-tailed lengths). Rows are seeded alone, so results do not depend on the schedule up
     to the batch-size dependence of reduced-precision kernels (none in float32)."""
     from ..api import format_prompt, make_result
-    from ..decode import run_continuous
+    from ..decode import new_session, run_continuous
 
     for name, probs in problems.items():
         for method in cfg.methods:
@@ -231,7 +231,7 @@ def _run_continuous(
             seeds = [row_seed(cfg.seed, name, p.id, s) for p, s in items]
             t0, tokens = time.perf_counter(), 0
             model.expect_work(len(ids) * gcfg.sampling.max_new_tokens)  # a long job: compile="auto" compiles
-            for row in run_continuous(model.new_session(gcfg), ids, seeds, cfg.batch_size):
+            for row in run_continuous(new_session(model, gcfg), ids, seeds, cfg.batch_size):
                 p, s = items[row.id]
                 r = make_result(model, gcfg, texts[row.id], ids[row.id], row)
                 record(name, method, p, s, r)

@@ -73,7 +73,7 @@ class StepContext:
     cand_ids: Tensor  # (B, C) the candidates of p_t, most probable first
     cand_probs: Tensor  # (B, C) p_t on them (0 where filtered out); each row sums to 1
     sampled: Tensor  # (B,) token drawn from p_t (its argmax when greedy)
-    reasoning: Tensor  # (B,) bool: the row is inside the soft scope (reasoning phase)
+    in_scope: Tensor  # (B,) bool: the row is inside its soft scope (see selar.scope; e.g. the reasoning)
     step: Tensor  # (B,) long: 0-based index of the token each row is emitting
     max_new_tokens: Tensor  # (B,) long: each row's token budget
     temperature: float  # temperature of p_t (1.0 when greedy)
@@ -84,7 +84,7 @@ class StepContext:
 class StepOutput:
     tokens: Tensor  # (B,) the emitted tokens (the visible text)
     inputs: Mixture  # the next input of each row
-    soft: Tensor  # (B,) bool: the input is not a plain token
+    soft: Tensor  # (B,) bool: the input is not a plain token (a mixture, a blend, a hidden state)
     entropy: Optional[Tensor] = None  # (B,) the method's uncertainty signal, for traces
     stop: Optional[Tensor] = None  # (B,) bool: the method ends these rows
     state: Optional[State] = None  # the new per-row state (None: unchanged)

@@ -32,6 +32,6 @@ class CoT:
         return StepOutput(
             tokens=ctx.sampled,
             inputs=Mixture.of_tokens(ctx.sampled),
-            soft=torch.zeros_like(ctx.reasoning),
+            soft=torch.zeros_like(ctx.in_scope),
             entropy=topk_entropy(ctx.cand_probs, self.o.k),
         )

@@ -73,10 +73,10 @@ class SeLaR:
         p = ctx.cand_probs[:, :k]
         p_hat = p / p.sum(-1, keepdim=True)
         h_norm = topk_entropy(ctx.cand_probs, k)
-        uncertain = (h_norm > self.o.tau) if self.o.gate else torch.ones_like(ctx.reasoning)
+        uncertain = (h_norm > self.o.tau) if self.o.gate else torch.ones_like(ctx.in_scope)
         if self.o.gate_scope == "batch":
             uncertain = uncertain.any().expand_as(uncertain)
-        soft = uncertain & ctx.reasoning
+        soft = uncertain & ctx.in_scope
         if self.symbols is not None:
             soft = soft & ~self.symbols[ctx.sampled]
         w = selar_weights(p_hat, h_norm, self.o.push_weight)

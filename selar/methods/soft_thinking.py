@@ -50,16 +50,14 @@ class SoftThinking:
         p = torch.where(p >= o.mix_min_p * p[:, :1], p, torch.zeros_like(p))
         p = p / p.sum(-1, keepdim=True)
         top1 = ids[:, 0]
-        r = ctx.reasoning
+        r = ctx.in_scope
         tokens = torch.where(r, top1, ctx.sampled)
         streak = state["streak"]
         if self.think_end is not None and o.cold_stop:
             cold = full_entropy(ctx.logits, ctx.temperature) < o.cold_stop_entropy
             streak = torch.where(cold & r, streak + 1, torch.zeros_like(streak))
             tokens = torch.where(r & (streak >= o.patience), torch.full_like(tokens, self.think_end), tokens)
-        soft = r & (tokens == top1)
-        if self.think_end is not None:
-            soft = soft & (tokens != self.think_end)
+        soft = r & (tokens == top1)  # the scope rules (selar.scope) make an emitted </think> plain
         return StepOutput(
             tokens=tokens,
             inputs=token_or_mixture(soft, tokens, ids, p),

@@ -6,8 +6,13 @@ latent -> explicit as soon as H_t < H_ref; explicit -> latent when H_t > H_ref, 
 Latent input: softmax(z_t) @ E (dense). At a switch the input is blended with the marker
 token: to explicit, a E(y_t) + (1 - a) E(</think>); to latent, b * soft + (1 - b) E(<think>),
 with a = alpha0 + (1 - alpha0) t / T_max and b = beta0 + (1 - beta0) t / T_max.
-Switch-count control C: after C switches inject </think>; after 2C inject </think> and
-`answer_prefix`, and stop `answer_tokens` tokens later. Math-symbol tokens are explicit.
+Switch-count control C, as the reference code (sdc17/SwiReasoning) counts it: only latent ->
+explicit switches count, and they go on counting after an injected </think> (a row whose model
+writes </think> itself is locked explicit). From the step after the C-th to the 2C-th such
+switch </think> is injected; after the (2C+1)-th, </think> and `answer_prefix`, and the row stops
+`answer_tokens` steps after that switch (the prefix included). Math-symbol tokens are explicit.
+Inputs after </think> are plain tokens (the scope rules, selar.scope: the reference would feed
+latent inputs in the answer too); a blended switch input counts as soft.
 """
 
 from __future__ import annotations
@@ -71,7 +76,8 @@ class SwiR:
             "latent": z(torch.bool),
             "h_ref": z(torch.float32),
             "last_switch": z(torch.long),
-            "switches": z(torch.long),
+            "switches": z(torch.long),  # latent -> explicit switches
+            "locked": z(torch.bool),
             "deadline": torch.full((n,), -1, dtype=torch.long, device=device),
             "queue": torch.zeros(n, max(len(self.answer_seq), 1), dtype=torch.long, device=device),
             "q_pos": z(torch.long),
@@ -90,35 +96,40 @@ class SwiR:
         st["q_len"] = torch.where(rows, len(seq), st["q_len"])
 
     def step(self, ctx: StepContext, state: State) -> StepOutput:
-        o, t, r = self.o, ctx.step, ctx.reasoning
+        o, t, v = self.o, ctx.step, self.vocab
         st = dict(state)
         h = full_entropy(ctx.logits)
         first = t == 0
-        # the first step sets the reference; later steps may switch
-        to_exp = ~first & st["latent"] & (h < st["h_ref"])
-        to_lat = ~first & ~st["latent"] & r & (h > st["h_ref"]) & (t - st["last_switch"] >= o.window)
-        switch = to_exp | to_lat
-        st["h_ref"] = torch.where(first | switch, h, st["h_ref"])
-        st["last_switch"] = torch.where(switch, t, st["last_switch"])
-        st["switches"] = st["switches"] + switch.long()
-        st["latent"] = torch.where(first, r, st["latent"] ^ switch) & r
-        if o.max_switch_count is not None:
-            c = o.max_switch_count
-            self._inject(st, switch & (st["switches"] == c), self.close_seq)
-            at_2c = switch & (st["switches"] == 2 * c)
-            self._inject(st, at_2c, self.answer_seq)
-            st["deadline"] = torch.where(at_2c, t + len(self.answer_seq) + o.answer_tokens, st["deadline"])
-        # emitted tokens: injected ones first, else the sampled token
+        # emitted tokens: a queued injection first (queued at an earlier step), else the sampled token
         forced = st["q_pos"] < st["q_len"]
         queued = st["queue"].gather(1, st["q_pos"].clamp(max=st["queue"].shape[1] - 1)[:, None])[:, 0]
         tokens = torch.where(forced, queued, ctx.sampled)
         st["q_pos"] = st["q_pos"] + forced.long()
+        # a row is locked explicit once its model writes </think> itself (an injected one does not
+        # lock it), or when it starts outside its soft scope; the first step sets the reference
+        locked = torch.where(first, ~ctx.in_scope, st["locked"])
+        if v.think_end is not None:
+            locked = locked | (ctx.sampled == v.think_end)
+        to_exp = ~first & st["latent"] & (h < st["h_ref"])
+        to_lat = ~first & ~st["latent"] & ~locked & (h > st["h_ref"]) & (t - st["last_switch"] >= o.window)
+        switch = to_exp | to_lat
+        st["locked"] = locked
+        st["h_ref"] = torch.where(first | switch, h, st["h_ref"])
+        st["last_switch"] = torch.where(switch, t, st["last_switch"])
+        st["switches"] = st["switches"] + to_exp.long()
+        st["latent"] = torch.where(first, ~locked, st["latent"] ^ switch)
+        if o.max_switch_count is not None:  # as the reference: switches keep counting after </think>
+            c, n = o.max_switch_count, st["switches"]
+            self._inject(st, to_exp & (n >= c) & (n <= 2 * c), self.close_seq)
+            final = to_exp & (n == 2 * c + 1)
+            self._inject(st, final, self.answer_seq)
+            st["deadline"] = torch.where(final, t + o.answer_tokens, st["deadline"])
         stop = (st["deadline"] >= 0) & (t + 1 >= st["deadline"])
 
-        latent_in = st["latent"] & ~forced
+        latent_in = st["latent"] & ~forced & ctx.in_scope  # the mode goes on outside the scope; inputs do not
         if self.symbols is not None:
             latent_in = latent_in & ~self.symbols[tokens]
-        if not bool((latent_in | to_exp | to_lat).any()):  # one sync per step: all rows explicit
+        if not bool((latent_in | ((to_exp | to_lat) & ctx.in_scope)).any()):  # one sync per step: all rows explicit
             return StepOutput(
                 tokens=tokens, inputs=Mixture.of_tokens(tokens), soft=latent_in, entropy=h, stop=stop, state=st
             )
@@ -128,13 +139,14 @@ class SwiR:
         w = torch.softmax(ctx.logits, dim=-1)
         w = torch.where(latent_in[:, None], w, torch.zeros_like(w))
         w.scatter_add_(1, tokens[:, None], torch.where(latent_in, 0.0, 1.0)[:, None])
-        v = self.vocab
+        soft = latent_in
         if v.think_end is not None:  # switching to explicit: a E(y) + (1 - a) E(</think>)
-            blend = to_exp & ~forced
+            blend = to_exp & ~forced & ctx.in_scope
             w = torch.where(blend[:, None], w * a[:, None], w)
             w[:, v.think_end] += torch.where(blend, 1 - a, 0.0)
+            soft = soft | (blend & (a < 1))  # a blend is not a plain token
         if v.think_start is not None:  # switching to latent: b soft + (1 - b) E(<think>)
             blend = to_lat & latent_in
             w = torch.where(blend[:, None], w * b[:, None], w)
             w[:, v.think_start] += torch.where(blend, 1 - b, 0.0)
-        return StepOutput(tokens=tokens, inputs=Mixture(None, w), soft=latent_in, entropy=h, stop=stop, state=st)
+        return StepOutput(tokens=tokens, inputs=Mixture(None, w), soft=soft, entropy=h, stop=stop, state=st)

@@ -29,7 +29,7 @@ from typing import Any, Optional, cast
 import torch
 
 from ..config import SAMPLING_FIELDS, GenerationConfig, stop_tail
-from ..decode import DecodeSession, RowOutput
+from ..decode import DecodeSession, RowOutput, new_session
 from ..text import stop_checker
 from .health import SHUTDOWN, Fault, Snapshot, classify
 from .prefill import Prefilled, chunks_for
@@ -191,8 +191,8 @@ class Scheduler:
 
     def _session(self, job: Job) -> DecodeSession:
         if job.key not in self.sessions:
-            self.sessions[job.key] = self.model.new_session(
-                job.config, on_step=self._on_step, stop_check=self._stop_check
+            self.sessions[job.key] = new_session(
+                self.model, job.config, on_step=self._on_step, stop_check=self._stop_check
             )
         return self.sessions[job.key]
 

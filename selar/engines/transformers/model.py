@@ -11,7 +11,7 @@ import torch
 
 from ... import catalog, hub
 from ...config import GenerationConfig
-from ...decode import RowOutput
+from ...decode import RowOutput, new_session
 from ...devices import resolve_device, resolve_dtype
 from ...errors import CapabilityError, ConfigError, ModelLoadError, OfflineError
 from ...sources import import_string, resolve
@@ -124,7 +124,7 @@ class TransformersModel(Model):
 
         cfg = make_config("cot", temperature=0, max_new_tokens=2, ignore_eos=True)
         for rows in (1, 2) if max_rows > 1 else (1,):
-            session = self.new_session(cfg)
+            session = new_session(self, cfg)
             if not isinstance(session.engine, StaticEngine):
                 break
             with torch.inference_mode():

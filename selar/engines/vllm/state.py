@@ -17,11 +17,11 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ...decode import AnswerGuard, answer_guard, marker_rows, step_context
+from ...decode import step_context
 from ...errors import CapabilityError
 from ...methods import get_method_spec
 from ...methods.base import VocabInfo
-from ...text import stop_checker
+from ...scope import AnswerGuard, answer_guard, marked_mask, scope_at_start, scope_step
 from .request import VLLM_OWN, parse_request
 
 MAX_GROUPS = 32  # distinct method/sampling configurations kept at once
@@ -41,7 +41,7 @@ class SoftState:
             "step": z(torch.long),
             "prompt_len": z(torch.long),
             "limit": z(torch.long),
-            "reasoning": z(torch.bool),
+            "in_scope": z(torch.bool),
             "scoped": z(torch.bool),
             "last_pos": z(torch.long, -2),
             "pend_pos": z(torch.long, -1),
@@ -91,8 +91,7 @@ class SoftState:
         markers = cfg.sampling.answer_markers
         if self.vocab.tokenizer is None:
             raise CapabilityError("soft_scope=guarded needs the model's tokenizer, which the plugin could not load")
-        tok = self.vocab.tokenizer
-        return answer_guard(tok, markers, self.vocab.size, stop_checker(tok, markers))
+        return answer_guard(self.vocab.tokenizer, markers, self.vocab.size)
 
     def _all(self):
         yield self.t
@@ -134,14 +133,15 @@ class SoftState:
         t["prompt_len"][i] = len(prompt_ids)
         t["limit"][i] = cfg.sampling.max_new_tokens
         t["scoped"][i] = scoped
-        t["reasoning"][i] = not (scoped and self.vocab.think_end in output_ids)
+        v = self.vocab  # a resumed request's scope: its prompt and output so far, as one sequence
+        t["in_scope"][i] = not scoped or scope_at_start(list(prompt_ids) + list(output_ids), v.think_start, v.think_end)
         if output_ids:  # a preempted request resumes: its tokens so far, and whether it answered
             self._grow(len(output_ids))
             t["rec_tok"][i, : len(output_ids)] = torch.tensor(output_ids, device=self.device)
             if g["guard"] is not None:  # its whole text: the marker may lie before the tail a step checks
                 text = self.vocab.tokenizer.decode(list(output_ids), skip_special_tokens=True)
                 if any(m in text for m in cfg.sampling.answer_markers):
-                    t["reasoning"][i] = False
+                    t["in_scope"][i] = False
         t["last_pos"][i] = -2
         self.keys[i] = key
         self.active += 1
@@ -209,7 +209,7 @@ class SoftState:
             method.num_candidates,
             seeds=t["seed"][rows],
             steps=step,
-            reasoning=t["reasoning"][rows],
+            in_scope=t["in_scope"][rows],
             limit=t["limit"][rows],
         )
         out = method.step(ctx, state)
@@ -224,36 +224,26 @@ class SoftState:
         logits[rows, tok] = 0.0
         col = step.clamp_max(t["rec_soft"].shape[1] - 1)
         t["rec_tok"][rows, col] = tok
+        # the decode layer's scope rules (selar.scope), on real samples only
+        scope = t["in_scope"][rows]
+        marked = marked_mask(g["guard"], t["rec_tok"], t["step"], tok, real & scope, index=rows)
+        out, closed = scope_step(out, scope, self.vocab.think_end, ends_at_think=t["scoped"][rows], marked=marked)
+        t["in_scope"][rows] = torch.where(real, closed, scope)
         soft = out.soft & real
-        if g["guard"] is not None:
-            soft = soft & ~self._answered(g["guard"], rows, tok, real)
         pos = t["prompt_len"][rows] + step
         t["pend_pos"][rows] = torch.where(soft, pos, torch.full_like(pos, -1))
-        m = out.inputs.ids.shape[1]
-        t["pend_ids"][rows, :m] = out.inputs.ids
+        ids = out.inputs.ids
+        assert ids is not None  # sparse (checked above)
+        m = ids.shape[1]
+        t["pend_ids"][rows, :m] = ids
         t["pend_w"][rows, :m] = out.inputs.weights.float()
         if m < t["pend_w"].shape[1]:
             t["pend_w"][rows, m:] = 0.0
         t["rec_soft"][rows, col] = soft
         if out.entropy is not None:
             t["rec_ent"][rows, col] = out.entropy.float()
-        if self.vocab.think_end is not None:
-            ended = real & t["scoped"][rows] & (tok == self.vocab.think_end)
-            t["reasoning"][rows] = t["reasoning"][rows] & ~ended
         t["step"][rows] = step + real.long()
         return soft
-
-    def _answered(self, guard: AnswerGuard, rows: Tensor, tok: Tensor, real: Tensor) -> Tensor:
-        """The answer guard (as the decode loop's `_guard`): rows in their soft scope whose token may
-        complete an answer marker have their text's tail checked; a row that wrote a marker leaves
-        its soft scope, and this step's input is its plain token. Returns which rows did."""
-        t = self.t
-        hit = torch.zeros_like(real)
-        found = marker_rows(guard, t["rec_tok"], t["step"], tok, real & t["reasoning"][rows], index=rows)
-        if found.numel():
-            hit[found] = True
-            t["reasoning"][rows[found]] = False
-        return hit
 
     # -- the model side ------------------------------------------------------------------------
     def embed(self, model: Any, input_ids: Tensor, positions: Tensor) -> Tensor:
