@@ -53,3 +53,19 @@ def test_entropy_summary():
     assert s["steps"] == 6 and abs(s["share_above"]["0.5"] - 2 / 6) < 1e-9
     assert s["by_position"]["share_above"]["0.5"] == [0.25, 0.25]  # first halves: 1/2 and 0/1; second: 1/2, 0/1
     assert sum(s["histogram"]["counts"]) == 6
+
+
+def test_entropy_traces_the_normalised_topk_entropy_for_every_method(tiny):
+    """Bug 7 of issue 28: SwiR traces its full-vocabulary entropy in nats, which the [0, 1]
+    histogram dropped. Every method's trace is the normalised top-3 entropy: for SwiR as for cot
+    on its first step (the same prompt, the same logits), and the histogram holds every step."""
+    prompts = ["How many clips did Natalia sell?", "2 + 3 ="]
+    opts = {"temperature": 0, "max_new_tokens": 6}
+    for method in ("swir", "soft-thinking", "selar"):
+        seqs = entropy.collect(tiny, prompts, method, **opts)
+        s = entropy.summarize(seqs)
+        assert s["steps"] == sum(len(q) for q in seqs) == sum(s["histogram"]["counts"]) > 0, method
+        assert all(0.0 <= v <= 1.0 for q in seqs for v in q)
+    cot = entropy.collect(tiny, prompts, "cot", **opts)
+    swir = entropy.collect(tiny, prompts, "swir", **opts)
+    assert [q[0] for q in swir] == [q[0] for q in cot]

@@ -238,3 +238,20 @@ def test_lm_eval_cli_accuracy_equals_selar_eval_smollm2(smollm2, tmp_path):
     rep.assert_ok()
     lm_acc = lm_results["results"]["arith"]["acc,none"]
     assert lm_acc == sum(grade(t, a)[0] for t, (_, a) in zip(texts, PROBLEMS)) / len(PROBLEMS)
+
+
+@pytest.mark.parametrize("stepwise,guard", [(False, True), (True, False), (True, True)])
+def test_answer_guard_is_decided_as_selar_eval_decides_it(stepwise, guard):
+    """Bug 5 of issue 28: lm-eval's `selar` model and `selar eval` read the same capability (an
+    engine with its own scheduler, vLLM, runs the guard: both protocols guard there)."""
+    from conftest import make_tokenizer
+
+    from selar.eval.config import EvalConfig
+    from selar.eval.runner import run_options
+
+    model = PlanModel(make_tokenizer(), [5])
+    model.capabilities = Capabilities(stepwise=stepwise, answer_guard=guard)
+    lm = SelarLM(pretrained=model, method="selar")
+    own = run_options(EvalConfig(model="m", datasets=["gsm8k"], methods=["selar"]), model, ["gsm8k"])
+    assert lm.options.get("soft_scope") == own[("gsm8k", "selar")].get("soft_scope")
+    assert (lm.options.get("soft_scope") == "guarded") == guard

@@ -121,3 +121,28 @@ def test_server_reasoning_content(qwen3):
         assert msg.content.strip() == want.answer
     finally:
         srv.stop()
+
+
+def test_server_completions_on_a_closed_think_prompt(qwen3):
+    """Bug 4 of issue 28: /v1/completions with a prompt whose think block is closed (thinking off)
+    returns the answer as its text, and no reasoning (before, the text was "" and the answer came
+    back as reasoning)."""
+    openai = pytest.importorskip("openai")
+    from selar.server import Settings, start_in_thread
+
+    prompt = qwen3.tokenizer.decode(encode(qwen3, PROMPTS[0], False))
+    want = selar.generate(qwen3, [prompt], "selar", temperature=0, max_new_tokens=20, tau=0.5,
+                          prompt_token_ids=[encode(qwen3, PROMPTS[0], False)])[0]  # fmt: skip
+    assert want.num_soft_steps == 0 and want.answer.strip() in ("yes", "no")
+    srv = start_in_thread(qwen3, Settings(model_name="tiny-qwen3", max_tokens=48, default_max_tokens=20), max_batch=2)
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        for stream in (False, True):
+            r = client.completions.create(model="tiny-qwen3", prompt=prompt, max_tokens=20, temperature=0,
+                                          stream=stream, extra_body={"method": "selar", "tau": 0.5})  # fmt: skip
+            chunks = list(r) if stream else [r]
+            text = "".join(c.choices[0].text or "" for c in chunks)
+            reasoning = "".join((c.choices[0].model_extra or {}).get("reasoning") or "" for c in chunks)
+            assert text.strip() == want.answer.strip() and reasoning == ""
+    finally:
+        srv.stop()

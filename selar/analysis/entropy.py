@@ -4,25 +4,51 @@ histogram with tau marked, share of steps above each tau, and a per-position vie
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..api import format_prompt, new_session
 from ..decode import run_continuous
+from ..errors import ConfigError
 from ..methods import make_config
+from ..methods.base import topk_entropy
 
 TAUS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
+class TopkTrace:
+    """A method whose traced signal is the normalised top-k entropy of p_t, whatever the method
+    traces itself (SwiR's is the full-vocabulary entropy in nats); what it feeds is unchanged."""
+
+    def __init__(self, method, k: int):
+        if method.num_candidates < k:
+            raise ConfigError(
+                f"method {method.name!r} reads {method.num_candidates} candidates of p_t; trace k={k} needs as many"
+            )
+        self.method, self.k = method, k
+        self.name, self.num_candidates = method.name, method.num_candidates
+        self.needs_hidden = getattr(method, "needs_hidden", False)
+
+    def init_state(self, n, device):
+        return self.method.init_state(n, device)
+
+    def step(self, ctx, state):
+        return replace(self.method.step(ctx, state), entropy=topk_entropy(ctx.cand_probs, self.k))
+
+
 def collect(model, prompts: list[str], method: str = "cot", batch_size: int = 8, progress=None, **options):
-    """Per prompt, the traced entropy of every step (the method's `k`, 3 by default), decoded
-    with continuous batching (a finished row is replaced by the next prompt at once)."""
+    """Per prompt, the normalised top-k entropy of every step (the method's `k`, 3 for methods
+    without one), decoded with the method and continuous batching (a finished row is replaced by
+    the next prompt at once)."""
     cfg = make_config(method, **options)
     ids = [format_prompt(model, p) for p in prompts]
     out = {}
     model.expect_work(len(ids) * cfg.sampling.max_new_tokens)  # a sweep: compile="auto" may compile
-    for row in run_continuous(new_session(model, cfg), ids, [cfg.sampling.seed] * len(ids), batch_size):
+    session = new_session(model, cfg)
+    session.method = TopkTrace(session.method, getattr(cfg.options, "k", 3))
+    for row in run_continuous(session, ids, [cfg.sampling.seed] * len(ids), batch_size):
         out[row.id] = row.entropy
         if progress:
             progress(1)

@@ -10,7 +10,7 @@ step-wise engines), then the user's `--set`. run.json records the result per dat
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
+from typing import Any, Optional
 
 from ..methods import get_method_spec, option_names
 
@@ -66,6 +66,12 @@ def max_new_tokens(dataset: str, thinking: bool) -> int:
     if not thinking:
         return PLAIN_MAX_NEW_TOKENS
     return THINKING_MAX_NEW_TOKENS_BY_DATASET.get(dataset, THINKING_MAX_NEW_TOKENS)
+
+
+def model_facts(model: Any) -> dict:
+    """What the protocol's defaults depend on in a loaded model: whether it thinks, and whether its
+    engine can run the answer guard (`selar eval` and lm-eval's `selar` model both ask here)."""
+    return {"thinking": model.is_thinking, "guard": model.capabilities.answer_guard}
 
 
 def defaults(dataset: str, method: str, *, thinking: bool = False, guard: bool = True) -> dict:

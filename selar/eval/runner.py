@@ -90,16 +90,14 @@ def _load_model(cfg: EvalConfig, datasets: list[str]):
 
 def run_options(cfg: EvalConfig, model, datasets) -> dict[tuple[str, str], dict]:
     """The options each (dataset, method) runs with on this model."""
-    guard = model.capabilities.answer_guard
+    guard = protocol.model_facts(model)["guard"]
     if not guard and any(cfg.user_options(m).get("soft_scope") == protocol.GUARDED_SCOPE for m in cfg.methods):
         able = " or ".join(engines_with("answer_guard"))
         raise ConfigError(
             f"soft_scope={protocol.GUARDED_SCOPE} (the answer guard): the {model.engine} engine cannot run it; "
             f"use soft_scope=all or the {able} engine"
         )
-    return {
-        (d, m): cfg.method_options(d, m, thinking=model.is_thinking, guard=guard) for d in datasets for m in cfg.methods
-    }
+    return {(d, m): cfg.method_options(d, m, **protocol.model_facts(model)) for d in datasets for m in cfg.methods}
 
 
 def run_eval(

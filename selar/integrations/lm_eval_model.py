@@ -119,7 +119,7 @@ class SelarLM(LM):
             )
         self.model.check_method(method)
         m = self.model
-        defaults = protocol.defaults("", method, thinking=m.is_thinking, guard=m.capabilities.stepwise)
+        defaults = protocol.defaults("", method, **protocol.model_facts(m))
         defaults.pop("max_new_tokens")
         self.options = {**defaults, **options}
         make_config(method, **self.options)

@@ -144,7 +144,7 @@ def create_app(model, scheduler: Scheduler, settings: Settings) -> FastAPI:
             len(parsed.prompt_ids),
             model.is_thinking,
         )
-        text = Text(model, parsed.config.sampling.stop)
+        text = Text(model, parsed.config.sampling.stop, parsed.prompt_ids)
         if parsed.stream:
             return stream(request, parsed, reply, text)
         done: asyncio.Future = loop.create_future()

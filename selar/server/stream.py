@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..decode import RowOutput
+from ..scope import scope_at_start
 from ..text import Detokenizer
 from .protocol import error_body
 
@@ -26,12 +27,13 @@ def finish_reason(row: RowOutput) -> Optional[str]:
 
 class Text:
     """Incremental text of a row, the reasoning (before </think>) apart from the answer; the answer
-    is cut at the row's stop strings and holds back a tail that may begin one."""
+    is cut at the row's stop strings and holds back a tail that may begin one. A prompt that
+    closes its think block (thinking off) starts the row in its answer."""
 
-    def __init__(self, model, stops=()):
+    def __init__(self, model, stops=(), prompt_ids=()):
         self.think = {model.think_start, model.think_end} - {None}
         self.think_end = model.think_end
-        self.in_reasoning = model.is_thinking
+        self.in_reasoning = model.is_thinking and scope_at_start(prompt_ids, model.think_start, model.think_end)
         self.reasoning = Detokenizer(model.tokenizer)
         self.answer = Detokenizer(model.tokenizer, stops)
 
