@@ -100,8 +100,12 @@ def _one(tok, text: str) -> int:
     return ids[0]
 
 
-def tiny_qwen3(tok, seed: int = 0):
-    """The tiny Qwen3 thinking model over `tok` (see the module docstring)."""
+def tiny_qwen3(tok, seed: int = 0, uncertain_end: bool = False, head_dim: int = 16):
+    """The tiny Qwen3 thinking model over `tok` (see the module docstring). `uncertain_end`: a short
+    reasoning, <think> " step" "." </think>, whose first step is unsure among the words and whose
+    step that writes </think> is unsure too (</think> ahead of two words by 0.4 logits: a normalised
+    top-3 entropy of 0.99), so every soft method would feed a mixture there. `head_dim`: 32 for
+    vLLM's CPU attention (16 is not among its kernels)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     d = 64
@@ -111,9 +115,9 @@ def tiny_qwen3(tok, seed: int = 0):
         hidden_size=d,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
+        num_attention_heads=d // head_dim,
+        num_key_value_heads=max(1, d // head_dim // 2),
+        head_dim=head_dim,
         max_position_embeddings=1024,
         eos_token_id=[im_end, tok.pad_token_id],
         pad_token_id=tok.pad_token_id,
@@ -141,13 +145,18 @@ def tiny_qwen3(tok, seed: int = 0):
             head[dst] += basis[states.index(src)] * logit / 8.0
 
         go(nl, think, 24.0)
-        chain = [think, *words]
+        chain = [think, words[0], words[-1]] if uncertain_end else [think, *words]
         for a, b in zip(chain, chain[1:]):  # a deterministic chain, each step unsure among the words
-            go(a, b, 12.0)
+            go(a, b, 12.0 if a == think or not uncertain_end else 24.0)
             for w in words:
-                if w != b:
+                if w != b and (a == think or not uncertain_end):
                     go(a, w, 10.5)
-        go(words[-1], end, 24.0)
+        if uncertain_end:  # "." -> </think>, unsure
+            go(words[-1], end, 12.0)
+            for w in words[:2]:
+                go(words[-1], w, 11.6)
+        else:
+            go(words[-1], end, 24.0)
         go(end, blank, 24.0)
         go(blank, answers[0], 12.0)
         go(blank, answers[1], 11.5)
@@ -158,8 +167,118 @@ def tiny_qwen3(tok, seed: int = 0):
     return model
 
 
-def thinking_model():
+def thinking_model(uncertain_end: bool = False, **wrap):
     import selar
 
     tok = qwen3_tokenizer()
-    return selar.wrap(tiny_qwen3(tok), tok, name="tiny-qwen3")
+    return selar.wrap(tiny_qwen3(tok, uncertain_end=uncertain_end), tok, name="tiny-qwen3", **wrap)
+
+
+# -- the soft-scope checks every engine runs on this model (issue 28) ----------------------------
+SOFT_METHODS = ("selar", "selar-no-gate", "selar-no-push", "soft-thinking", "swir")
+QUESTIONS = ["What is 2 + 2?", "Is the sky blue?"]
+
+
+def chat(model, question: str, thinking: bool) -> list[int]:
+    text = model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+    )
+    return model.tokenizer.encode(text, add_special_tokens=False)
+
+
+class _Recorder:
+    """A step-wise engine that records the input it is asked to feed each step (one row)."""
+
+    def __init__(self, inner):
+        self.inner, self.fed = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def add(self, prompts):
+        return self.inner.add(prompts)
+
+    def step(self, inputs):
+        self.fed.append(inputs)
+        return self.inner.step(inputs)
+
+    def select(self, keep):
+        return self.inner.select(keep)
+
+    def reset(self):
+        return self.inner.reset()
+
+
+class _RawSoft:
+    """The session's method, its own soft flags recorded before the decode layer's scope rules."""
+
+    def __init__(self, method):
+        self.method, self.raw = method, []
+        self.name, self.num_candidates = method.name, method.num_candidates
+
+    def init_state(self, n, device):
+        return self.method.init_state(n, device)
+
+    def step(self, ctx, state):
+        out = self.method.step(ctx, state)
+        self.raw.append(bool(out.soft[0]))
+        return out
+
+
+def dense_input(mix, vocab_size: int):
+    import torch
+
+    if mix.ids is None:
+        return mix.weights[0].float()
+    return torch.zeros(vocab_size).index_add_(0, mix.ids[0], mix.weights[0].float())
+
+
+def run_recorded(model, prompt: list[int], method: str, max_new_tokens: int = 24, **opts):
+    """One row decoded by `model`'s step-wise engine: (row, the inputs fed, the method's own soft flags)."""
+    from selar.decode import new_session, run_to_end
+    from selar.methods import make_config
+
+    s = new_session(model, make_config(method, temperature=0, max_new_tokens=max_new_tokens, **opts))
+    s.engine, s.method = _Recorder(s.engine), _RawSoft(s.method)
+    (row,) = run_to_end(s, [prompt], [0])
+    return row, s.engine.fed, s.method.raw
+
+
+METHOD_OPTIONS = {"swir": {"window": 1}}  # SwiR back in latent mode by the </think> step (else explicit there)
+
+
+def check_think_end_is_fed_plainly(model, method: str) -> int:
+    """An uncertain step that emits </think> (the method itself would feed a mixture there) feeds
+    exactly E(</think>) next (a one-hot mixture: the engine embeds the token), and every later
+    input is the emitted token; returns that step's index."""
+    import torch
+
+    row, fed, raw = run_recorded(model, chat(model, QUESTIONS[0], True), method, **METHOD_OPTIONS.get(method, {}))
+    toks, end, V = row.token_ids, model.think_end, model.vocab_size
+    assert end in toks, (method, toks)
+    e = toks.index(end)
+    assert raw[e], f"{method}: the step that writes </think> is not uncertain here, so it proves nothing"
+    assert any(row.soft[:e]) and not any(row.soft[e:]), (method, row.soft)
+    for k in range(e, min(len(fed), len(toks))):
+        want = torch.nn.functional.one_hot(torch.tensor(toks[k]), V).float()
+        assert torch.equal(dense_input(fed[k], V), want), (method, k)
+    return e
+
+
+def check_swir_budget_ends_the_row(model) -> None:
+    """SwiR with C = 1 on a prompt that opens <think> (as R1-style templates do), EOS ignored so only
+    the budget can end the row: </think> injected, then </think> + the answer prefix, then the row
+    stops ("method"), with no soft input after the first </think>."""
+    prompt = chat(model, QUESTIONS[0], True) + [model.think_start]
+    row, fed, _ = run_recorded(model, prompt, "swir", max_new_tokens=300, max_switch_count=1, window=1, ignore_eos=True)
+    assert row.finish_reason == "method" and len(row.token_ids) < 100, (row.finish_reason, len(row.token_ids))
+    e = row.token_ids.index(model.think_end)
+    assert "The final answer is" in model.tokenizer.decode(row.token_ids[e:])
+    assert not any(row.soft[e:])
+
+
+def check_closed_think_prompt_has_no_soft_input(model, method: str) -> None:
+    """A Qwen3 prompt with thinking off (its template closes an empty think block): no soft step."""
+    row, fed, _ = run_recorded(model, chat(model, QUESTIONS[1], False), method, max_new_tokens=12)
+    assert row.soft == [False] * len(row.token_ids) and row.token_ids, (method, row)
+    assert all(int(dense_input(m, model.vocab_size).count_nonzero()) == 1 for m in fed)
