@@ -30,6 +30,7 @@ import selar
 from selar import sampling
 from selar.decode import DecodeSession, new_session, run_to_end, step_context
 from selar.methods import make_config
+from selar.scope import scope_step
 
 
 @dataclass
@@ -108,6 +109,12 @@ def decided(s: DecodeSession, ctx: Any, la: torch.Tensor, entropy: Optional[torc
     return tok_ok, gate_ok
 
 
+def _scoped(s: DecodeSession, ctx: Any, out: Any) -> Any:
+    """A method's step under the decode layer's scope rules (as the session applies them; the
+    answer guard aside), so what is compared is what a session feeds."""
+    return scope_step(out, ctx.in_scope, s.think_end, ends_at_think=s.reasoning_scope)[0]
+
+
 class _TeeMethod:
     """The session's method on A's logits (what is fed), and again on B's logits (compared)."""
 
@@ -126,7 +133,8 @@ class _TeeMethod:
         lb = torch.where(torch.isneginf(la), la, lb)  # the session's own masks (min_new_tokens)
         ctx_b = step_context(lb, s.cfg, s.need, seeds=s.rows["seed"], steps=ctx.step, in_scope=ctx.in_scope,
                              limit=ctx.max_new_tokens, hidden=ctx.hidden)  # fmt: skip
-        out_b = self.method.step(ctx_b, {k: v.clone() for k, v in state.items()})
+        out_b = _scoped(s, ctx, self.method.step(ctx_b, {k: v.clone() for k, v in state.items()}))
+        out = _scoped(s, ctx, out)  # what the session feeds (it applies the same rules)
         finite = torch.isfinite(la)
         err = torch.where(finite, (la - lb).abs(), torch.zeros_like(la)).amax(-1)
         rep.max_logit_err = max(rep.max_logit_err, float(err.max()))
@@ -232,7 +240,7 @@ class _Replay:
         ids, steps = s.rows["id"].tolist(), ctx.step.tolist()
         rec = torch.tensor([self.record[i][0][k] for i, k in zip(ids, steps)])
         rec_soft = [self.record[i][1][k] if self.record[i][1] is not None else None for i, k in zip(ids, steps)]
-        own = self.method.step(ctx, {k: v.clone() for k, v in state.items()})
+        own = _scoped(s, ctx, self.method.step(ctx, {k: v.clone() for k, v in state.items()}))
         out = self.method.step(replace(ctx, sampled=rec), state)
         la = ctx.logits.float()
         tok_ok, gate_ok = decided(s, ctx, la, own.entropy, t)
