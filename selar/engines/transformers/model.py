@@ -160,7 +160,17 @@ def from_pretrained(
     if gguf_file:
         kw["gguf_file"] = gguf_file
     tok = AutoTokenizer.from_pretrained(path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+    except ValueError:  # a multimodal wrapper AutoModelForCausalLM does not take: its text decoder
+        from transformers import AutoConfig
+
+        from . import multimodal
+
+        config = AutoConfig.from_pretrained(path, **kw)
+        if gguf_file or not multimodal.is_wrapper(config):
+            raise
+        model = multimodal.text_decoder(path, config, dtype, local_only)
     model.to(device).eval()  # type: ignore[arg-type]
     return model, tok
 
