@@ -136,6 +136,30 @@ def test_boxed_letter_forms(text, letter):
     assert grade(text, letter, "choice") == (True, letter)
 
 
+# -- issue 32: a boxed letter inside display or inline math reads as a bare one --------------------
+PUBLISHED_GPQA_END = (  # the end of a published SeLaR generation (Qwen3, GPQA-Diamond, gold D)
+    "<think>\nOption A fits less well than D.\n</think>\n\n### Final Conclusion:\n"
+    "The most plausible explanation is ...\n\n$$\n\\boxed{D}\n$$\n"
+)
+
+
+@pytest.mark.parametrize(
+    "text,letter",
+    [
+        (PUBLISHED_GPQA_END, "D"),
+        ("So the answer is\n\\[\\boxed{C}\\]", "C"),
+        ("Hence $\\boxed{\\text{B}}$.", "B"),
+        ("$$ \\boxed{\\textbf{A}} $$", "A"),
+        ("\\[\n  \\boxed{(D)}\n\\]\n", "D"),
+    ],
+)
+def test_boxed_letter_inside_math_delimiters(text, letter):
+    assert grade(text, letter, "choice") == (True, letter)
+    other = "A" if letter != "A" else "B"
+    assert grade(text + f"\n\\boxed{{{other}}}", letter, "choice") == (False, None)  # two letters: still wrong
+    assert grade("<think>" + text.replace("</think>", ""), letter, "choice") == (False, None)  # cut off inside
+
+
 def test_boxed_words_are_not_letters():
     assert choice_letter("\\boxed{Cl}") is None
     assert choice_letter("\\boxed{Avogadro}") is None
