@@ -21,9 +21,11 @@ if importlib.util.find_spec("vllm") is None:
 from thinking import QUESTIONS, SOFT_METHODS, chat, qwen3_tokenizer, tiny_qwen3  # noqa: E402
 
 import selar  # noqa: E402
+from selar.engines.base import missing_kinds  # noqa: E402
 from selar.errors import CapabilityError  # noqa: E402
+from selar.methods import METHODS  # noqa: E402
 
-PLUGIN_METHODS = [m for m in SOFT_METHODS if m != "swir"]
+PLUGIN_METHODS = [m for m in SOFT_METHODS if not missing_kinds("vllm", m)]  # the rest are refused
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,7 @@ def test_thinking_off_feeds_no_soft_input(models, method):
     assert all(r.token_ids and r.num_soft_steps == 0 for r in got)
 
 
-def test_swir_is_refused_in_one_sentence(models):
-    with pytest.raises(CapabilityError, match="dense mixture"):
-        selar.generate(models[1], QUESTIONS[:1], "swir", max_new_tokens=4)
+@pytest.mark.parametrize("method", [m for m in METHODS if missing_kinds("vllm", m)])
+def test_methods_the_plugin_cannot_feed_are_refused_in_one_sentence(models, method):
+    with pytest.raises(CapabilityError, match="which the vllm engine cannot feed"):
+        selar.generate(models[1], QUESTIONS[:1], method, max_new_tokens=4)

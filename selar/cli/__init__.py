@@ -15,6 +15,7 @@ from .. import __version__
 from .analyze import analyze
 from .evaluate import eval_cmd, report_cmd
 from .generate import generate
+from .methods import methods_cmd
 from .models import models
 from .options import Group
 from .serve import serve
@@ -28,7 +29,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep the terminal for our output
 
 
-for command in (generate, eval_cmd, report_cmd, serve, analyze, models, train_group):
+for command in (generate, eval_cmd, report_cmd, serve, analyze, models, methods_cmd, train_group):
     main.add_command(command)
 
 __all__ = ["main"]

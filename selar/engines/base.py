@@ -52,6 +52,9 @@ class EngineSpec:
     capabilities: Capabilities
     help: str = ""
     install: str = ""  # how to get its library, for error messages
+    # where its tests run, and what is known of it on a GPU (the README's engine matrix shows both)
+    tested: str = "CPU"
+    gpu: str = "not run on a GPU"
 
     def load(self) -> Any:
         return import_string(self.entry)
@@ -79,6 +82,23 @@ def engines_with(capability: str, kinds: Optional[list[str]] = None) -> list[str
     if capability == "inputs":
         return [n for n, s in ENGINES.items() if set(kinds or ()) <= s.capabilities.inputs]
     return [n for n, s in ENGINES.items() if getattr(s.capabilities, capability)]
+
+
+def missing_kinds(engine: str, method: str) -> list[str]:
+    """The input kinds `method` feeds that `engine` cannot (empty when the engine runs it)."""
+    return sorted(get_method_spec(method).inputs - get_engine(engine).capabilities.inputs)
+
+
+def method_matrix(methods: Sequence[str], engines: Sequence[str]) -> list[dict[str, str]]:
+    """One row per method: for each engine, "runs" or "refused: <the input kinds it lacks>"."""
+    rows = []
+    for m in methods:
+        row = {"method": m}
+        for e in engines:
+            missing = missing_kinds(e, m)
+            row[e] = "runs" if not missing else "refused: " + " and ".join(KIND_NAMES[k] for k in missing)
+        rows.append(row)
+    return rows
 
 
 def refuse_method(engine: str, capabilities: Capabilities, method: str) -> None:

