@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 
 from .grading import boxed_form
+from .sampled import holm, sampled_metrics
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Summary:
     malformed_boxed: Optional[float] = None  # share of answers whose boxed result is malformed
     baseline: Optional[str] = None  # the row the delta and p-value are against (a cot row)
     paired: Optional[int] = None  # problems both this row and its baseline answered: the delta's problems
+    p_holm: Optional[float] = None  # p_vs_cot, Holm-corrected across the dataset's comparisons
+    sampled: Optional[dict] = None  # samples > 1: {"pass@k": (mean, low, high), ..., "maj@N": ...}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +76,13 @@ def paired_bootstrap(diffs: np.ndarray, n_boot: int = 10000, seed: int = 0) -> f
     means = diffs[rng.integers(0, len(diffs), size=(n_boot, len(diffs)))].mean(1)
     p = 2 * min((means <= 0).mean(), (means >= 0).mean())
     return float(min(1.0, p))
+
+
+def by_problem(records: list[dict]) -> dict[str, list[dict]]:
+    out = defaultdict(list)
+    for r in records:
+        out[r["problem_id"]].append(r)
+    return out
 
 
 def per_problem(records: list[dict]) -> dict[str, float]:
@@ -151,5 +161,10 @@ def summarize(
                 s.p_vs_cot, s.test_vs_cot = mcnemar_exact(b, c), f"McNemar b={b} c={c}"
             elif shared:
                 s.p_vs_cot, s.test_vs_cot = paired_bootstrap(diffs), "paired bootstrap"
+        s.sampled = sampled_metrics(by_problem(recs), samples) or None
         out.append(s)
+    for dataset in {s.dataset for s in out}:  # Holm across each dataset's comparisons with cot
+        rows = [s for s in out if s.dataset == dataset]
+        for s, p in zip(rows, holm([s.p_vs_cot for s in rows])):
+            s.p_holm = p
     return out

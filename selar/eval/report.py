@@ -65,7 +65,8 @@ def _vs_cot(s: Summary, base: Optional[Summary]) -> str:
         return ""
     vs = f" vs {s.baseline}" if s.baseline != BASELINE else ""
     fewer = s.paired is not None and (s.paired != s.problems or (base is not None and s.paired != base.problems))
-    return f" ({s.delta_vs_cot * 100:+.1f}{vs}, p={s.p_vs_cot:.2f}{f', on {s.paired} paired' if fewer else ''})"
+    p = s.p_holm if s.p_holm is not None else s.p_vs_cot
+    return f" ({s.delta_vs_cot * 100:+.1f}{vs}, p={p:.2f}{f', on {s.paired} paired' if fewer else ''})"
 
 
 def length_table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
@@ -120,6 +121,7 @@ DETAIL_COLUMNS = (
     "paired",
     "delta_vs_cot",
     "p_vs_cot",
+    "p_holm",
     "test_vs_cot",
 )
 
@@ -215,9 +217,44 @@ def plots(summaries: list[Summary], out: Path) -> list[Path]:
 
 ACCURACY_NOTE = (
     "Accuracy (%) as avg@N with a 95% interval; against `cot` (the `cot` row of the same model, engine, "
-    "dtype, prompt and protocol): (difference, p-value of a paired test), over the problems both rows "
-    "answered; when that is fewer than either row's, the cell says on how many (`paired`, also in Details)."
+    "dtype, prompt and protocol): (difference, p-value of a paired test: McNemar's exact test with one sample, "
+    "a paired bootstrap with several), over the problems both rows answered; when that is fewer than either "
+    "row's, the cell says on how many (`paired`, also in Details). The p-values are Holm-corrected across "
+    "the dataset's comparisons with cot (uncorrected: `p_vs_cot` in Details)."
 )
+
+
+def sampled_table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
+    """pass@k and maj@N (%) with 95% intervals, for the rows with several samples per problem."""
+    rows_of = [s for s in summaries if s.sampled]
+    keys: list[str] = []
+    for s in rows_of:
+        keys += [k for k in s.sampled or {} if k not in keys]
+    rows = [
+        [s.dataset, s.method, str(s.samples)]
+        + [
+            f"{v[0] * 100:.1f} [{v[1] * 100:.1f}, {v[2] * 100:.1f}]" if (v := (s.sampled or {}).get(k)) else "-"
+            for k in keys
+        ]
+        for s in rows_of
+    ]
+    return ["dataset", "method", "samples", *keys], rows
+
+
+def _sampled_section(summaries: list[Summary]) -> list[str]:
+    header, rows = sampled_table(summaries)
+    if not rows:
+        return []
+    return [
+        "## pass@k and majority vote",
+        "",
+        "pass@k: the unbiased estimator of Chen et al. (2021) from the N samples of each problem; maj@N: the "
+        "majority answer of the N samples (answers grouped by math-verify equivalence, unanswered samples not "
+        "voting, a tie to the earliest) is right. Mean over problems with a normal 95% interval.",
+        "",
+        markdown(header, rows),
+        "",
+    ]
 
 
 def notes(split: dict[str, list[str]]) -> list[str]:
@@ -260,6 +297,7 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
         "",
         markdown(*length),
         "",
+        *_sampled_section(summaries),
         "## Details",
         "",
         markdown(*details),
@@ -271,7 +309,7 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
         w = csv.DictWriter(f, fieldnames=list(summaries[0].to_dict()))
         w.writeheader()
         for s in summaries:
-            w.writerow(s.to_dict())
+            w.writerow({k: json.dumps(v) if isinstance(v, dict) else v for k, v in s.to_dict().items()})
     (out / "report.json").write_text(json.dumps([s.to_dict() for s in summaries], indent=1))
     rep = {"header": header, "rows": rows, "length": length, "details": details, "summaries": summaries}
     rep.update(models=runs.models, notes=notes(runs.split))

@@ -1,0 +1,85 @@
+"""pass@k, maj@k and Holm's correction against hand-made cases and their closed forms, and in the
+report of a run with several samples per problem."""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from math import comb
+
+import pytest
+from click.testing import CliRunner
+
+from selar.cli import main
+from selar.eval.sampled import holm, ks_for, majority, pass_at_k
+
+
+@pytest.mark.parametrize("n,c", [(1, 0), (1, 1), (4, 1), (8, 3), (10, 0), (10, 10), (20, 7)])
+def test_pass_at_k_is_the_closed_form_and_the_enumeration(n, c):
+    for k in range(1, n + 1):
+        closed = 1 - comb(n - c, k) / comb(n, k)
+        assert pass_at_k(n, c, k) == pytest.approx(closed, abs=1e-12)
+        if n <= 10:  # the definition: the share of k-subsets holding at least one right sample
+            right = set(range(c))
+            hits = [bool(right & set(s)) for s in combinations(range(n), k)]
+            assert pass_at_k(n, c, k) == pytest.approx(sum(hits) / len(hits), abs=1e-12)
+    assert pass_at_k(n, c, 1) == pytest.approx(c / n)
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, n + 1)
+
+
+def test_ks_reported():
+    assert ks_for(1) == [1] and ks_for(8) == [1, 2, 4, 8] and ks_for(6) == [1, 2, 4, 6]
+
+
+def test_majority_groups_equivalent_answers():
+    # 1/2 and 0.5 are one answer (math-verify), outvoting 3 and 3? no: 2 votes each, the first group wins
+    assert majority(["\\frac{1}{2}", "3", "0.5", "3"], [True, False, True, False]) is True
+    assert majority(["3", "\\frac{1}{2}", "0.5", "3"], [False, True, True, False]) is False
+    assert majority(["3", "0.5", "\\frac{1}{2}", "1/2"], [False, True, True, True]) is True
+    assert majority([None, None, "7"], [False, False, True]) is True  # unanswered samples do not vote
+    assert majority([None, None], [False, False]) is False
+    assert majority(["B", "C", "C"], [True, False, False]) is False  # letters: equal or not
+    assert majority(["x+1", "1+x", "2"], [True, True, False]) is True
+
+
+def test_holm_textbook_example():
+    # Holm (1979) procedure by hand: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, made monotone
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, None, 0.9]) == pytest.approx([1.0, None, 1.0])
+    assert holm([0.02]) == [0.02] and holm([]) == []
+
+
+def test_report_with_samples_shows_pass_at_k_and_majority(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    # 3 problems x 4 samples; selar right on p0 in samples 1 and 2, p1 always, p2 never;
+    # cot right on p0 only in sample 0
+    right = {"selar": [[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]], "cot": [[1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]]}
+    with open(run / "results.jsonl", "w") as f:
+        for method, probs in right.items():
+            for i, oks in enumerate(probs):
+                for s, ok in enumerate(oks):
+                    rec = {
+                        "dataset": "gsm8k",
+                        "problem_id": f"p{i}",
+                        "method": method,
+                        "sample": s,
+                        "correct": bool(ok),
+                    }
+                    rec.update(pred="1" if ok else str(10 + s % 2), gold="1", num_tokens=10, num_soft_steps=0)
+                    rec.update(finish_reason="stop", text="t")
+                    f.write(json.dumps(rec) + "\n")
+    res = CliRunner().invoke(main, ["report", str(run), "--out", str(tmp_path / "rep"), "--no-plots"])
+    assert res.exit_code == 0, res.output
+    rows = {s["method"]: s for s in json.loads((tmp_path / "rep" / "report.json").read_text())}
+    sel = rows["selar"]["sampled"]
+    assert sel["pass@1"][0] == pytest.approx((2 / 4 + 1 + 0) / 3)
+    assert sel["pass@2"][0] == pytest.approx((pass_at_k(4, 2, 2) + 1 + 0) / 3)
+    assert sel["pass@4"][0] == pytest.approx(2 / 3)
+    # wrong answers are 10 (even samples) or 11 (odd). maj@4: p0 has 10, 1, 1, 11: right; p1 right;
+    # p2 has 10, 11, 10, 11: wrong
+    assert sel["maj@4"][0] == pytest.approx(2 / 3)
+    assert rows["cot"]["sampled"]["maj@4"][0] == pytest.approx(1 / 3)  # p0: 1, 11, 10, 11: 11 wins
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## pass@k and majority vote" in md and "| maj@4 |" in md and "Holm-corrected" in md
