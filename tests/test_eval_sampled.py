@@ -83,3 +83,14 @@ def test_report_with_samples_shows_pass_at_k_and_majority(tmp_path):
     assert rows["cot"]["sampled"]["maj@4"][0] == pytest.approx(1 / 3)  # p0: 1, 11, 10, 11: 11 wins
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## pass@k and majority vote" in md and "| maj@4 |" in md and "Holm-corrected" in md
+
+
+def test_budget_curve_counts_a_right_answer_only_within_its_budget(tmp_path):
+    from selar.eval.budget import budget_curves, budgets_for
+
+    assert budgets_for(300) == [64, 128, 256, 300] and budgets_for(64) == [64]
+    recs = [
+        {"dataset": "gsm8k", "method": "cot", "correct": ok, "num_tokens": n}
+        for ok, n in [(True, 50), (True, 200), (False, 100), (True, 300)]
+    ]
+    assert budget_curves(recs, [64, 128, 256, 300]) == {("gsm8k", "cot"): [0.25, 0.25, 0.5, 0.75]}

@@ -43,7 +43,7 @@ def fake_run(d):
 def test_html_is_self_contained(tmp_path):
     rep = write_report([str(fake_run(tmp_path / "run"))], html=True)
     page = rep["html"].read_text()
-    assert page.count("<img") == 2 and "data:image/png;base64," in page
+    assert page.count("<img") == 3 and "data:image/png;base64," in page  # accuracy vs tokens, by dataset, vs budget
     assert not re.search(r'src="(?!data:)', page)  # nothing fetched from elsewhere
     assert "<td>selar</td>" in page
 
@@ -67,4 +67,4 @@ def test_html_renders_in_headless_chromium(tmp_path):
         rep["html"].as_uri(),
     ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    assert 'data-images-loaded="2/2"' in dom, dom[:500]
+    assert 'data-images-loaded="3/3"' in dom, dom[:500]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import SelarError
+from .budget import budget_section
 from .html import write_html
 from .merge import BASELINE, read_runs
 from .metrics import Summary, summarize
@@ -276,6 +277,7 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(summaries)
     length, details = length_table(summaries), details_table(summaries)
+    budget_lines, budget_images = budget_section(runs.records, out, make_plots)
     md = [
         "# selar report",
         "",
@@ -298,11 +300,12 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
         markdown(*length),
         "",
         *_sampled_section(summaries),
+        *budget_lines,
         "## Details",
         "",
         markdown(*details),
     ]
-    images = plots(summaries, out) if make_plots else []
+    images = (plots(summaries, out) if make_plots else []) + budget_images
     md += [""] + [f"![{p.stem}]({p.name})" for p in images]
     (out / "report.md").write_text("\n".join(md) + "\n")
     with open(out / "report.csv", "w", newline="") as f:
