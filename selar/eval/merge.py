@@ -10,7 +10,7 @@ import hashlib
 import json
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,6 +45,7 @@ class Runs:
     baselines: dict[tuple[str, str], Optional[str]]  # (dataset, row label) -> its cot row's label
     models: list[str]  # "name (engine, dtype)" of each model, or why it is not known
     split: dict[str, list[str]]  # method -> its row labels, for methods run with different settings
+    calibration: dict[str, dict] = field(default_factory=dict)  # "dataset/method" -> tau=auto's result
 
 
 def sources(dirs: list[str]) -> list[Source]:
@@ -200,4 +201,5 @@ def read_runs(dirs: list[str]) -> Runs:
     for row, m in sorted(method_of.items()):
         if row != m:
             split[m].append(row)
-    return Runs(list(records.values()), timings, baselines, models, dict(split))
+    calibration = {k: v for s in srcs if s.meta is not None for k, v in (s.meta.get("calibration") or {}).items()}
+    return Runs(list(records.values()), timings, baselines, models, dict(split), calibration)

@@ -258,6 +258,16 @@ def _sampled_section(summaries: list[Summary]) -> list[str]:
     ]
 
 
+def calibration_notes(calibration: dict[str, dict]) -> list[str]:
+    """A sentence per (dataset, method) whose tau was calibrated (tau=auto)."""
+    return [
+        f"`{key}`: tau=auto chose tau={c['tau']:.3f} on {c['prompts']} of the dataset's prompts (no labels): "
+        f"{c['soft_share'] * 100:.1f}% of their {c['steps']} steps above it, for a target of "
+        f"{c['soft_target'] * 100:.0f}%."
+        for key, c in sorted(calibration.items())
+    ]
+
+
 def notes(split: dict[str, list[str]]) -> list[str]:
     """A sentence per method whose runs had different settings and are kept apart."""
     return [
@@ -285,7 +295,7 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
         "",
         f"Model{'s' if len(runs.models) > 1 else ''}: {'; '.join(runs.models)}",
         "",
-        *[f"{note}\n" for note in notes(runs.split)],
+        *[f"{note}\n" for note in notes(runs.split) + calibration_notes(runs.calibration)],
         ACCURACY_NOTE,
         "",
         markdown(header, rows),

@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..api import format_prompt
 from ..engines.base import engines_with
 from ..errors import ConfigError
 from ..methods import make_config
 from . import datasets as ds
 from . import protocol
+from .calibrate import AUTO, calibrate_tau
 from .config import EvalConfig
 from .grading import GradingError, check_gold, grade
 from .progress import Progress
@@ -31,6 +33,8 @@ from .rundir import RunDirError, git_commit, prepare_dir, read_results, shard_su
 
 __all__ = ["EvalConfig", "RunDirError", "read_results", "run_eval", "row_seed", "load_problems", "plan"]
 
+CALIBRATION_PROMPTS = 32  # tau=auto: prompts of the dataset decoded to calibrate it
+CALIBRATION_TOKENS = 2048  # ... each for at most this many tokens
 Key = tuple[str, str, str, int]  # (dataset, problem id, method, sample)
 
 
@@ -88,8 +92,11 @@ def _load_model(cfg: EvalConfig, datasets: list[str]):
     return model
 
 
-def run_options(cfg: EvalConfig, model, datasets) -> dict[tuple[str, str], dict]:
-    """The options each (dataset, method) runs with on this model."""
+def run_options(
+    cfg: EvalConfig, model, datasets, problems=None, calibration: dict | None = None
+) -> dict[tuple[str, str], dict]:
+    """The options each (dataset, method) runs with on this model; tau=auto calibrated on the
+    dataset's first prompts (`calibrate`), or taken from `calibration` (a resumed run's)."""
     guard = protocol.model_facts(model)["guard"]
     if not guard and any(cfg.user_options(m).get("soft_scope") == protocol.GUARDED_SCOPE for m in cfg.methods):
         able = " or ".join(engines_with("answer_guard"))
@@ -97,7 +104,23 @@ def run_options(cfg: EvalConfig, model, datasets) -> dict[tuple[str, str], dict]
             f"soft_scope={protocol.GUARDED_SCOPE} (the answer guard): the {model.engine} engine cannot run it; "
             f"use soft_scope=all or the {able} engine"
         )
-    return {(d, m): cfg.method_options(d, m, **protocol.model_facts(model)) for d in datasets for m in cfg.methods}
+    opts = {(d, m): cfg.method_options(d, m, **protocol.model_facts(model)) for d in datasets for m in cfg.methods}
+    for (d, m), o in opts.items():
+        if o.get("tau") != AUTO:
+            continue
+        key = f"{d}/{m}"
+        if calibration is not None and key in (calibration or {}):
+            res = calibration[key]
+        else:
+            probs = (problems or {}).get(d, [])[:CALIBRATION_PROMPTS]
+            ids = [format_prompt(model, protocol.render_prompt(p.question, cfg.template)) for p in probs]
+            o_cal = {**o, "max_new_tokens": min(o["max_new_tokens"], CALIBRATION_TOKENS)}
+            seeds = [row_seed(cfg.seed, d, p.id, 0) for p in probs]
+            res = calibrate_tau(model, m, ids, seeds, o_cal, cfg.batch_size)
+        if calibration is not None:
+            calibration[key] = res
+        o["tau"] = res["tau"]
+    return opts
 
 
 def run_eval(
@@ -110,7 +133,8 @@ def run_eval(
     done = {(r["dataset"], r["problem_id"], r["method"], r["sample"]) for r in read_results(results_path, repair=True)}
     if model is None:
         model = _load_model(cfg, list(problems))
-    options = run_options(cfg, model, problems)
+    calibration: dict = json.loads(run_json.read_text()).get("calibration", {}) if run_json.is_file() else {}
+    options = run_options(cfg, model, problems, problems, calibration)
     tmpl = model.tokenizer.chat_template if getattr(model.tokenizer, "chat_template", None) else None
     meta = {
         "config": dataclasses.asdict(cfg),
@@ -130,6 +154,7 @@ def run_eval(
             "paper_options": protocol.PAPER_OPTIONS,
         },
         "method_options": {f"{d}/{m}": o for (d, m), o in options.items()},
+        "calibration": calibration,  # tau=auto: the chosen tau per dataset/method and what it measured
         "versions": versions(),
         "git_commit": git_commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -23,15 +23,20 @@ GATE_SCOPES = ("row", "batch")
 
 @dataclass
 class SeLaROptions:
-    tau: float = 0.5  # gate threshold on the normalised top-k entropy
+    tau: float | str = 0.5  # gate threshold on the normalised top-k entropy; "auto": calibrated by selar eval
     k: int = 3  # size of the soft top-k
     push_weight: float = 1.0  # lambda of the contrastive push; 0 turns it off
     protect_symbols: bool = True  # never soft when the emitted token is a math symbol (ref)
     gate: bool = True  # False: soft at every reasoning step (ablation "no gate")
     gate_scope: str = "row"  # "batch": reference code's batch-wide gate, for comparison
+    soft_target: float = 0.10  # tau=auto: the share of generated tokens to make soft
 
     def __post_init__(self) -> None:
-        check_range("tau", self.tau, 0.0, 1.0)
+        if isinstance(self.tau, str) and self.tau != "auto":
+            raise ConfigError(f"tau must be a number in [0, 1] or auto, got {self.tau!r}")
+        if self.tau != "auto":
+            check_range("tau", self.tau, 0.0, 1.0)
+        check_range("soft_target", self.soft_target, 0.0, 1.0)
         check_range("k", self.k, 2, kind=int)
         check_range("push_weight", self.push_weight, 0.0)
         if self.gate_scope not in GATE_SCOPES:
@@ -54,6 +59,8 @@ class SeLaR:
 
     def __init__(self, options: SeLaROptions, vocab: VocabInfo):
         self.o = options
+        if options.tau == "auto":
+            raise ConfigError("tau=auto is calibrated by `selar eval` on the dataset's prompts; give tau a number here")
         if options.k > vocab.size:
             raise ConfigError(f"k must be at most the vocabulary size {vocab.size}, got {options.k}")
         self.num_candidates = options.k
@@ -73,7 +80,7 @@ class SeLaR:
         p = ctx.cand_probs[:, :k]
         p_hat = p / p.sum(-1, keepdim=True)
         h_norm = topk_entropy(ctx.cand_probs, k)
-        uncertain = (h_norm > self.o.tau) if self.o.gate else torch.ones_like(ctx.in_scope)
+        uncertain = (h_norm > float(self.o.tau)) if self.o.gate else torch.ones_like(ctx.in_scope)
         if self.o.gate_scope == "batch":
             uncertain = uncertain.any().expand_as(uncertain)
         soft = uncertain & ctx.in_scope
