@@ -94,3 +94,30 @@ def test_budget_curve_counts_a_right_answer_only_within_its_budget(tmp_path):
         for ok, n in [(True, 50), (True, 200), (False, 100), (True, 300)]
     ]
     assert budget_curves(recs, [64, 128, 256, 300]) == {("gsm8k", "cot"): [0.25, 0.25, 0.5, 0.75]}
+
+
+def test_ranking_orders_methods_by_accuracy_with_holm_p_values(tmp_path):
+    from selar.eval.metrics import mcnemar_exact
+    from selar.eval.sampled import holm as holm_fn
+
+    run = tmp_path / "run"
+    run.mkdir()
+    right = {"cot": [1, 0, 0, 0, 1, 0], "selar": [1, 1, 1, 1, 1, 0], "swir": [1, 1, 0, 0, 1, 0]}
+    with open(run / "results.jsonl", "w") as f:
+        for method, oks in right.items():
+            for i, ok in enumerate(oks):
+                rec = {"dataset": "gsm8k", "problem_id": f"p{i}", "method": method, "sample": 0, "correct": bool(ok)}
+                rec.update(pred="1", gold="1", num_tokens=10, num_soft_steps=0, finish_reason="stop", text="t")
+                f.write(json.dumps(rec) + "\n")
+    res = CliRunner().invoke(main, ["report", str(run), "--out", str(tmp_path / "rep"), "--no-plots"])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    ranked = [
+        line.split(" | ")[1]
+        for line in md.split("## Ranking")[1].splitlines()
+        if line.startswith("| ") and "rank" not in line
+    ]
+    assert ranked[:3] == ["selar", "swir", "cot"]
+    p_selar, p_swir = mcnemar_exact(3, 0), mcnemar_exact(1, 0)
+    adj = holm_fn([p_selar, p_swir])
+    assert f"+50.0, p={adj[0]:.3f}" in md and f"+16.7, p={adj[1]:.3f}" in md

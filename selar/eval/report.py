@@ -13,6 +13,7 @@ from .budget import budget_section
 from .html import write_html
 from .merge import BASELINE, read_runs
 from .metrics import Summary, summarize
+from .ranking import ranking_section
 
 DATASET_ORDER = ["gsm8k", "math500", "gpqa", "aime2024", "aime2025"]
 METHOD_ORDER = ["cot", "soft-thinking", "swir", "selar"]
@@ -300,6 +301,7 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
         "",
         markdown(header, rows),
         "",
+        *ranking_section(summaries),
         "## Length, truncation and answer form",
         "",
         "Generations cut by the token limit, and (thinking models) generations that never closed their "
