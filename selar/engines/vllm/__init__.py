@@ -36,9 +36,11 @@ from .runner import (
     default_environment,
     engine_kwargs,
     load_vllm,
+    pin_v1_runner,
     require_vllm,
     resolve_folder,
 )
+from .v2 import LOGITS_PROCESSOR_V2
 
 __all__ = [
     "ENTRY",
@@ -46,6 +48,7 @@ __all__ = [
     "TESTED_VLLM",
     "NON_STANDARD",
     "LOGITS_PROCESSOR",
+    "LOGITS_PROCESSOR_V2",
     "WORKER_EXTENSION",
     "VLLMModel",
     "WorkerExtension",
@@ -56,6 +59,7 @@ __all__ = [
     "engine_kwargs",
     "load_vllm",
     "parse_request",
+    "pin_v1_runner",
     "register",
     "request_args",
     "require_vllm",
