@@ -265,10 +265,10 @@ def test_v2_apply_equals_v1_and_the_decode_loop(vllm_config):
         v2.apply_staged_writes()
 
         # this step's rows: each request's last input position (a partial chunk stops short)
-        def pos_of(n):
+        def pos_of(n, t=t):
             return len(prompt) - 3 if CHUNKED.get(n) == t else len(prompt) + len(out[n]) - 1
 
-        def logits_of(n):
+        def logits_of(n, t=t):
             real = CHUNKED.get(n) != t
             return _logits(n, len(out[n]), V, vocab.think_end) if real else torch.randn(V, generator=order)
 
