@@ -281,7 +281,7 @@ class SoftState:
             return emb
         n_req = qsl.numel() - 1
         qsl = qsl.to(positions.device)
-        idx = torch.arange(n_req, device=positions.device) if slots is None else slots.to(positions.device)
+        idx = torch.arange(n_req, device=positions.device) if slots is None else slots.to(positions.device, torch.long)
         self.t["last_pos"][idx] = positions[qsl[1:] - 1].long()
         if not self.any_pending:
             return emb
