@@ -13,11 +13,20 @@ from click.testing import CliRunner
 
 from selar.cli import main
 from selar.config import SamplingConfig
-from selar.engines.vllm import launch, parse_request, request_args, split_server_defaults
+from selar.engines.vllm import (
+    engine_kwargs,
+    launch,
+    parse_request,
+    pin_v1_runner,
+    request_args,
+    runner,
+    split_server_defaults,
+)
 from selar.engines.vllm.request import DEFAULTS_ENV
 from selar.errors import CapabilityError, ConfigError
 
 SECRET = "sk-selar-test-3f9a1c"
+RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 
 
 def params(extra=None, seed=None, temperature=0.7, max_tokens=32):
@@ -30,9 +39,10 @@ def params(extra=None, seed=None, temperature=0.7, max_tokens=32):
 @pytest.fixture
 def env(monkeypatch):
     """Restore the variables `serve` sets in this process."""
-    for k in (DEFAULTS_ENV, launch.API_KEY_ENV, "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE"):
+    for k in (DEFAULTS_ENV, launch.API_KEY_ENV, "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE", RUNNER_ENV):
         monkeypatch.setenv(k, "unset")
         monkeypatch.delenv(k)
+    monkeypatch.setattr(runner, "_pinned", False)
     return monkeypatch
 
 
@@ -86,6 +96,43 @@ def test_no_key_no_variable(fake_vllm):
     r, (_, _, environ) = fake_vllm()
     assert r.exit_code == 0, r.output
     assert launch.API_KEY_ENV not in environ
+
+
+# -- issue 29 part 1: the V1 model runner for selar's V1 processor -------------------------------
+def test_pin_v1_runner(env, capsys):
+    """VLLM_USE_V2_MODEL_RUNNER=0 set before vLLM starts, said in one line once; a user's 0 is kept
+    silently; a user's 1 is refused, naming the conflict and the fix."""
+    pin_v1_runner()
+    pin_v1_runner()
+    assert os.environ[RUNNER_ENV] == "0"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Model Runner V2 does not load" in err[0], err
+    env.setattr(runner, "_pinned", False)
+    env.setenv(RUNNER_ENV, "0")
+    pin_v1_runner()
+    assert os.environ[RUNNER_ENV] == "0" and not capsys.readouterr().err
+    env.setenv(RUNNER_ENV, "1")
+    with pytest.raises(CapabilityError, match=f"{RUNNER_ENV}=1 asks for vLLM's Model Runner V2.*unset {RUNNER_ENV}"):
+        pin_v1_runner()
+    assert os.environ[RUNNER_ENV] == "1"
+
+
+def test_runner_is_pinned_only_for_selar(env, tmp_path):
+    """`load_model(engine="vllm")` builds vLLM's arguments here: with the plugin the runner is
+    pinned; stock vLLM (no plugin) is left alone."""
+    kw = engine_kwargs(str(tmp_path), None, dtype="float32", max_num_seqs=2, max_model_len=64)
+    assert "logits_processors" not in kw and RUNNER_ENV not in os.environ
+    kw = engine_kwargs(str(tmp_path), "SelarLlamaForCausalLM", dtype="float32", max_num_seqs=2, max_model_len=64)
+    assert kw["logits_processors"] == [runner.LOGITS_PROCESSOR] and os.environ[RUNNER_ENV] == "0"
+
+
+def test_serve_pins_the_runner(fake_vllm, env):
+    r, (_, _, environ) = fake_vllm()
+    assert r.exit_code == 0, r.output
+    assert environ[RUNNER_ENV] == "0"  # `vllm serve` and its workers inherit it
+    env.setenv(RUNNER_ENV, "1")
+    r, execd = fake_vllm()
+    assert r.exit_code != 0 and f"{RUNNER_ENV}=1 asks for vLLM's Model Runner V2" in r.output, r.output
 
 
 # -- bug 3: --set defaults reach vLLM ----------------------------------------------------------

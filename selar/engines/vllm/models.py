@@ -125,10 +125,20 @@ def soft_class(arch: str) -> type:
             kw["intermediate_tensors"] = intermediate_tensors
         return base.forward(self, input_ids=input_ids, positions=positions, inputs_embeds=inputs_embeds, **kw)
 
+    def get_model_state_cls() -> type:  # read by Model Runner V2 only (see v2)
+        from .v2 import model_state_class
+
+        return model_state_class(base)
+
     return type(
         soft_name(arch),
         (base,),
-        {"forward": forward, "__module__": __name__, "__doc__": f"{arch} with selar's soft inputs."},
+        {
+            "forward": forward,
+            "get_model_state_cls": staticmethod(get_model_state_cls),
+            "__module__": __name__,
+            "__doc__": f"{arch} with selar's soft inputs.",
+        },
     )
 
 

@@ -46,6 +46,25 @@ def vocab_info(vllm_config: Any) -> VocabInfo:
     return VocabInfo(size=mc.get_vocab_size(), think_start=start, think_end=end, tokenizer=tok)
 
 
+def validate_params(params: Any) -> None:
+    """A request's selar options, checked at admission (both runners' processors)."""
+    try:
+        parse_request(params)
+    except ConfigError as e:  # vLLM answers ValueError with HTTP 400
+        raise ValueError(str(e)) from None
+
+
+def check_config(vllm_config: Any) -> None:
+    """What the plugin needs of vLLM's configuration (both runners' processors)."""
+    if vllm_config.cache_config.enable_prefix_caching:
+        raise ValueError(
+            "selar's vLLM plugin needs prefix caching off (--no-enable-prefix-caching): "
+            "cached blocks would carry soft inputs into other requests"
+        )
+    if getattr(vllm_config, "speculative_config", None) is not None:
+        raise ValueError("selar's vLLM plugin runs one logits row per request: turn speculative decoding off")
+
+
 def _make_processor_class() -> type:
     from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
@@ -54,17 +73,10 @@ def _make_processor_class() -> type:
 
         @classmethod
         def validate_params(cls, params: Any) -> None:
-            try:
-                parse_request(params)
-            except ConfigError as e:  # vLLM answers ValueError with HTTP 400
-                raise ValueError(str(e)) from None
+            validate_params(params)
 
         def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
-            if vllm_config.cache_config.enable_prefix_caching:
-                raise ValueError(
-                    "selar's vLLM plugin needs prefix caching off (--no-enable-prefix-caching): "
-                    "cached blocks would carry soft inputs into other requests"
-                )
+            check_config(vllm_config)
             cap = vllm_config.scheduler_config.max_num_seqs
             self.state = SoftState(cap, device, vocab_info(vllm_config))
             set_state(self.state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from ... import catalog, hub
 from ...config import FinishReason, GenerationConfig, env_json
 from ...decode import RowOutput
 from ...devices import dtype_name
-from ...errors import ConfigError, ModelLoadError
+from ...errors import CapabilityError, ConfigError, ModelLoadError
 from ...sources import resolve
 from ..base import Model, get_engine
 from .models import check_architecture
@@ -60,6 +61,35 @@ def default_environment() -> None:
         n = os.cpu_count() or 1
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{n - 1}"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+
+
+RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+_pinned = False
+
+
+def pin_v1_runner() -> None:
+    """Select vLLM's V1 model runner for selar's plugin: its processor (`LOGITS_PROCESSOR`) has
+    vLLM's V1 interface, which Model Runner V2 (vLLM's default wherever Triton is, i.e. on CUDA)
+    refuses to load. Sets VLLM_USE_V2_MODEL_RUNNER=0 in this process's environment, which vLLM
+    reads when it builds its configuration and its workers inherit, and says so once;
+    CapabilityError when the user asked for V2. Called wherever selar starts vLLM with the plugin."""
+    global _pinned
+    asked = os.environ.get(RUNNER_ENV)
+    if asked is not None and asked.strip() != "0":
+        raise CapabilityError(
+            f"{RUNNER_ENV}={asked} asks for vLLM's Model Runner V2, which cannot load selar's plugin "
+            f"processor (vLLM's V1 interface): unset {RUNNER_ENV} or set it to 0"
+        )
+    if asked is None:
+        os.environ[RUNNER_ENV] = "0"
+        if not _pinned:
+            print(
+                f"selar: {RUNNER_ENV}=0 (vLLM's V1 model runner): selar's plugin processor has vLLM's V1 "
+                f"logits-processor interface, which Model Runner V2 does not load",
+                file=sys.stderr,
+                flush=True,
+            )
+    _pinned = True
 
 
 def resolve_folder(name_or_path: str) -> tuple[str, str]:
@@ -122,7 +152,8 @@ def soft_architecture(folder: str) -> str:
 def engine_kwargs(
     folder: str, soft_arch: Optional[str], *, dtype: str, max_num_seqs: int, max_model_len: Optional[int], **extra: Any
 ) -> dict:
-    """vllm.LLM keyword arguments; `soft_arch` None: stock vLLM (no plugin), for comparisons."""
+    """vllm.LLM keyword arguments; `soft_arch` None: stock vLLM (no plugin), for comparisons.
+    With the plugin it also pins vLLM's V1 model runner (`pin_v1_runner`)."""
     kw = dict(
         model=folder,
         tokenizer=folder,
@@ -136,6 +167,7 @@ def engine_kwargs(
         kw["max_model_len"] = max_model_len
     if soft_arch is None:
         return kw
+    pin_v1_runner()  # before vLLM reads its configuration (the processor below is V1's)
     if torch.cuda.is_available() and "compilation_config" not in kw and not kw.get("enforce_eager"):
         # full CUDA graphs would freeze the outer forward's data-dependent soft-row selection
         kw["compilation_config"] = {"cudagraph_mode": "PIECEWISE"}

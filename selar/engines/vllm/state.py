@@ -1,8 +1,9 @@
 """The per-process state the logits processor and the soft-input model share.
 
-Per persistent-batch index (vLLM's row order, tracked through the processor's `update_state`):
-the request's method group, seed, step, its tokens so far, and its pending soft input (position,
-ids, weights).
+Per state row (the V1 runner's persistent-batch index, tracked through the processor's
+`update_state`; Model Runner V2's request slot, which a step maps its rows to with
+`idx_mapping`): the request's method group, seed, step, its tokens so far, and its pending soft
+input (position, ids, weights).
 The processor writes it after each step (`apply`); the model's forward reads it (`embed`) to
 replace the rows whose (request, position) has a stored mixture by `sum_j w_j E(v_j)`, where
 `E` is the model's own token embedding (`embed_input_ids`, scaling included, e.g. Gemma's).
@@ -58,6 +59,10 @@ class SoftState:
         self.any_pending = False
         self.active = 0
         self.records: OrderedDict[str, dict] = OrderedDict()  # finished requests' soft steps (bounded)
+        # Model Runner V2 (`v2`): this forward's (slot of each request, query_start_loc), published
+        # by its model state before the forward; the V1 runner's batch row i is state row i
+        self.v2 = False
+        self.batch: Optional[tuple[Tensor, Tensor]] = None
 
     # group of requests sharing one method and sampling config
     def group_of(self, cfg: Any) -> dict:
@@ -121,6 +126,8 @@ class SoftState:
         if parsed is None or prompt_ids is None:
             return
         cfg, key = parsed
+        if key is not None and key in self.keys:  # V2: a resumed request's earlier slot, never cleared
+            self.clear(self.keys.index(key))
         g = self.group_of(cfg)
         fresh = g["method"].init_state(1, self.device)
         for name, v in g["state"].items():
@@ -136,8 +143,16 @@ class SoftState:
         v = self.vocab  # a resumed request's scope: its prompt and output so far, as one sequence
         t["in_scope"][i] = not scoped or scope_at_start(list(prompt_ids) + list(output_ids), v.think_start, v.think_end)
         if output_ids:  # a preempted request resumes: its tokens so far, and whether it answered
-            self._grow(len(output_ids))
-            t["rec_tok"][i, : len(output_ids)] = torch.tensor(output_ids, device=self.device)
+            n = len(output_ids)
+            self._grow(n)
+            t["rec_tok"][i, :n] = torch.tensor(output_ids, device=self.device)
+            # its soft steps so far (recorded when it left the batch), else none
+            rec = self.records.pop(key, None) if key is not None else None
+            for name, k in (("rec_soft", "soft"), ("rec_ent", "entropy")):
+                t[name][i, :n] = 0
+                if rec is not None:
+                    m = min(n, len(rec[k]))
+                    t[name][i, :m] = torch.tensor(rec[k][:m], dtype=t[name].dtype, device=self.device)
             if g["guard"] is not None:  # its whole text: the marker may lie before the tail a step checks
                 text = self.vocab.tokenizer.decode(list(output_ids), skip_special_tokens=True)
                 if any(m in text for m in cfg.sampling.answer_markers):
@@ -174,33 +189,39 @@ class SoftState:
 
     # -- one sampling step (the logits processor) ----------------------------------------------
     @torch.no_grad()
-    def apply(self, logits: Tensor) -> Tensor:
+    def apply(self, logits: Tensor, slots: Optional[Tensor] = None, pos: Optional[Tensor] = None) -> Tensor:
+        """One sampling step on `logits` (one row per request). `slots[j]`: the state row of logits
+        row j (None: row j itself, the V1 runner's persistent batch; Model Runner V2 passes its
+        `idx_mapping`); `pos[j]`: the position of row j's last input (None: as `embed` recorded it)."""
         if not self.active:
             self.any_pending = False
             return logits
         b = logits.shape[0]
         t = self.t
-        group = t["group"][:b]
+        idx = torch.arange(b, device=self.device) if slots is None else slots.to(self.device, torch.long)
+        group = t["group"][idx]
+        last = t["last_pos"][idx] if pos is None else pos.to(self.device, torch.long)
         # a row's sample is real when the forward reached the last token of its sequence
         # (partial prefill chunks are sampled too, and discarded by vLLM)
-        real = (group >= 0) & (t["last_pos"][:b] == t["prompt_len"][:b] + t["step"][:b] - 1)
+        real = (group >= 0) & (last == t["prompt_len"][idx] + t["step"][idx] - 1)
         # one host transfer a step: the groups present and the longest row
-        *present, longest = torch.cat([torch.unique(group), t["step"][:b].max()[None]]).tolist()
+        *present, longest = torch.cat([torch.unique(group), t["step"][idx].max()[None]]).tolist()
         self._grow(longest + 1)
         soft = []
         for gid in present:
             if gid < 0:
                 continue
             # the common case, one group holding every row, needs no row search
-            rows = torch.arange(b, device=group.device) if present == [gid] else (group == gid).nonzero()[:, 0]
-            soft.append(self._step_group(self.by_id[gid], rows, logits, real[rows]))
+            sel = torch.arange(b, device=group.device) if present == [gid] else (group == gid).nonzero()[:, 0]
+            soft.append(self._step_group(self.by_id[gid], idx[sel], logits, real[sel], sel))
         self.any_pending = bool(torch.cat(soft).any()) if soft else False
         return logits
 
-    def _step_group(self, g: dict, rows: Tensor, logits: Tensor, real: Tensor) -> Tensor:
-        """Run one group's method on its rows; returns which of them feed a soft input next."""
+    def _step_group(self, g: dict, rows: Tensor, logits: Tensor, real: Tensor, lrows: Tensor) -> Tensor:
+        """Run one group's method on its state rows `rows` (logits rows `lrows`); returns which of
+        them feed a soft input next."""
         t, method, cfg = self.t, g["method"], g["cfg"].sampling
-        lg = logits[rows]
+        lg = logits[lrows]
         step = t["step"][rows]
         state = {k: v[rows] for k, v in g["state"].items()}
         ctx = step_context(
@@ -220,8 +241,8 @@ class SoftState:
             g["state"][k][rows] = torch.where(keep, v, state[k])
         tok = out.tokens
         # force vLLM to emit the method's token
-        logits.index_fill_(0, rows, float("-inf"))
-        logits[rows, tok] = 0.0
+        logits.index_fill_(0, lrows, float("-inf"))
+        logits[lrows, tok] = 0.0
         col = step.clamp_max(t["rec_soft"].shape[1] - 1)
         t["rec_tok"][rows, col] = tok
         # the decode layer's scope rules (selar.scope), on real samples only
@@ -249,17 +270,24 @@ class SoftState:
     def embed(self, model: Any, input_ids: Tensor, positions: Tensor) -> Tensor:
         """inputs_embeds for this forward: token embeddings, with soft rows replaced."""
         emb = model.embed_input_ids(input_ids)
-        qsl = _query_start_loc()
+        # the state row of each request of this forward: Model Runner V2's published slots, or V1's
+        # batch order itself
+        slots: Optional[Tensor] = None
+        if self.v2:
+            slots, qsl = self.batch if self.batch is not None else (None, None)
+        else:
+            qsl = _query_start_loc()
         if qsl is None or not self.active:
             return emb
         n_req = qsl.numel() - 1
         qsl = qsl.to(positions.device)
-        self.t["last_pos"][:n_req] = positions[qsl[1:] - 1]
+        idx = torch.arange(n_req, device=positions.device) if slots is None else slots.to(positions.device, torch.long)
+        self.t["last_pos"][idx] = positions[qsl[1:] - 1].long()
         if not self.any_pending:
             return emb
         counts = qsl[1:] - qsl[:-1]
         n = int(qsl[-1])
-        req = torch.repeat_interleave(torch.arange(n_req, device=positions.device), counts, output_size=n)
+        req = torch.repeat_interleave(idx, counts, output_size=n)  # the state row of every token
         hit = self.t["pend_pos"][req] == positions[:n]
         rows = hit.nonzero()[:, 0]
         if rows.numel():
