@@ -74,6 +74,7 @@ def step_context(
         max_new_tokens=limit,
         temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
         hidden=hidden,
+        seeds=seeds,
     )
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .config import SamplingConfig
+from .methods.noise import gumbel, hash_uniform
 
 
 def candidates(logits: Tensor, cfg: SamplingConfig, need: int = 1) -> tuple[Tensor, Tensor]:
@@ -38,38 +39,8 @@ def candidates(logits: Tensor, cfg: SamplingConfig, need: int = 1) -> tuple[Tens
     return ids, probs
 
 
-_M64 = (1 << 64) - 1
-
-
-def _i64(x: int) -> int:
-    x &= _M64
-    return x - (1 << 64) if x >= 1 << 63 else x
-
-
-_C1, _C2, _C3 = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
-_GOLD_STEP = _i64(0xD1B54A32D192ED03)
-
-
-def _srl(x: Tensor, n: int) -> Tensor:
-    """Logical right shift of int64 values."""
-    return (x >> n) & ((1 << (64 - n)) - 1)
-
-
-def hash_uniform(seeds: Tensor, steps: Union[int, Tensor], n: int) -> Tensor:
-    """(B, n) uniforms in (0, 1) from a splitmix64 hash of (seed, step, column); `steps` is an
-    int or a (B,) tensor (rows that joined later have their own step counts)."""
-    cols = torch.arange(n, dtype=torch.long, device=seeds.device)
-    steps_t = torch.as_tensor(steps, dtype=torch.long, device=seeds.device).expand(seeds.shape[0])
-    x = seeds[:, None] * _C1 + (steps_t[:, None] + 1) * _GOLD_STEP + cols[None, :] * _C3 + _C2
-    x = (x ^ _srl(x, 30)) * _C2
-    x = (x ^ _srl(x, 27)) * _C3
-    x = x ^ _srl(x, 31)
-    return (_srl(x, 40).double() + 0.5) / float(1 << 24)
-
-
 def sample(ids: Tensor, probs: Tensor, seeds: Tensor, steps: Union[int, Tensor]) -> Tensor:
     """Draw one token per row from (ids, probs) with per-row seeds and steps."""
     u = hash_uniform(seeds, steps, probs.shape[1])
-    gumbel = -torch.log(-torch.log(u))
-    score = torch.log(probs.double()) + gumbel
+    score = torch.log(probs.double()) + gumbel(u)
     return ids.gather(1, score.argmax(-1, keepdim=True))[:, 0]

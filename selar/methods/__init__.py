@@ -17,9 +17,12 @@ from ..errors import ConfigError
 from .adaptive_latent import AdaptiveLatent, AdaptiveLatentOptions
 from .base import INPUT_KINDS, Method, Mixture, StepContext, StepOutput, VocabInfo
 from .cot import CoT, CoTOptions
+from .moi import MoI, MoIOptions
+from .multiplex import Multiplex, MultiplexOptions
 from .selar import SeLaR, SeLaROptions
 from .soft_thinking import SoftThinking, SoftThinkingOptions
 from .swir import SwiR, SwiROptions
+from .thinkrouter import ThinkRouter, ThinkRouterOptions
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,43 @@ register(
         SoftThinkingOptions,
         help="every reasoning step soft (Zhang et al. 2025)",
         title="Soft Thinking",
+    )
+)
+for _noise in ("gumbel", "dirichlet"):
+    register(
+        MethodSpec(
+            f"soft-thinking-{_noise}",
+            SoftThinking,
+            SoftThinkingOptions,
+            {"noise": _noise},
+            help=f"Randomized Soft Thinking: {_noise} weights around p (Wu et al. 2025)",
+        )
+    )
+register(
+    MethodSpec(
+        "moi",
+        MoI,
+        MoIOptions,
+        help="Mixture of Inputs: the sampled token blended with p_t (Zhuang et al. 2025)",
+        title="MoI",
+    )
+)
+register(
+    MethodSpec(
+        "thinkrouter",
+        ThinkRouter,
+        ThinkRouterOptions,
+        help="latent when confident, the sampled token when not (Xu et al. 2026)",
+        title="ThinkRouter",
+    )
+)
+register(
+    MethodSpec(
+        "multiplex",
+        Multiplex,
+        MultiplexOptions,
+        help="K independent draws merged into one input (Tang et al. 2026)",
+        title="Multiplex Thinking",
     )
 )
 register(

@@ -78,6 +78,11 @@ class StepContext:
     max_new_tokens: Tensor  # (B,) long: each row's token budget
     temperature: float  # temperature of p_t (1.0 when greedy)
     hidden: Optional[Tensor] = None  # (B, D) last hidden states, only for methods with needs_hidden
+    seeds: Optional[Tensor] = None  # (B,) long: each row's seed, for a method's own noise (methods.noise)
+
+    def row_seeds(self) -> Tensor:
+        """The rows' seeds (0 for every row when the caller gave none)."""
+        return self.seeds if self.seeds is not None else torch.zeros_like(self.step)
 
 
 @dataclass
