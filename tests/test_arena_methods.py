@@ -71,7 +71,13 @@ def dense(mix) -> torch.Tensor:
 
 # -- the independent reference -----------------------------------------------------------------
 M64 = (1 << 64) - 1
-C1, C2, C3, GOLD, STREAM = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD1B54A32D192ED03, 0xA0761D6478BD642F
+C1, C2, C3, GOLD, STREAM = (
+    0x9E3779B97F4A7C15,
+    0xBF58476D1CE4E5B9,
+    0x94D049BB133111EB,
+    0xD1B54A32D192ED03,
+    0xA0761D6478BD642F,
+)
 
 
 def uniform(seed: int, step: int, col: int, stream: int = 0) -> float:
@@ -338,9 +344,40 @@ def test_cli_takes_the_new_methods(tmp_path):
     make_model(tok).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     args = ["generate", "hi", "--model", str(tmp_path), "-n", "3", "--dtype", "float32", "--json"]
-    for extra in (["--method", "moi", "--set", "beta=2"], ["--method", "soft-thinking", "--set", "noise=gumbel"],
-                  ["--method", "multiplex", "--set", "merge=mean"], ["--method", "thinkrouter", "--tau", "0.3"]):  # fmt: skip
+    for extra in (
+        ["--method", "moi", "--set", "beta=2"],
+        ["--method", "soft-thinking", "--set", "noise=gumbel"],
+        ["--method", "multiplex", "--set", "merge=mean"],
+        ["--method", "thinkrouter", "--tau", "0.3"],
+    ):
         res = CliRunner().invoke(cli_main, args + extra)
         assert res.exit_code == 0, res.output
     bad = CliRunner().invoke(cli_main, args + ["--method", "multiplex", "--set", "merge=max"])
     assert bad.exit_code != 0 and "merge must be one of" in bad.output
+
+
+def test_the_decode_layer_gives_methods_the_rows_seeds(tiny_thinking):
+    from selar.decode import new_session, run_to_end
+
+    seen = []
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner, self.name, self.num_candidates = inner, inner.name, inner.num_candidates
+
+        def init_state(self, n, device):
+            return self.inner.init_state(n, device)
+
+        def step(self, ctx, state):
+            seen.append(ctx.seeds.tolist())
+            return self.inner.step(ctx, state)
+
+    s = new_session(tiny_thinking, make_config("multiplex", temperature=0, max_new_tokens=3))
+    s.method = Spy(s.method)
+    prompt = tiny_thinking.tokenizer.encode("2 + 3 =")
+    run_to_end(s, [prompt, prompt], [5, 9])
+    assert seen == [[5, 9]] * 3
+    # greedy, one prompt, two seeds: the randomized weights (and so the recorded tokens) differ
+    res = selar.generate(tiny_thinking, ["2 + 3 =", "2 + 3 ="], "soft-thinking-gumbel", temperature=0,
+                         max_new_tokens=6, seeds=[1, 2])  # fmt: skip
+    assert res[0].token_ids != res[1].token_ids

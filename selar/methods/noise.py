@@ -64,7 +64,7 @@ def log_gamma_draws(shape: Tensor, u: Tensor) -> Tensor:
     a = shape.double()
     d = (a + 1.0 - 1.0 / 3.0)[..., None]
     c = 1.0 / torch.sqrt(9.0 * d)
-    att = u[..., :-1].unflatten(-1, (GAMMA_ATTEMPTS, 3))
+    att = u[..., :-1].reshape(*u.shape[:-1], GAMMA_ATTEMPTS, 3)
     x = torch.sqrt(-2.0 * torch.log(att[..., 0])) * torch.cos(2.0 * math.pi * att[..., 1])
     v = (1.0 + c * x) ** 3
     log_v = torch.log(v.clamp_min(1e-300))
