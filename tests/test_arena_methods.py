@@ -381,24 +381,3 @@ def test_the_decode_layer_gives_methods_the_rows_seeds(tiny_thinking):
     res = selar.generate(tiny_thinking, ["2 + 3 =", "2 + 3 ="], "soft-thinking-gumbel", temperature=0,
                          max_new_tokens=6, seeds=[1, 2])  # fmt: skip
     assert res[0].token_ids != res[1].token_ids
-
-
-# -- the soft scope (issue 28's checks, transformers eager) ----------------------------------------
-SCOPE_OPTIONS = {"thinkrouter": {"tau": 0.0}}  # latent at the unsure </think> step (else discrete there)
-
-
-@pytest.fixture(scope="module")
-def unsure_end():
-    from thinking import thinking_model
-
-    return thinking_model(uncertain_end=True, compile="off")
-
-
-@pytest.mark.parametrize("name", ARENA)
-def test_an_uncertain_think_end_is_fed_as_the_token(unsure_end, name, monkeypatch):
-    import thinking
-
-    monkeypatch.setitem(thinking.METHOD_OPTIONS, name, SCOPE_OPTIONS.get(name, {}))
-    if name != "soft-thinking-gumbel":  # its token is a draw of p: seed 0's at the unsure step is not </think>
-        thinking.check_think_end_is_fed_plainly(unsure_end, name)
-    thinking.check_closed_think_prompt_has_no_soft_input(unsure_end, name)

@@ -18,7 +18,7 @@ if importlib.util.find_spec("vllm") is None:
     warnings.warn(f"the vLLM engine's tests are SKIPPED: {WHY}", stacklevel=1)
     pytest.skip(WHY, allow_module_level=True)
 
-from thinking import QUESTIONS, SOFT_METHODS, chat, qwen3_tokenizer, tiny_qwen3  # noqa: E402
+from thinking import METHOD_OPTIONS, QUESTIONS, SOFT_METHODS, chat, qwen3_tokenizer, tiny_qwen3  # noqa: E402
 
 import selar  # noqa: E402
 from selar.engines.base import missing_kinds  # noqa: E402
@@ -54,7 +54,7 @@ def models(tmp_path_factory):
 def test_an_uncertain_think_end_is_fed_as_the_token(models, method):
     ref, vl = models
     ids = [chat(ref, QUESTIONS[0], True)]
-    kw = dict(prompt_token_ids=ids, temperature=0, max_new_tokens=24, trace=True)
+    kw = dict(prompt_token_ids=ids, temperature=0, max_new_tokens=24, trace=True, **METHOD_OPTIONS.get(method, {}))
     (want,) = selar.generate(ref, QUESTIONS[:1], method, **kw)
     (got,) = selar.generate(vl, QUESTIONS[:1], method, **kw)
     assert got.token_ids == want.token_ids  # margins of 0.4 logits and more: float32 decides every step

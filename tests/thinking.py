@@ -175,7 +175,18 @@ def thinking_model(uncertain_end: bool = False, **wrap):
 
 
 # -- the soft-scope checks every engine runs on this model (issue 28) ----------------------------
-SOFT_METHODS = ("selar", "selar-no-gate", "selar-no-push", "soft-thinking", "swir")
+SOFT_METHODS = (
+    "selar",
+    "selar-no-gate",
+    "selar-no-push",
+    "soft-thinking",
+    "swir",
+    "soft-thinking-gumbel",
+    "soft-thinking-dirichlet",
+    "moi",
+    "thinkrouter",
+    "multiplex",
+)
 QUESTIONS = ["What is 2 + 2?", "Is the sky blue?"]
 
 
@@ -240,11 +251,13 @@ def run_recorded(model, prompt: list[int], method: str, max_new_tokens: int = 24
 
     s = new_session(model, make_config(method, temperature=0, max_new_tokens=max_new_tokens, **opts))
     s.engine, s.method = _Recorder(s.engine), _RawSoft(s.method)
-    (row,) = run_to_end(s, [prompt], [0])
+    (row,) = run_to_end(s, [prompt], [opts.get("seed", 0)])
     return row, s.engine.fed, s.method.raw
 
 
-METHOD_OPTIONS = {"swir": {"window": 1}}  # SwiR back in latent mode by the </think> step (else explicit there)
+# SwiR back in latent mode by the </think> step (else explicit there); ThinkRouter latent there (else
+# discrete); Gumbel soft thinking's token is a draw of p: seed 5's at that step is </think> (by 1.6)
+METHOD_OPTIONS = {"swir": {"window": 1}, "thinkrouter": {"tau": 0.0}, "soft-thinking-gumbel": {"seed": 5}}
 
 
 def check_think_end_is_fed_plainly(model, method: str) -> int:
