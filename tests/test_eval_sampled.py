@@ -121,3 +121,28 @@ def test_ranking_orders_methods_by_accuracy_with_holm_p_values(tmp_path):
     p_selar, p_swir = mcnemar_exact(3, 0), mcnemar_exact(1, 0)
     adj = holm_fn([p_selar, p_swir])
     assert f"+50.0, p={adj[0]:.3f}" in md and f"+16.7, p={adj[1]:.3f}" in md
+
+
+def test_arena_preset_is_every_training_free_soft_method_and_runs(tmp_path):
+    from conftest import make_model, make_tokenizer
+
+    from selar.eval.config import METHOD_PRESETS, expand_methods
+    from selar.methods import METHODS
+
+    arena = METHOD_PRESETS["arena"]
+    soft = {
+        n
+        for n, s in METHODS.items()
+        if s.inputs & {"sparse", "dense"} and not s.preset.keys() & {"gate", "push_weight"}
+    }
+    assert set(arena) == soft | {"cot"}, "a new soft method joins the arena preset (selar/eval/config.py)"
+    assert expand_methods(["cot", "arena", "selar-no-gate"]) == [*arena, "selar-no-gate"]
+    tok = make_tokenizer()
+    make_model(tok).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question": "What is 1 + 1?", "answer": "2", "id": "q0"}) + "\n")
+    args = ["eval", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "q.jsonl"), "--methods", "arena"]
+    res = CliRunner().invoke(main, [*args, "-n", "4", "--dtype", "float32", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    done = {json.loads(line)["method"] for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()}
+    assert done == set(arena)

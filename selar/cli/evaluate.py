@@ -10,7 +10,12 @@ from .options import data_file_option, dtype_option, engine_option, model_option
 @click.command("eval")
 @model_option
 @click.option("--datasets", default="", help="comma-separated registry names: gsm8k, math500, gpqa, aime2024, aime2025")
-@click.option("--methods", default="cot,selar", show_default=True, help="comma-separated methods")
+@click.option(
+    "--methods",
+    default="cot,selar",
+    show_default=True,
+    help="comma-separated methods, or a preset: arena (cot and every training-free soft method)",
+)
 @click.option("--samples", type=int, default=1, show_default=True, help="generations per problem (avg@N)")
 @click.option("--limit", type=int, default=None, help="first N problems of each dataset")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -77,6 +82,7 @@ def eval_cmd(
 
     Example: selar eval --datasets gsm8k --methods cot,selar --limit 100 --out runs/gsm8k
     """
+    from ..eval.config import expand_methods
     from ..eval.report import write_report
     from ..eval.runner import EvalConfig, run_eval
 
@@ -88,7 +94,7 @@ def eval_cmd(
     cfg = EvalConfig(
         model=model,
         datasets=[d for d in datasets.split(",") if d.strip()],
-        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        methods=expand_methods([m.strip() for m in methods.split(",") if m.strip()]),
         samples=samples,
         limit=limit,
         seed=seed,

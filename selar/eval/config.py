@@ -15,6 +15,28 @@ from . import datasets as ds
 from . import protocol
 
 SCHEDULES = ("fixed", "continuous")
+# named lists of methods for --methods; "arena": cot and every training-free soft method (no ablations)
+METHOD_PRESETS = {
+    "arena": [
+        "cot",
+        "selar",
+        "soft-thinking",
+        "soft-thinking-gumbel",
+        "soft-thinking-dirichlet",
+        "swir",
+        "moi",
+        "thinkrouter",
+        "multiplex",
+    ],
+}
+
+
+def expand_methods(names: list[str]) -> list[str]:
+    """The methods of a --methods list, presets expanded in place, each once."""
+    out: list[str] = []
+    for n in names:
+        out += [m for m in METHOD_PRESETS.get(n, [n]) if m not in out]
+    return out
 
 
 def sets_for(sets: dict, method: str) -> dict:
