@@ -22,6 +22,7 @@ from ...errors import CapabilityError
 from ...methods import get_method_spec
 from ...methods.base import VocabInfo
 from ...scope import AnswerGuard, answer_guard, marked_mask, scope_at_start, scope_step
+from . import penalties
 from .request import VLLM_OWN, parse_request
 
 MAX_GROUPS = 32  # distinct method/sampling configurations kept at once
@@ -142,6 +143,7 @@ class SoftState:
                 text = self.vocab.tokenizer.decode(list(output_ids), skip_special_tokens=True)
                 if any(m in text for m in cfg.sampling.answer_markers):
                     t["in_scope"][i] = False
+        penalties.add_row(t, i, cfg.sampling, prompt_ids, output_ids, self.vocab.size)
         t["last_pos"][i] = -2
         self.keys[i] = key
         self.active += 1
@@ -200,7 +202,7 @@ class SoftState:
     def _step_group(self, g: dict, rows: Tensor, logits: Tensor, real: Tensor) -> Tensor:
         """Run one group's method on its rows; returns which of them feed a soft input next."""
         t, method, cfg = self.t, g["method"], g["cfg"].sampling
-        lg = logits[rows]
+        lg = penalties.penalised(t, rows, logits[rows], cfg)  # before the method's step (see penalties)
         step = t["step"][rows]
         state = {k: v[rows] for k, v in g["state"].items()}
         ctx = step_context(
@@ -219,6 +221,7 @@ class SoftState:
             keep = real.view(-1, *([1] * (v.dim() - 1)))
             g["state"][k][rows] = torch.where(keep, v, state[k])
         tok = out.tokens
+        penalties.count(t, rows, tok, real)
         # force vLLM to emit the method's token
         logits.index_fill_(0, rows, float("-inf"))
         logits[rows, tok] = 0.0
