@@ -244,7 +244,6 @@ def test_family_equals_transformers_engine(models, method, opts):
         assert [g.token_ids for g in got] == [c.token_ids for c in cot], family
 
 
-
 @pytest.mark.arithmetic
 @pytest.mark.parametrize("models", ["llama", "qwen3"], indirect=True)  # two families' fixtures suffice
 @pytest.mark.parametrize("method", ["cot", "selar"])
@@ -266,6 +265,7 @@ def test_penalties_equal_transformers_engine(models, method):
     rep.assert_ok(min_decided=0.8)
     # cot: every step of every row; selar: up to each row's first soft input (forced.replay)
     assert rep.row_steps == sum(map(len, tokens)) if method == "cot" else rep.row_steps >= len(prompts)
+
 
 # -- refusals (no vLLM start needed) -----------------------------------------------------------
 REFUSED = {  # architecture, model type -> what the message must say
