@@ -76,7 +76,8 @@ def generate(
     **options,
 ) -> list[Result]:
     """Generate from each prompt with one method (default "selar"). Options are the sampling settings
-    (temperature, top_p, top_k, min_p, max_new_tokens, seed, stop, soft_scope) and the method's
+    (temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty, repetition_penalty,
+    max_new_tokens, seed, stop, soft_scope) and the method's
     own (e.g. tau, k, push_weight for selar). Every prompt uses `seed` (or its own entry of
     `seeds`), so a prompt's output does not depend on the rest of its batch."""
     if isinstance(model, str):

@@ -49,6 +49,11 @@ class SamplingConfig:
     top_p: float = 0.95
     top_k: int = 20
     min_p: float = 0.0
+    # vendor penalties (OpenAI/vLLM semantics), applied to the logits before p_t and the method's step:
+    # presence and frequency count the row's generated tokens; repetition also its prompt's tokens
+    presence_penalty: float = 0.0  # minus this once for every token already generated
+    frequency_penalty: float = 0.0  # minus this times how often the token was generated
+    repetition_penalty: float = 1.0  # tokens of the prompt or the output: positive logits / it, others * it
     max_new_tokens: int = 1024
     min_new_tokens: int = 0  # stop ids cannot be drawn before a row has this many tokens (as in transformers)
     ignore_eos: bool = False  # stop ids do not end a row (rows run to max_new_tokens; for equal-work benchmarks)
@@ -62,6 +67,9 @@ class SamplingConfig:
         check_range("top_p", self.top_p, 0.0, 1.0, lo_open=True)
         check_range("top_k", self.top_k, 0, kind=int)
         check_range("min_p", self.min_p, 0.0, 1.0)
+        check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        check_range("repetition_penalty", self.repetition_penalty, 0.0, 1e4, lo_open=True)
         check_range("max_new_tokens", self.max_new_tokens, 1, kind=int)
         check_range("min_new_tokens", self.min_new_tokens, 0, self.max_new_tokens, kind=int)
         if not isinstance(self.ignore_eos, bool):
@@ -79,6 +87,11 @@ class SamplingConfig:
             raise ConfigError("answer_markers must be one or more non-empty strings")
         if self.soft_scope not in SOFT_SCOPES:
             raise ConfigError(f"soft_scope must be one of {', '.join(SOFT_SCOPES)}, got {self.soft_scope!r}")
+
+    @property
+    def penalised(self) -> bool:
+        """Whether any vendor penalty changes the logits."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
 
     @property
     def greedy(self) -> bool:

@@ -156,6 +156,10 @@ class DecodeSession:
             "soft": torch.zeros((n, width), dtype=torch.bool, device=dev),
             "entropy": torch.zeros((n, width), dtype=torch.float32, device=dev),
         }
+        if self.cfg.penalised:  # vendor penalties: each row's generated-token counts (and its prompt's tokens)
+            new["counts"] = torch.zeros(logits.shape, dtype=torch.int32, device=dev)
+            if self.cfg.repetition_penalty != 1.0:
+                new["prompt"] = sampling.token_mask(prompts, logits.shape[-1], dev)
         state = self.method.init_state(n, dev)
         if self.logits is None:
             self.logits, self.rows, self.state = logits, new, state
@@ -176,6 +180,8 @@ class DecodeSession:
         """Emit one token for every row; returns the rows that finished."""
         r, logits = self.rows, self.logits
         assert logits is not None, "step() needs rows (add them first)"
+        if self.cfg.penalised:  # before p_t: the method sees the penalised distribution
+            logits = sampling.apply_penalties(logits, r["counts"], r.get("prompt"), self.cfg)
         if self.cfg.min_new_tokens and self.stop_ids.numel():  # stop ids cannot be drawn yet in early rows
             early = r["step"] < self.cfg.min_new_tokens
             logits[:, self.stop_ids] = logits[:, self.stop_ids].masked_fill(early[:, None], float("-inf"))
@@ -193,6 +199,8 @@ class DecodeSession:
         self.state = out.state if out.state is not None else self.state
         tok, at = out.tokens, r["step"][:, None]
         r["tokens"].scatter_(1, at, tok[:, None])
+        if self.cfg.penalised:
+            r["counts"].scatter_add_(1, tok[:, None], torch.ones_like(r["counts"][:, :1]))
         marked = marked_mask(self.guard, r["tokens"], r["step"], tok, r["in_scope"])
         out, r["in_scope"] = scope_step(out, r["in_scope"], self.think_end, ends_at_think=self.reasoning_scope,
                                         marked=marked)  # fmt: skip

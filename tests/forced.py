@@ -130,6 +130,8 @@ class _TeeMethod:
         out = self.method.step(ctx, state)
         s, rep, t = self.session, self.report, self.t
         la, lb = ctx.logits.float(), self.engine.lb
+        if s.cfg.penalised:  # B's logits under the session's penalties (A's are, in ctx)
+            lb = sampling.apply_penalties(lb, s.rows["counts"], s.rows.get("prompt"), s.cfg)
         lb = torch.where(torch.isneginf(la), la, lb)  # the session's own masks (min_new_tokens)
         ctx_b = step_context(lb, s.cfg, s.need, seeds=s.rows["seed"], steps=ctx.step, in_scope=ctx.in_scope,
                              limit=ctx.max_new_tokens, hidden=ctx.hidden)  # fmt: skip

@@ -192,3 +192,39 @@ def test_analyze_commands(folder, tmp_path):
     res = CliRunner().invoke(main, ["report", str(out / "sweep" / "cot"), "--html", "--out", str(out / "rep")])
     assert res.exit_code == 0, res.output
     assert (out / "rep" / "report.html").is_file()
+
+
+def test_generate_penalties(folder):
+    """--presence-penalty, --frequency-penalty and --repetition-penalty reach the decode loop (the
+    text is the API's under the same penalties, not the plain one); a bad value is one sentence."""
+    import selar
+
+    prompt = "2 + 3 = 5. 2 + 3 ="
+    args = [
+        "generate",
+        prompt,
+        "--model",
+        folder,
+        "-n",
+        "16",
+        "--method",
+        "cot",
+        "-t",
+        "0",
+        "--compile",
+        "off",
+        "--dtype",
+        "float32",
+        "--json",
+    ]
+    pen = ["--presence-penalty", "1.5", "--frequency-penalty", "0.5", "--repetition-penalty", "1.3"]
+    res = CliRunner().invoke(main, args + pen)
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output[res.output.index("{") :])["token_ids"]
+    model = selar.load_model(folder, dtype="float32", compile="off")
+    kw = dict(temperature=0, max_new_tokens=16)
+    pens = dict(presence_penalty=1.5, frequency_penalty=0.5, repetition_penalty=1.3)
+    want = selar.generate(model, prompt, "cot", **pens, **kw)[0].token_ids  # the same (eager) engine
+    assert got == want != selar.generate(model, prompt, "cot", **kw)[0].token_ids
+    bad = CliRunner().invoke(main, args + ["--presence-penalty", "3"])
+    assert bad.exit_code == 2 and "presence_penalty must be in [-2.0, 2.0], got 3.0" in bad.output

@@ -273,3 +273,35 @@ def test_long_prompt_spans_several_prefill_chunks(cpp):
         cpp, ["long", "short"], "cot", prompt_token_ids=[long, short], temperature=0, max_new_tokens=12, batch_size=2
     )
     assert [r.token_ids for r in got] == want
+
+
+def test_penalties_in_the_shared_loop(tmp_path):
+    """llama.cpp decodes through the shared loop, which applies the penalties before the method's
+    step: a tiny model's float32 GGUF drives the session, the same weights on the transformers
+    engine are fed its inputs (tests/forced.py) and penalised with the session's per-row counts;
+    their penalised logits agree to float32 precision, and so do tokens, gates and soft inputs
+    wherever float32 decides them (a tiny fixture, a few steps: fast)."""
+    from conftest import make_tokenizer
+    from families import make_family_model
+    from tiny_gguf import write_gguf
+
+    from selar.engines.llamacpp import LlamaCppModel
+
+    tok = make_tokenizer()
+    hf = make_family_model("llama", tok, llamacpp=True)
+    path = write_gguf(hf, tok, tmp_path / "llama.gguf", "llama")
+    cpp = LlamaCppModel(path, tok, name="tiny", source="gguf", max_rows=4, context=256, kv_type="f32", threads=1,
+                        flash_attn=False)  # fmt: skip
+    tf = selar.wrap(hf, tok, name="tiny", compile="off")
+    try:
+        enc = [selar.format_prompt(tf, p) for p in PROMPTS]
+        pen = dict(presence_penalty=1.5, frequency_penalty=0.5, repetition_penalty=1.3)
+        kw = dict(max_new_tokens=10, tau=0.5, protect_symbols=False)
+        rep = forced.compare(cpp, tf.make_engine(), enc, "selar", tol=5e-3, **kw, **pen)
+        print("\nllama.cpp (penalised) vs transformers, selar, teacher-forced:", rep)
+        rep.assert_ok(min_decided=0.8)
+        assert rep.soft_steps > 0
+        plain = selar.generate(cpp, PROMPTS, "selar", prompt_token_ids=enc, temperature=0, **kw)
+        assert [r.token_ids for r in rep.rows] != [r.token_ids for r in plain]  # the penalties change the text
+    finally:
+        cpp.close()

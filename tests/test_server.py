@@ -519,3 +519,44 @@ def test_server_wide_seed_and_max_new_tokens_defaults_hold(tiny):
     plain = Settings(model_name="tiny", max_tokens=64, default_max_tokens=16)
     seeds = {parse_request(dict(body), "completion", tiny, plain).config.sampling.seed for _ in range(4)}
     assert len(seeds) > 1 and parse_request(dict(body), "completion", tiny, plain).config.sampling.max_new_tokens == 16
+
+
+class _OpenAIPenalties:
+    """transformers LogitsProcessor: OpenAI's presence and frequency penalties over the tokens after
+    the prompt (after transformers' own repetition penalty, vLLM's order)."""
+
+    def __init__(self, start: int, presence: float, frequency: float):
+        self.start, self.presence, self.frequency = start, presence, frequency
+
+    def __call__(self, input_ids, scores):
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, input_ids[:, self.start :], torch.ones_like(input_ids[:, self.start :], dtype=scores.dtype)
+        )
+        return scores - self.frequency * counts - self.presence * (counts > 0)
+
+
+def test_penalties_in_requests_apply_as_in_the_api(client, tiny_thinking):
+    """presence_penalty and frequency_penalty (OpenAI's fields; the server used to ignore them) and
+    repetition_penalty apply: the completion is transformers' greedy continuation under its
+    repetition penalty and OpenAI's formula, and differs from the plain one. Bad values are a 400
+    naming the field."""
+    from transformers import LogitsProcessorList
+
+    prompt, n = "2 + 3 = 5. 2 + 3 =", 16
+    kw = dict(model="tiny", prompt=prompt, max_tokens=n, temperature=0)
+    r = client.completions.create(
+        **kw, presence_penalty=1.5, frequency_penalty=0.5, extra_body={"method": "cot", "repetition_penalty": 1.3}
+    )
+    start = len(selar.format_prompt(tiny_thinking, prompt, raw=True))
+    extra = LogitsProcessorList([_OpenAIPenalties(start, 1.5, 0.5)])
+    ref = hf_greedy(tiny_thinking, prompt, n, repetition_penalty=1.3, logits_processor=extra)
+    plain = hf_greedy(tiny_thinking, prompt, n)
+    assert ref != plain  # the penalties change this continuation
+    text = tiny_thinking.tokenizer.decode(ref, skip_special_tokens=True)
+    reasoning, _, answer = text.rpartition("</think>") if "</think>" in text else (text, "", "")
+    assert r.choices[0].text == answer
+    assert r.choices[0].model_extra["reasoning_content"] == reasoning.replace("<think>", "").strip()
+    assert r.usage.completion_tokens == len(ref)
+    for field, value in (("presence_penalty", 2.5), ("frequency_penalty", -3), ("repetition_penalty", 0)):
+        with pytest.raises(openai.BadRequestError, match=field):
+            client.completions.create(**kw, extra_body={"method": "cot", field: value})

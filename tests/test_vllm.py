@@ -468,3 +468,35 @@ def test_selar_serve_engine_vllm(vl):
         except subprocess.TimeoutExpired:
             proc.kill()
     assert "selar: vllm serve" in err and key not in err
+
+
+def test_penalised_logits_equal_vllms_own_function():
+    """selar's penalties (`selar.sampling.apply_penalties`, which every engine and the plugin use)
+    equal vLLM's own `apply_penalties` (the function its sampler calls) bit for bit: repetition on
+    prompt or output tokens, then frequency and presence on the output's counts."""
+    import torch
+    from vllm.model_executor.layers.utils import apply_penalties as vllm_apply_penalties
+
+    from selar.config import SamplingConfig
+    from selar.sampling import apply_penalties, token_counts, token_mask
+
+    V = 101
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, V, generator=g) * 5
+    logits[:, ::13] = 0.0
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (7, 1, 20)]
+    outputs = [torch.randint(0, V // 4, (n,), generator=g).tolist() for n in (12, 0, 40)]
+
+    def padded(rows):
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [V] * (width - len(r)) for r in rows])  # vLLM pads with the vocabulary size
+
+    for pres, freq, rep in ((1.5, 0.0, 1.0), (0.0, 0.7, 1.0), (1.5, -0.5, 1.3), (-2.0, 2.0, 0.8)):
+        cfg = SamplingConfig(presence_penalty=pres, frequency_penalty=freq, repetition_penalty=rep)
+        want = vllm_apply_penalties(
+            logits.clone(), padded(prompts), padded(outputs), torch.full((3,), pres), torch.full((3,), freq),
+            torch.full((3,), rep),
+        )  # fmt: skip
+        got = apply_penalties(logits, token_counts(outputs, V), token_mask(prompts, V), cfg)
+        assert torch.equal(got, want), (pres, freq, rep, float((got - want).abs().max()))
+        assert not torch.equal(got, logits)

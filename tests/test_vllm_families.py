@@ -244,6 +244,29 @@ def test_family_equals_transformers_engine(models, method, opts):
         assert [g.token_ids for g in got] == [c.token_ids for c in cot], family
 
 
+@pytest.mark.arithmetic
+@pytest.mark.parametrize("models", ["llama", "qwen3"], indirect=True)  # two families' fixtures suffice
+@pytest.mark.parametrize("method", ["cot", "selar"])
+def test_penalties_equal_transformers_engine(models, method):
+    """Issue 29 part 4: presence 1.5 (Qwen3's recipe), frequency and repetition penalties, which the
+    plugin applies itself before the method's step (vLLM's own run after its logits processors).
+    vLLM's rows differ from its rows without penalties, and replayed teacher-forced on the
+    transformers engine (every step fed vLLM's token, the penalties counted from them) they are
+    its own choices wherever float32 decides a step. A few steps on the family's tiny model."""
+    family, ref, _, vl, prompts = models
+    kw = dict(temperature=0, max_new_tokens=12)
+    pen = dict(presence_penalty=1.5, frequency_penalty=0.5, repetition_penalty=1.3)
+    got = selar.generate(vl, TEXTS, method, prompt_token_ids=prompts, trace=True, **kw, **pen)
+    plain = selar.generate(vl, TEXTS, method, prompt_token_ids=prompts, **kw)
+    assert [g.token_ids for g in got] != [p.token_ids for p in plain], family  # the penalties change the rows
+    tokens, soft = [g.token_ids for g in got], [[t["soft"] for t in g.trace] for g in got]
+    rep = forced.replay(ref, prompts, tokens, method, tol=TOL, soft=soft, **kw, **pen)
+    print(f"\n{family} {method} with penalties, vLLM replayed on the transformers engine:", rep)
+    rep.assert_ok(min_decided=0.8)
+    # cot: every step of every row; selar: up to each row's first soft input (forced.replay)
+    assert rep.row_steps == sum(map(len, tokens)) if method == "cot" else rep.row_steps >= len(prompts)
+
+
 # -- refusals (no vLLM start needed) -----------------------------------------------------------
 REFUSED = {  # architecture, model type -> what the message must say
     ("Gemma3nForCausalLM", "gemma3n_text"): "per-layer embeddings",

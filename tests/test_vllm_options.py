@@ -29,11 +29,13 @@ SECRET = "sk-selar-test-3f9a1c"
 RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 
 
-def params(extra=None, seed=None, temperature=0.7, max_tokens=32):
+def params(extra=None, seed=None, temperature=0.7, max_tokens=32, **penalties):
     """The fields of a vLLM SamplingParams that the plugin reads."""
+    pen = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, **penalties}
     return SimpleNamespace(
-        temperature=temperature, top_p=0.9, top_k=-1, min_p=0.0, max_tokens=max_tokens, seed=seed, extra_args=extra
-    )
+        temperature=temperature, top_p=0.9, top_k=-1, min_p=0.0, max_tokens=max_tokens, seed=seed, extra_args=extra,
+        **pen,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -287,3 +289,53 @@ def test_the_answer_guard_in_the_plugin_state():
     assert guarded == [k < first for k in range(len(ids))]
     assert unguarded == [True] * len(ids)
     assert len(later) > 40 and resumed[first + 1 + len(later) :] == [False] * len(ids)
+
+
+# -- penalties in the plugin's state ------------------------------------------------------------
+def _greedy_penalised(z, prompt, out, presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0) -> int:
+    """The greedy token under OpenAI's penalties (vLLM's order), in float64, one row."""
+    z = z.double().clone()
+    for v in range(z.shape[0]):
+        c = out.count(v)
+        if v in prompt or c:
+            z[v] = z[v] / repetition_penalty if z[v] > 0 else z[v] * repetition_penalty
+        z[v] -= c * frequency_penalty + (c > 0) * presence_penalty
+    return int(z.argmax())
+
+
+def test_penalties_in_the_plugin_state():
+    """The plugin applies a request's own presence, frequency and repetition penalties itself,
+    before the method's step (vLLM's sampler runs them only after the plugin's processor has forced
+    its token: vllm/v1/sample/sampler.py), from per-row counts of the real samples that follow
+    vLLM's row moves, a resumed request's output so far included. Greedy `cot` on fixed logits
+    emits, row by row, the float64 reference's greedy tokens under the same penalties; a request
+    without penalties in the same batch emits the plain argmax every step."""
+    import torch
+
+    from selar.engines.vllm.state import SoftState
+    from selar.methods.base import VocabInfo
+
+    V, n = 40, 10
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, V, generator=g)
+    z[:, :6] += 3.0  # a few strong tokens, which the penalties take turns on
+    prompts = [[1, 2, 3, 7], [4, 5], [2, 9, 9]]
+    pens = [dict(presence_penalty=1.5, frequency_penalty=0.5, repetition_penalty=1.3), {},
+            dict(presence_penalty=1.5)]  # fmt: skip
+    resumed = [[], [], [0, 1, 1]]  # row 2 resumes after vLLM preempted it
+    st = SoftState(3, torch.device("cpu"), VocabInfo(size=V))
+    for i in range(3):
+        st.add(i, params(extra=request_args("cot"), temperature=0, max_tokens=64, **pens[i]), prompts[i], resumed[i])
+    order, out = [0, 1, 2], [list(r) for r in resumed]
+    for step in range(n):
+        if step == 4:  # vLLM swaps rows 0 and 2 of its persistent batch
+            st.move(0, 2, swap=True)
+            order = [2, 1, 0]
+        st.t["last_pos"][:3] = st.t["prompt_len"][:3] + st.t["step"][:3] - 1  # the forward reached each row's end
+        tok = st.apply(z[order].clone()).argmax(-1).tolist()
+        for at, req in enumerate(order):
+            want = _greedy_penalised(z[req], prompts[req], out[req], **pens[req])
+            assert tok[at] == want, (step, req)
+            out[req].append(tok[at])
+    assert len(set(out[0])) > 2 and len(set(out[2][3:])) > 2  # the penalties moved the greedy token
+    assert set(out[1]) == {int(z[1].argmax())}  # no penalties: the plain argmax every step

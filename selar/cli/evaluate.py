@@ -31,6 +31,7 @@ from .options import data_file_option, dtype_option, engine_option, model_option
 )
 @click.option("--max-new-tokens", "-n", type=int, default=None, help="shortcut for --set max_new_tokens=N")
 @click.option("--temperature", "-t", type=float, default=None, help="shortcut for --set temperature=T")
+@click.option("--presence-penalty", type=float, default=None, help="shortcut for --set presence_penalty=P")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @dtype_option
 @engine_option
@@ -66,6 +67,7 @@ def eval_cmd(
     sets,
     max_new_tokens,
     temperature,
+    presence_penalty,
     batch_size,
     dtype,
     engine,
@@ -91,6 +93,8 @@ def eval_cmd(
         s["max_new_tokens"] = max_new_tokens
     if temperature is not None:
         s["temperature"] = temperature
+    if presence_penalty is not None:
+        s["presence_penalty"] = presence_penalty
     cfg = EvalConfig(
         model=model,
         datasets=[d for d in datasets.split(",") if d.strip()],

@@ -36,6 +36,9 @@ from .options import (
 @click.option("--top-p", type=float, default=None, help="default 0.95")
 @click.option("--top-k", type=int, default=None, help="0 = off (default 20)")
 @click.option("--min-p", type=float, default=None, help="default 0")
+@click.option("--presence-penalty", type=float, default=None, help="in [-2, 2], on generated tokens (default 0)")
+@click.option("--frequency-penalty", type=float, default=None, help="in [-2, 2], per generated repeat (default 0)")
+@click.option("--repetition-penalty", type=float, default=None, help="> 0, on prompt and generated tokens (default 1)")
 @click.option("--max-new-tokens", "-n", type=int, default=None, help="default 1024")
 @click.option("--seed", type=int, default=None, help="default 0")
 @click.option("--stop", multiple=True, help="stop string (repeatable)")
@@ -68,6 +71,9 @@ def generate(
     top_p,
     top_k,
     min_p,
+    presence_penalty,
+    frequency_penalty,
+    repetition_penalty,
     max_new_tokens,
     seed,
     stop,
@@ -99,6 +105,9 @@ def generate(
         "top_p": top_p,
         "top_k": top_k,
         "min_p": min_p,
+        "presence_penalty": presence_penalty,
+        "frequency_penalty": frequency_penalty,
+        "repetition_penalty": repetition_penalty,
         "max_new_tokens": max_new_tokens,
         "seed": seed,
         "soft_scope": soft_scope,

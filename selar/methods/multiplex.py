@@ -43,6 +43,8 @@ class Multiplex:
 
     def __init__(self, options: MultiplexOptions, vocab: VocabInfo):
         self.o = options
+        if options.width > vocab.size:
+            raise ConfigError(f"width must be at most the vocabulary size {vocab.size}, got {options.width}")
         self.num_candidates = max(options.width, 3)
 
     def init_state(self, n: int, device: torch.device) -> State:

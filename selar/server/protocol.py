@@ -22,8 +22,6 @@ from ..methods import all_option_names, get_method_spec, make_config, option_nam
 IGNORED = frozenset(
     {
         "user",
-        "presence_penalty",
-        "frequency_penalty",
         "logit_bias",
         "logprobs",
         "top_logprobs",

@@ -156,6 +156,18 @@ SAMPLING = {
     "top_p": (Optional[typing.Annotated[float, Field(gt=0, le=1)]], None),
     "top_k": (Optional[typing.Annotated[int, Field(ge=0, le=INT64_MAX)]], Field(None, description="0: off")),
     "min_p": (Optional[typing.Annotated[float, Field(ge=0, le=1)]], None),
+    "presence_penalty": (
+        Optional[typing.Annotated[float, Field(ge=-2, le=2)]],
+        Field(None, description="minus this for every token already generated (default 0)"),
+    ),
+    "frequency_penalty": (
+        Optional[typing.Annotated[float, Field(ge=-2, le=2)]],
+        Field(None, description="minus this times each token's count in the output (default 0)"),
+    ),
+    "repetition_penalty": (
+        Optional[typing.Annotated[float, Field(gt=0, le=1e4)]],
+        Field(None, description="tokens of the prompt or output: positive logits / it, others * it (default 1)"),
+    ),
     "seed": (Optional[Int64], Field(None, description="default: random")),
     "soft_scope": (Optional[Literal[SOFT_SCOPES]], None),
 }

@@ -2,9 +2,10 @@
 
 A request asks for a method through flat `selar_` options in `SamplingParams.extra_args` (so they
 pass through `vllm serve`'s `vllm_xargs`): `{"selar_method": "selar", "selar_tau": 0.5}`. Its
-sampling settings are the request's own (temperature, top_p, top_k, min_p, seed, max_tokens,
-min_tokens, ignore_eos, stop); a `selar_<setting>` overrides the first five (selar's runner does,
-and asks vLLM itself for plain greedy on the forced logits); the others are vLLM's to apply.
+sampling settings are the request's own (temperature, top_p, top_k, min_p, presence_penalty,
+frequency_penalty, repetition_penalty, seed, max_tokens, min_tokens, ignore_eos, stop); a
+`selar_<setting>` overrides the first eight, which the plugin applies (selar's runner does, and
+asks vLLM itself for plain greedy on the forced logits); the others are vLLM's to apply.
 Every sampling setting of selar is placed in exactly one of these tables, so a new one is
 refused until it is placed. Pure Python: nothing here needs vLLM except `make_sampling_params`.
 """
@@ -23,13 +24,14 @@ from ..base import get_engine, refuse_method
 PREFIX = "selar_"
 DEFAULTS_ENV = "SELAR_VLLM_DEFAULTS"  # the server's defaults, handed to vLLM's processes
 # sampling settings the plugin applies itself (a request's selar_ option, or the server's default)
-OVERRIDABLE = ("temperature", "top_p", "top_k", "min_p", "seed")
+PENALTIES = ("presence_penalty", "frequency_penalty", "repetition_penalty")  # see `penalties`
+OVERRIDABLE = ("temperature", "top_p", "top_k", "min_p", *PENALTIES, "seed")
 PLUGIN_ONLY = ("soft_scope", "answer_markers")
 # settings vLLM applies to every request: selar's name -> the request's own (SamplingParams) name
 VLLM_OWN = {"max_new_tokens": "max_tokens", "stop": "stop", "min_new_tokens": "min_tokens", "ignore_eos": "ignore_eos"}
 # `selar serve --engine vllm --set NAME=...`: vLLM's generation config holds these defaults (a
 # request's own settings win); vLLM has no server default for the other VLLM_OWN settings
-GENERATION_CONFIG = ("temperature", "top_p", "top_k", "min_p", "max_new_tokens")
+GENERATION_CONFIG = ("temperature", "top_p", "top_k", "min_p", *PENALTIES, "max_new_tokens")
 # selar settings the plugin cannot apply: name -> why. A sampling setting added to selar but not
 # placed above is refused, not silently dropped
 UNSUPPORTED = {
@@ -90,6 +92,7 @@ def parse_request(params: Any) -> Optional[tuple[GenerationConfig, Optional[str]
         "top_p": float(params.top_p),
         "top_k": int(top_k),
         "min_p": float(params.min_p),
+        **{k: float(getattr(params, k)) for k in PENALTIES},
         "max_new_tokens": max(1, int(params.max_tokens or 1)),
     }
     return make_config(method, **{**request, **opts, "seed": seed}), key

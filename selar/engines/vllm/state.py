@@ -23,6 +23,7 @@ from ...errors import CapabilityError
 from ...methods import get_method_spec
 from ...methods.base import VocabInfo
 from ...scope import AnswerGuard, answer_guard, marked_mask, scope_at_start, scope_step
+from . import penalties
 from .request import VLLM_OWN, parse_request
 
 MAX_GROUPS = 32  # distinct method/sampling configurations kept at once
@@ -157,6 +158,7 @@ class SoftState:
                 text = self.vocab.tokenizer.decode(list(output_ids), skip_special_tokens=True)
                 if any(m in text for m in cfg.sampling.answer_markers):
                     t["in_scope"][i] = False
+        penalties.add_row(t, i, cfg.sampling, prompt_ids, output_ids, self.vocab.size)
         t["last_pos"][i] = -2
         self.keys[i] = key
         self.active += 1
@@ -221,7 +223,7 @@ class SoftState:
         """Run one group's method on its state rows `rows` (logits rows `lrows`); returns which of
         them feed a soft input next."""
         t, method, cfg = self.t, g["method"], g["cfg"].sampling
-        lg = logits[lrows]
+        lg = penalties.penalised(t, rows, logits[lrows], cfg)  # before the method's step (see penalties)
         step = t["step"][rows]
         state = {k: v[rows] for k, v in g["state"].items()}
         ctx = step_context(
@@ -240,6 +242,7 @@ class SoftState:
             keep = real.view(-1, *([1] * (v.dim() - 1)))
             g["state"][k][rows] = torch.where(keep, v, state[k])
         tok = out.tokens
+        penalties.count(t, rows, tok, real)
         # force vLLM to emit the method's token
         logits.index_fill_(0, lrows, float("-inf"))
         logits[lrows, tok] = 0.0
