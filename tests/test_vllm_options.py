@@ -233,7 +233,7 @@ def test_request_options(env):
         (request_args("selar", {"max_new_tokens": 3}), ConfigError, "the request's own max_tokens"),
         (request_args("selar", {"min_new_tokens": 3}), ConfigError, "the request's own min_tokens"),
         (request_args("selar", {"answer_markers": []}), ConfigError, "answer_markers must be one or more"),
-        (request_args("swir"), CapabilityError, "SwiR feeds a dense mixture"),
+        (request_args("swir", {"max_switch_count": 2}), CapabilityError, "max_switch_count is not supported"),
         (request_args("adaptive-latent"), CapabilityError, "only the transformers engine"),
         (request_args("nonsense"), ConfigError, "unknown method"),
     ],

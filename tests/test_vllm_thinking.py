@@ -1,9 +1,10 @@
 """Issue 28 on the vLLM engine: the thinking fixture (tests/thinking.py, unsure at the step that
 writes </think>) served by vLLM with selar's plugin. Every soft method the plugin feeds (SwiR's
-dense inputs it refuses, in one sentence) feeds the token </think> after that step (no pending
-mixture: vLLM embeds the token itself; the fed vector is checked in tests/test_scope.py on the
-plugin's state) and plain tokens from then on, with the transformers engine's tokens and soft
-steps; a Qwen3 prompt with thinking off gets no soft input."""
+dense inputs included) feeds the token </think> after that step (no pending mixture: vLLM embeds
+the token itself; the fed vector is checked in tests/test_scope.py on the plugin's state) and plain
+tokens from then on, with the transformers engine's tokens and soft steps; a Qwen3 prompt with
+thinking off gets no soft input. Methods (and SwiR's max_switch_count) it cannot run are refused
+in one sentence."""
 
 from __future__ import annotations
 
@@ -77,3 +78,8 @@ def test_thinking_off_feeds_no_soft_input(models, method):
 def test_methods_the_plugin_cannot_feed_are_refused_in_one_sentence(models, method):
     with pytest.raises(CapabilityError, match="which the vllm engine cannot feed"):
         selar.generate(models[1], QUESTIONS[:1], method, max_new_tokens=4)
+
+
+def test_swir_max_switch_count_is_refused_in_one_sentence(models):
+    with pytest.raises(CapabilityError, match="max_switch_count is not supported on the vLLM engine"):
+        selar.generate(models[1], QUESTIONS[:1], "swir", max_switch_count=1, max_new_tokens=4)
