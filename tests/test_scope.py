@@ -84,7 +84,8 @@ def test_a_closed_think_prompt_feeds_no_soft_input(name):
 
 # -- the same rules in the vLLM plugin's per-row state ----------------------------------------
 def _params(extra):
-    return SimpleNamespace(temperature=0, top_p=1.0, top_k=-1, min_p=0.0, max_tokens=8, seed=None, extra_args=extra)
+    return SimpleNamespace(temperature=0, top_p=1.0, top_k=-1, min_p=0.0, max_tokens=8, seed=None, extra_args=extra,
+                           presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0)  # fmt: skip
 
 
 def _plugin_rows(name: str, prompts: list[list[int]], steps=STEPS) -> list[dict]:

@@ -87,7 +87,8 @@ def reference_inputs(name: str, logits: torch.Tensor, prompt: list[int]) -> tupl
 
 
 def _params(extra):
-    return SimpleNamespace(temperature=0, top_p=1.0, top_k=-1, min_p=0.0, max_tokens=STEPS, seed=None, extra_args=extra)
+    return SimpleNamespace(temperature=0, top_p=1.0, top_k=-1, min_p=0.0, max_tokens=STEPS, seed=None, extra_args=extra,
+                           presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0)  # fmt: skip
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.5])

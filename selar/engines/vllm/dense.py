@@ -63,6 +63,7 @@ class DenseInputs:
         emb[tokens[dense]] = (mixed if scale == 1.0 else mixed * scale).to(emb.dtype)
 
 
+@torch.no_grad()
 def embedding_table(model: Any, vocab: int) -> tuple[Tensor, float]:
     """(T, s) with E(v) = s * T[v] for every token v < `vocab`, as `model.embed_input_ids` embeds it."""
     weight = _lookup_weight(model)
