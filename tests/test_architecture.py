@@ -122,19 +122,19 @@ def test_option_values_beyond_int64_and_non_finite_are_refused():
     torch.tensor([(1 << 63) - 1], dtype=torch.long)  # what the decode loop does with it
 
 
-# -- README: adding a method, adding an engine ----------------------------------------------------------
+# -- docs/design.md: adding a method, adding an engine -------------------------------------------------
 def _readme_block(heading: str) -> str:
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
     section = text[text.index(heading) :]
     return section[section.index("```python\n") + 10 : section.index("\n```", section.index("```python\n"))]
 
 
 def test_readme_example_method_runs_everywhere_a_method_name_is_taken(tiny):
-    code = _readme_block("#### Adding a method")
+    code = _readme_block("### Adding a method")
     try:
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "docs/design.md", "exec"), {})
         assert "top2" in METHODS
         r_soft = selar.generate(tiny, ["2 + 3 ="], "top2", tau=0.0, temperature=0, max_new_tokens=5, trace=True)[0]
         r_cot = selar.generate(tiny, ["2 + 3 ="], "top2", tau=1.0, temperature=0, max_new_tokens=5)[0]

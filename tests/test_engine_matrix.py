@@ -16,14 +16,23 @@ from selar.engines.base import missing_kinds
 from selar.engines.registry import ENGINES
 from selar.methods import METHODS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_matrix_is_the_codes():
     table = matrix_markdown()
-    assert table in README.read_text(), "README's engine matrix is stale: paste `selar methods --markdown`"
+    assert table in (ROOT / "docs" / "engines.md").read_text(), (
+        "docs/engines.md's engine matrix is stale: paste `selar methods --markdown`"
+    )
     out = CliRunner().invoke(main, ["methods", "--markdown"])
     assert out.exit_code == 0 and out.output.strip() == table
+    compact = matrix_markdown(compact=True)
+    assert compact in (ROOT / "README.md").read_text(), (
+        "README's engine matrix is stale: paste `selar methods --markdown --compact`"
+    )
+    out = CliRunner().invoke(main, ["methods", "--markdown", "--compact"])
+    assert out.exit_code == 0 and out.output.strip() == compact
+    assert "| tested on CPU |" in compact and "no (hidden states)" in compact and "| *GPU* |" in compact
 
 
 def test_every_method_an_engine_runs_is_in_its_tests():

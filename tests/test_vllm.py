@@ -24,7 +24,7 @@ from typing import Optional
 import pytest
 
 REQUIRED = "vllm" in os.environ.get("SELAR_REQUIRE_ENGINES", "").split(",")
-WHY = "vLLM is not installed here (README, 'vLLM engine': the .venv-vllm environment)"
+WHY = "vLLM is not installed here (docs/engines.md, 'vLLM engine': the .venv-vllm environment)"
 if importlib.util.find_spec("vllm") is None:
     if REQUIRED:
         raise RuntimeError(f"SELAR_REQUIRE_ENGINES asks for the vLLM engine's tests, but {WHY}")

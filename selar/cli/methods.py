@@ -7,8 +7,12 @@ import json
 import click
 
 
-def matrix_markdown() -> str:
-    """The engine x method matrix as a Markdown table, from the method and engine registries."""
+def matrix_markdown(compact: bool = False) -> str:
+    """The engine x method matrix as a Markdown table, from the method and engine registries.
+
+    `compact` (the README's form): a cell is "tested on CPU" or "no" and the input kinds the engine
+    lacks, and one row says what is known on a GPU (the docs' engines page has the full table).
+    """
     from ..engines.base import method_matrix
     from ..engines.registry import ENGINES
     from ..methods import METHODS
@@ -18,17 +22,22 @@ def matrix_markdown() -> str:
     lines = ["| method | feeds | " + " | ".join(engines) + " |", "|---" * (len(engines) + 2) + "|"]
     for r in rows:
         spec = METHODS[r["method"]]
-        cells = ["tested on CPU; GPU: not run" if r[e] == "runs" else r[e] for e in engines]
+        if compact:
+            cells = ["tested on CPU" if r[e] == "runs" else "no (" + r[e].removeprefix("refused: ") + ")" for e in engines]
+        else:
+            cells = ["tested on CPU; GPU: not run" if r[e] == "runs" else r[e] for e in engines]
         lines.append(f"| `{r['method']}` | {', '.join(sorted(spec.inputs))} | " + " | ".join(cells) + " |")
-    lines.append("| *tested on* | | " + " | ".join(ENGINES[e].tested for e in engines) + " |")
+    if not compact:
+        lines.append("| *tested on* | | " + " | ".join(ENGINES[e].tested for e in engines) + " |")
     lines.append("| *GPU* | | " + " | ".join(ENGINES[e].gpu for e in engines) + " |")
     return "\n".join(lines)
 
 
 @click.command("methods")
-@click.option("--markdown", is_flag=True, help="Print the matrix as a Markdown table (as in the README).")
+@click.option("--markdown", is_flag=True, help="Print the matrix as a Markdown table (as in the docs' engines page).")
+@click.option("--compact", is_flag=True, help="With --markdown: short cells, as in the README.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per method.")
-def methods_cmd(markdown: bool, as_json: bool) -> None:
+def methods_cmd(markdown: bool, compact: bool, as_json: bool) -> None:
     """List the methods, the input kinds each feeds, and the engines that run it.
 
     Example: selar methods
@@ -38,7 +47,7 @@ def methods_cmd(markdown: bool, as_json: bool) -> None:
     from ..methods import METHODS
 
     if markdown:
-        click.echo(matrix_markdown())
+        click.echo(matrix_markdown(compact))
         return
     rows = method_matrix(list(METHODS), list(ENGINES))
     if as_json:

