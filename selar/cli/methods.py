@@ -23,7 +23,9 @@ def matrix_markdown(compact: bool = False) -> str:
     for r in rows:
         spec = METHODS[r["method"]]
         if compact:
-            cells = ["tested on CPU" if r[e] == "runs" else "no (" + r[e].removeprefix("refused: ") + ")" for e in engines]
+            cells = [
+                "tested on CPU" if r[e] == "runs" else "no (" + r[e].removeprefix("refused: ") + ")" for e in engines
+            ]
         else:
             cells = ["tested on CPU; GPU: not run" if r[e] == "runs" else r[e] for e in engines]
         lines.append(f"| `{r['method']}` | {', '.join(sorted(spec.inputs))} | " + " | ".join(cells) + " |")
