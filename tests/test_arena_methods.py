@@ -138,6 +138,8 @@ def check_rows(out, ctx, expected):
         assert bool(out.soft[b]) == soft, f"row {b}"
         want = vec([(tok, 1.0)]) if inp is None else inp
         torch.testing.assert_close(got[b], want, atol=2e-6, rtol=0, msg=f"row {b}")
+        err = float((got[b].double() - want.double()).abs().max() / want.double().abs().max())
+        assert err <= 1e-6, f"row {b}: relative error {err:.2e} of the fed input"  # the bar
 
 
 # -- the fed inputs ------------------------------------------------------------------------------
@@ -240,7 +242,9 @@ def test_selar_push_top_matches_reference(push_top):
         e = vec(p_hat)
         m = sum(q for _, q in p_hat[:push_top])
         anchor = vec((i, q / m) for i, q in p_hat[:push_top])
-        torch.testing.assert_close(dense(out.inputs)[b], e + lam * h * (e - anchor), atol=2e-6, rtol=0)
+        want = e + lam * h * (e - anchor)
+        torch.testing.assert_close(dense(out.inputs)[b], want, atol=2e-6, rtol=0)
+        assert float((dense(out.inputs)[b].double() - want.double()).abs().max() / want.double().abs().max()) <= 1e-6
 
 
 # -- the noise: its distribution, and per row independent of the batch --------------------------
