@@ -17,8 +17,9 @@ import selar
 from selar.cli import main
 from selar.engines import ENGINES, EngineSpec
 from selar.engines.transformers import TransformersModel
+from selar.methods import METHODS
 
-VLLM_CAPABILITIES = ENGINES["vllm"].capabilities  # what the real entry declares: no streaming, sparse at most
+VLLM_CAPABILITIES = ENGINES["vllm"].capabilities  # what the real entry declares: no streaming, no hidden states
 LOADS: list[str] = []
 
 
@@ -90,7 +91,7 @@ def test_one_prompt_streams_where_the_engine_can(monkeypatch):
     assert res.stdout == expected.text + "\n"
 
 
-@pytest.mark.parametrize("method", ["swir", "adaptive-latent"])
+@pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].inputs - VLLM_CAPABILITIES.inputs])
 def test_a_method_the_engine_cannot_feed_is_refused_before_loading(fake_vllm, method):
     res = CliRunner().invoke(main, ["generate", "2 + 3 =", "--engine", "vllm", "--method", method, "--model", "m"])
     assert res.exit_code == 2

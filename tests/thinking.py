@@ -43,14 +43,13 @@ ANSWERS = [" yes", " no"]
 
 
 def base_tokenizer():
-    """(a Qwen2.5-style BPE tokenizer, which one): the catalog's Qwen2.5 when pulled, else SmolLM2's."""
+    """(a Qwen2.5-style BPE tokenizer, which one): SmolLM2's, packaged and present wherever the tests
+    run (not the catalog's Qwen2.5 when it happens to be pulled: the fixtures must be the same on
+    every machine, CI's included)."""
     from transformers import AutoTokenizer
 
     from selar import catalog
 
-    entry = catalog.CATALOG["qwen2.5-coder-0.5b"]
-    if catalog.is_pulled(entry):
-        return AutoTokenizer.from_pretrained(str(catalog.model_dir(entry))), "qwen2.5-coder-0.5b"
     path = catalog.gguf_file("smollm2-135m")
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name), "smollm2-135m"
 
@@ -257,7 +256,12 @@ def run_recorded(model, prompt: list[int], method: str, max_new_tokens: int = 24
 
 # SwiR back in latent mode by the </think> step (else explicit there); ThinkRouter latent there (else
 # discrete); Gumbel soft thinking's token is a draw of p: seed 5's at that step is </think> (by 1.6)
-METHOD_OPTIONS = {"swir": {"window": 1}, "thinkrouter": {"tau": 0.0}, "soft-thinking-gumbel": {"seed": 5}}
+METHOD_OPTIONS = {
+    "swir": {"window": 1},
+    "thinkrouter": {"tau": 0.0},
+    "soft-thinking-gumbel": {"seed": 5},
+    "multiplex": {"width": 8},  # 3 draws agree at every reasoning step of the fixture; 8 differ once
+}
 
 
 def check_think_end_is_fed_plainly(model, method: str) -> int:
