@@ -65,9 +65,9 @@ def main() -> None:
             f"{abs(share - a.target) * 100:.1f} points off)",
             flush=True,
         )
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+        if a.out:  # after every dataset: a long run that is stopped keeps what it measured
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":
