@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from .tables import markdown
+
 
 def budgets_for(max_tokens: int, start: int = 64) -> list[int]:
     """Powers of two from `start` below `max_tokens`, then `max_tokens` itself."""
@@ -42,9 +44,7 @@ def budget_section(records: list[dict], out: Path, make_plots: bool) -> tuple[li
         "Accuracy (%) counting a generation right only if it used at most that many generated tokens "
         "(read from these runs' records; no answer is forced at the budget).",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *["| " + " | ".join(r) + " |" for r in rows],
+        markdown(header, rows),
         "",
     ]
     paths = [_plot(curves, budgets, out)] if make_plots else []

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .metrics import Summary
+from .tables import markdown
 
 
 def ranking_table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]:
@@ -56,8 +57,6 @@ def ranking_section(summaries: list[Summary]) -> list[str]:
         "averaged likewise; seconds: decoding wall time summed over the datasets; against cot: the "
         "difference in points and the Holm-corrected p-value of the paired test on each dataset.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *["| " + " | ".join(r) + " |" for r in rows],
+        markdown(header, rows),
         "",
     ]

@@ -14,6 +14,7 @@ from .html import write_html
 from .merge import BASELINE, read_runs
 from .metrics import Summary, summarize
 from .ranking import ranking_section
+from .tables import markdown
 
 DATASET_ORDER = ["gsm8k", "math500", "gpqa", "aime2024", "aime2025"]
 METHOD_ORDER = ["cot", "soft-thinking", "swir", "selar"]
@@ -143,12 +144,6 @@ def details_table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]
 def _rank(name: str, preferred: list[str]) -> tuple[int, str, str]:
     base = name.partition("@")[0]
     return (preferred.index(base) if base in preferred else len(preferred), base, name)
-
-
-def markdown(header, rows) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def plots(summaries: list[Summary], out: Path) -> list[Path]:
