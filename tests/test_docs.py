@@ -15,13 +15,13 @@ from __future__ import annotations
 import html
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import click
 import pytest
+from chromium import dump_dom, needs_chromium
 from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,6 @@ LANGS = {"bash", "sh", "console", "python"}
 MARK = re.compile(r"<!-- example: (run|skip: (.+?)) -->")
 FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
 NAV = ("Getting started", "Python API", "Command line", "Methods", "Evaluation", "Serving", "Engines", "Training")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 def examples() -> tuple[list[tuple[str, str, str, str | None]], list[str]]:
@@ -158,33 +157,14 @@ def test_cli_page_lists_every_option_of_every_command(site):
     assert len(sections) == len(list(commands(main))) and checked > 100, (len(sections), checked)
 
 
-def chromium_dom(url: str, profile: Path) -> str:
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=5000",
-        "--dump-dom",
-        url,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+@needs_chromium
 def test_site_renders_in_headless_chromium(site, tmp_path):
-    front = chromium_dom((site / "index.html").as_uri(), tmp_path / "p1")
+    front = dump_dom((site / "index.html").as_uri(), tmp_path / "p1")
     assert "<title>selar</title>" in front, front[:500]
     start = front.find('class="md-nav md-nav--primary"')
     nav = front[start : front.find('class="md-content"', start)]  # the navigation the theme drew
     assert start > 0 and all(f">{x}<" in re.sub(r"\s*<", "<", re.sub(r">\s*", ">", nav)) for x in NAV), nav[:3000]
-    cli = chromium_dom((site / "cli.html").as_uri(), tmp_path / "p2")
+    cli = dump_dom((site / "cli.html").as_uri(), tmp_path / "p2")
     assert "<title>Command line - selar</title>" in cli, cli[:500]
     assert "--max-new-tokens" in cli and "--prefill-chunk" in cli and "selar generate" in cli
     assert "md-nav--primary" in cli and "Getting started" in cli

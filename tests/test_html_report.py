@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 
-import pytest
+from chromium import dump_dom, needs_chromium
 
 from selar.eval.report import write_report
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 def fake_run(d):
@@ -48,23 +44,8 @@ def test_html_is_self_contained(tmp_path):
     assert "<td>selar</td>" in page
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+@needs_chromium
 def test_html_renders_in_headless_chromium(tmp_path):
     rep = write_report([str(fake_run(tmp_path / "run"))], html=True)
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=5000",
-        "--dump-dom",
-        rep["html"].as_uri(),
-    ]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    dom = dump_dom(rep["html"].as_uri(), tmp_path / "profile")
     assert 'data-images-loaded="3/3"' in dom, dom[:500]
