@@ -19,7 +19,7 @@ run() {  # run NAME PYTHON ENGINE_ARGS... -- EVAL_ARGS...
         prev=$a
     done
     local count
-    count=$("$TPY" -c "import sys; from selar.eval.config import expand_methods as e; print(len(e(sys.argv[1].split(","))))" "$methods")
+    count=$("$TPY" -c "import sys; from selar.eval.config import expand_methods as e; print(len(e(sys.argv[1].split(','))))" "$methods")
     local want=$((limit * samples * count))
     if [ -f "$RUNS/$name/results.jsonl" ] && [ "$(wc -l < "$RUNS/$name/results.jsonl")" -ge "$want" ]; then
         echo "== $name: done ($want rows)"
