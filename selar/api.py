@@ -28,6 +28,7 @@ class Result:
     finish_reason: str  # stop | length | stop_string | method
     method: str
     trace: Optional[list[dict]] = None  # per token: token, text, entropy, soft
+    forced_at: Optional[int] = None  # force_answer_at: the step its answer was forced at (None: not forced)
 
     @property
     def reasoning(self) -> str:
@@ -44,6 +45,8 @@ class Result:
         d = asdict(self)
         if self.trace is None:
             d.pop("trace")
+        if self.forced_at is None:
+            d.pop("forced_at")
         return d
 
 
@@ -145,4 +148,5 @@ def make_result(
         finish_reason=row.finish_reason,
         method=cfg.method,
         trace=tr,
+        forced_at=row.forced_at,
     )
