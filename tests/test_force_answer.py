@@ -225,3 +225,49 @@ def test_eval_refuses_forcing_on_an_engine_without_it():
     cfg = EvalConfig(model="x", datasets=["gsm8k"], methods=["cot"], sets={"force_answer_at": 64})
     with pytest.raises(CapabilityError, match="force_answer_at .* use the transformers or llamacpp engine"):
         run_options(cfg, OnVLLM(), ["gsm8k"])
+
+
+def test_selar_eval_with_force_answer_at_and_the_report_of_two_budgets(tmp_path):
+    """`selar eval --set force_answer_at=B` end to end (fixed and continuous schedules), then
+    `selar report` of the two runs: run.json holds the option, every record its forced step and
+    finish reason, and the report a forced-budget table with a column per budget."""
+    import json
+
+    from click.testing import CliRunner
+    from conftest import make_model, make_tokenizer
+
+    from selar.cli import main
+
+    tok = make_tokenizer()
+    make_model(tok).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    data = tmp_path / "mini.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(3))
+    )
+    runs = []
+    for b, schedule in ((8, "fixed"), (16, "continuous")):
+        out = tmp_path / f"at{b}"
+        args = ["eval", "--model", str(tmp_path / "model"), "--data", str(data), "--methods", "cot,selar"]
+        args += ["--set", f"force_answer_at={b}", "--set", "forced_answer_tokens=4", "-n", "64", "--batch-size", "2"]
+        res = CliRunner().invoke(main, [*args, "--dtype", "float32", "--schedule", schedule, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        meta = json.loads((out / "run.json").read_text())
+        assert meta["config"]["sets"]["force_answer_at"] == b
+        assert all(o["force_answer_at"] == b for o in meta["method_options"].values())
+        recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert len(recs) == 6
+        for r in recs:  # a row that ended within its budget is not forced
+            if r["num_tokens"] <= b:
+                assert "forced_at" not in r and r["finish_reason"] == "stop"
+            else:
+                assert r["forced_at"] == b and r["finish_reason"] in ("length", "stop")
+                assert "The final answer is" in r["text"]
+        assert sum("forced_at" in r for r in recs) >= 4
+        runs.append(out)
+    res = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(tmp_path / "rep"), "--no-plots"])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| selar@force_answer_at=8 |" in md and "| cot@force_answer_at=16 |" in md
+    section = md.split("## Accuracy with the answer forced at the budget")[1]
+    assert "| dataset | method | @ 8 | @ 16 |" in section and "| mini | selar |" in section

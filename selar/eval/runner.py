@@ -116,7 +116,8 @@ def run_options(
         else:
             probs = (problems or {}).get(d, [])[:CALIBRATION_PROMPTS]
             ids = [format_prompt(model, protocol.render_prompt(p.question, cfg.template)) for p in probs]
-            o_cal = {**o, "max_new_tokens": min(o["max_new_tokens"], CALIBRATION_TOKENS)}
+            o_cal = {k: v for k, v in o.items() if k != "force_answer_at"}  # tau's soft share: free decoding
+            o_cal["max_new_tokens"] = min(o["max_new_tokens"], CALIBRATION_TOKENS)
             seeds = [row_seed(cfg.seed, d, p.id, 0) for p in probs]
             res = calibrate_tau(model, m, ids, seeds, o_cal, cfg.batch_size)
         if calibration is not None:
