@@ -271,3 +271,34 @@ def test_selar_eval_with_force_answer_at_and_the_report_of_two_budgets(tmp_path)
     assert "| selar@force_answer_at=8 |" in md and "| cot@force_answer_at=16 |" in md
     section = md.split("## Accuracy with the answer forced at the budget")[1]
     assert "| dataset | method | @ 8 | @ 16 |" in section and "| mini | selar |" in section
+
+
+def test_force_answer_on_llamacpp(tmp_path):
+    """The llama.cpp engine decodes through the same loop: a forced CoT row on a tiny float32 GGUF
+    equals llama.cpp's own greedy generation on the prompt, then on the prompt + its first B
+    tokens + the forced ids."""
+    pytest.importorskip(
+        "llama_cpp", reason="the llama.cpp engine needs llama-cpp-python (pip install 'selar[llamacpp]')"
+    )
+    from conftest import make_tokenizer
+    from families import make_family_model
+    from tiny_gguf import write_gguf
+
+    from selar.engines.llamacpp import LlamaCppModel, llamacpp_greedy
+
+    B, A = 6, 8
+    tok = make_tokenizer()
+    path = write_gguf(make_family_model("llama", tok, llamacpp=True), tok, tmp_path / "llama.gguf", "llama")
+    cpp = LlamaCppModel(path, tok, name="tiny", source="gguf", max_rows=4, context=256, kv_type="f32", threads=1,
+                        flash_attn=False)  # fmt: skip
+    try:
+        enc = [selar.format_prompt(cpp, p) for p in PROMPTS]
+        got = selar.generate(cpp, PROMPTS, "cot", temperature=0, force_answer_at=B, forced_answer_tokens=A)
+        forced = tok.encode(FORCED_ANSWER, add_special_tokens=False)
+        for e, r in zip(enc, got):
+            first = llamacpp_greedy(cpp, e, B)
+            assert len(first) == B and not set(first) & set(cpp.stop_ids)
+            assert r.token_ids == first + forced + llamacpp_greedy(cpp, e + first + forced, A)
+            assert r.forced_at == B
+    finally:
+        cpp.close()
