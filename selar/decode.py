@@ -111,7 +111,7 @@ class DecodeSession:
     ):
         self.engine, self.method, self.cfg = engine, method, cfg
         if cfg.force_answer_at and forced is None:
-            raise ConfigError("force_answer_at needs the forced answer's ids: pass forced=forced_answer(...)")
+            raise ConfigError("force_answer_at needs the forced text's ids: pass forced=forcing.forced_answer(...)")
         self.forced = forced if cfg.force_answer_at else None
         self.guard = answer_guard
         self.think_end, self.think_start, self.reasoning_scope = think_end, think_start, reasoning_scope

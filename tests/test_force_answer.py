@@ -196,6 +196,17 @@ def test_bad_forcing_options(opts, message):
         make_config("selar", **opts)
 
 
+def test_a_session_built_by_hand_needs_the_forced_ids(tiny):
+    from selar.decode import DecodeSession
+    from selar.methods import get_method_spec
+
+    cfg = make_config("cot", force_answer_at=8)
+    method = get_method_spec("cot").factory(cfg.options, tiny.vocab_info())
+    with pytest.raises(ConfigError, match="pass forced=forcing.forced_answer"):
+        DecodeSession(tiny.make_engine(), method, cfg.sampling, stop_ids=tiny.stop_ids, think_end=None,
+                      reasoning_scope=False)  # fmt: skip
+
+
 def test_vllm_refuses_forcing_naming_the_engines_that_force():
     """vLLM runs its own scheduler, not the shared decode loop that forces answers: refused (its
     runner and its requests), without vLLM installed."""
