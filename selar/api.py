@@ -25,9 +25,10 @@ class Result:
     token_ids: list[int]  # emitted tokens, the stop token included when there is one
     num_tokens: int
     num_soft_steps: int  # steps whose next input was a soft mixture
-    finish_reason: str  # stop | length | stop_string | method
+    finish_reason: str  # stop | length | stop_string | method (a forced answer ends by stop or length)
     method: str
     trace: Optional[list[dict]] = None  # per token: token, text, entropy, soft
+    forced_at: Optional[int] = None  # force_answer_at: the step its answer was forced at (None: not forced)
 
     @property
     def reasoning(self) -> str:
@@ -44,6 +45,8 @@ class Result:
         d = asdict(self)
         if self.trace is None:
             d.pop("trace")
+        if self.forced_at is None:
+            d.pop("forced_at")
         return d
 
 
@@ -77,7 +80,7 @@ def generate(
 ) -> list[Result]:
     """Generate from each prompt with one method (default "selar"). Options are the sampling settings
     (temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty, repetition_penalty,
-    max_new_tokens, seed, stop, soft_scope) and the method's
+    max_new_tokens, seed, stop, soft_scope, force_answer_at, ...; see `SamplingConfig`) and the method's
     own (e.g. tau, k, push_weight for selar). Every prompt uses `seed` (or its own entry of
     `seeds`), so a prompt's output does not depend on the rest of its batch."""
     if isinstance(model, str):
@@ -145,4 +148,5 @@ def make_result(
         finish_reason=row.finish_reason,
         method=cfg.method,
         trace=tr,
+        forced_at=row.forced_at,
     )

@@ -57,6 +57,12 @@ class SamplingConfig:
     max_new_tokens: int = 1024
     min_new_tokens: int = 0  # stop ids cannot be drawn before a row has this many tokens (as in transformers)
     ignore_eos: bool = False  # stop ids do not end a row (rows run to max_new_tokens; for equal-work benchmarks)
+    # the answer forced at a token budget (SwiR's evaluation): a row that has generated this many
+    # tokens without stopping emits "\n\nThe final answer is" (after </think> if its reasoning is
+    # open), then at most `forced_answer_tokens` more, all fed plainly (`selar.forcing`); 0: off.
+    # max_new_tokens stays the hard limit (the answer is forced sooner where it would not fit)
+    force_answer_at: int = 0
+    forced_answer_tokens: int = 32
     seed: int = 0
     stop: tuple[str, ...] = ()
     soft_scope: str = "auto"  # auto: "reasoning" for thinking models, "all" otherwise; or "guarded"
@@ -72,6 +78,22 @@ class SamplingConfig:
         check_range("repetition_penalty", self.repetition_penalty, 0.0, 1e4, lo_open=True)
         check_range("max_new_tokens", self.max_new_tokens, 1, kind=int)
         check_range("min_new_tokens", self.min_new_tokens, 0, self.max_new_tokens, kind=int)
+        check_range("force_answer_at", self.force_answer_at, kind=int)
+        if self.force_answer_at < 0:
+            raise ConfigError(
+                f"force_answer_at must be 0 (off) or a token budget of 1 or more, got {self.force_answer_at}"
+            )
+        if self.force_answer_at > self.max_new_tokens:
+            raise ConfigError(
+                f"force_answer_at ({self.force_answer_at}) is beyond max_new_tokens ({self.max_new_tokens}); "
+                f"raise max_new_tokens to at least force_answer_at or lower force_answer_at"
+            )
+        check_range("forced_answer_tokens", self.forced_answer_tokens, kind=int)
+        if self.forced_answer_tokens < 1:
+            raise ConfigError(
+                "forced_answer_tokens must be at least 1 (the tokens a forced answer may take), "
+                f"got {self.forced_answer_tokens}"
+            )
         if not isinstance(self.ignore_eos, bool):
             raise ConfigError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
         check_range("seed", self.seed, kind=int)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Protocol
 
 import torch
@@ -17,7 +17,8 @@ from torch import Tensor
 
 from . import sampling
 from .config import FinishReason, GenerationConfig, SamplingConfig, stop_checker, stop_tail
-from .errors import CapabilityError
+from .errors import CapabilityError, ConfigError
+from .forcing import ForcedAnswer, close_scope, force_tokens, forced_answer, forced_rows
 from .methods import get_method_spec
 from .methods.base import Method, Mixture, StepContext, VocabInfo
 from .scope import AnswerGuard, answer_guard, marked_mask, row_tails, scope_at_start, scope_step
@@ -47,6 +48,7 @@ class RowOutput:
     finish_reason: FinishReason
     soft: list[bool]
     entropy: list[float]
+    forced_at: Optional[int] = None  # force_answer_at: the step its answer was forced at (None: not forced)
 
 
 def step_context(
@@ -86,7 +88,9 @@ class DecodeSession:
     `on_step(row_ids, tokens, soft)` is called every step with the rows' ids;
     `answer_guard` (optional) ends a row's soft scope at its first answer marker. The scope rules
     (`selar.scope`) are applied after every method step: `think_end` is the model's `</think>`
-    (fed plainly whenever emitted), `reasoning_scope` whether it closes the soft scope."""
+    (fed plainly whenever emitted), `reasoning_scope` whether it closes the soft scope.
+    `forced` (needed when `cfg.force_answer_at` is set): the forced answer's token ids
+    (`selar.forcing`), which rows emit once they reach their budget."""
 
     def __init__(
         self,
@@ -103,8 +107,12 @@ class DecodeSession:
         stop_tail: int = 0,
         on_step: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None,
         answer_guard: Optional[AnswerGuard] = None,
+        forced: Optional[ForcedAnswer] = None,
     ):
         self.engine, self.method, self.cfg = engine, method, cfg
+        if cfg.force_answer_at and forced is None:
+            raise ConfigError("force_answer_at needs the forced text's ids: pass forced=forcing.forced_answer(...)")
+        self.forced = forced if cfg.force_answer_at else None
         self.guard = answer_guard
         self.think_end, self.think_start, self.reasoning_scope = think_end, think_start, reasoning_scope
         self.max_positions, self.stop_check, self.on_step = max_positions, stop_check, on_step
@@ -156,6 +164,10 @@ class DecodeSession:
             "soft": torch.zeros((n, width), dtype=torch.bool, device=dev),
             "entropy": torch.zeros((n, width), dtype=torch.float32, device=dev),
         }
+        if self.forced is not None:  # its answer forced at its budget (within its limit), see selar.forcing
+            new["force_at"] = torch.tensor(self.forced.to(dev).plan(limit), dtype=torch.long, device=dev)
+            new["open"] = self.forced.open_at_start([self._think_open(p) for p in prompts], dev)
+            new["forced"] = torch.full((n, self.forced.ids.shape[1]), -1, dtype=torch.long, device=dev)
         if self.cfg.penalised:  # vendor penalties: each row's generated-token counts (and its prompt's tokens)
             new["counts"] = torch.zeros(logits.shape, dtype=torch.int32, device=dev)
             if self.cfg.repetition_penalty != 1.0:
@@ -169,7 +181,10 @@ class DecodeSession:
         self.state = {k: _cat(self.state[k], state[k]) for k in self.state}
 
     def _scope_at_start(self, prompt: Sequence[int]) -> bool:
-        return scope_at_start(prompt, self.think_start, self.think_end) if self.reasoning_scope else True
+        return self._think_open(prompt) if self.reasoning_scope else True
+
+    def _think_open(self, prompt: Sequence[int]) -> bool:
+        return scope_at_start(prompt, self.think_start, self.think_end)
 
     def cancel(self, row_id: int) -> None:
         """Finish a row at the next step (e.g. its client went away)."""
@@ -185,6 +200,8 @@ class DecodeSession:
         if self.cfg.min_new_tokens and self.stop_ids.numel():  # stop ids cannot be drawn yet in early rows
             early = r["step"] < self.cfg.min_new_tokens
             logits[:, self.stop_ids] = logits[:, self.stop_ids].masked_fill(early[:, None], float("-inf"))
+        if self.forced is not None:  # rows at their budget: plain inputs from now on
+            close_scope(r)
         ctx = step_context(
             logits,
             self.cfg,
@@ -197,6 +214,8 @@ class DecodeSession:
         )
         out = self.method.step(ctx, self.state)
         self.state = out.state if out.state is not None else self.state
+        if self.forced is not None:  # rows inside their forced text emit it
+            out = replace(out, tokens=force_tokens(self.forced, r, out.tokens))
         tok, at = out.tokens, r["step"][:, None]
         r["tokens"].scatter_(1, at, tok[:, None])
         if self.cfg.penalised:
@@ -248,10 +267,11 @@ class DecodeSession:
         idx = done.nonzero()[:, 0]
         n = r["step"][idx].tolist()
         toks, soft, ent = r["tokens"][idx].tolist(), r["soft"][idx].tolist(), r["entropy"][idx].tolist()
+        forced = forced_rows(n, r["force_at"][idx].tolist()) if "force_at" in r else [None] * len(n)
         out = []
         for j, (rid, c) in enumerate(zip(r["id"][idx].tolist(), code[idx].tolist())):
             self.cancelled.discard(rid)
-            out.append(RowOutput(rid, toks[j][: n[j]], _NAME[c], soft[j][: n[j]], ent[j][: n[j]]))
+            out.append(RowOutput(rid, toks[j][: n[j]], _NAME[c], soft[j][: n[j]], ent[j][: n[j]], forced[j]))
         return out
 
 
@@ -327,6 +347,7 @@ def new_session(
         check = stop_checker(model.tokenizer, cfg.stop)
         stop_check = lambda _row, ids: check(ids)  # noqa: E731
     guard = answer_guard(model.tokenizer, cfg.answer_markers, model.vocab_size) if cfg.guarded else None
+    forced = forced_answer(model.tokenizer, model.think_end, cfg) if cfg.force_answer_at else None
     return DecodeSession(
         model.make_engine(),
         get_method_spec(config.method).factory(config.options, model.vocab_info()),
@@ -340,6 +361,7 @@ def new_session(
         stop_tail=stop_tail(cfg.stop) if cfg.stop else 64,
         on_step=on_step,
         answer_guard=guard,
+        forced=forced,
     )
 
 

@@ -138,3 +138,46 @@ def test_the_readme_example_labels_rows_by_what_differs(tmp_path):
     default = f"selar@tau={used['tau']},temperature={temperature},max_new_tokens={used['max_new_tokens']}"
     assert set(rows) == {"cot", default, "selar@tau=0.3,temperature=0,max_new_tokens=512"}
     assert all(s["baseline"] == "cot" and s["paired"] == 3 for m, s in rows.items() if m != "cot")
+
+
+def test_runs_forced_at_two_budgets_get_their_own_rows_and_table(tmp_path):
+    """Runs with the answer forced at 64 and at 128 tokens (`--set force_answer_at=B`) beside an
+    unforced run, merged: each forced row is labelled with its budget and compared with the cot row
+    forced at the same budget; the forced-budget table has a row per (dataset, method) and a column
+    per budget, counted by hand; the within-a-budget table holds the unforced rows only."""
+    free = EvalConfig(model="m", datasets=["gsm8k"], methods=["cot", "selar"])
+    outcomes = {
+        0: {"cot": [1, 1, 1, 1], "selar": [1, 1, 1, 0]},
+        64: {"cot": [0, 0, 1, 0], "selar": [1, 0, 1, 0]},
+        128: {"cot": [1, 0, 1, 0], "selar": [1, 1, 1, 0]},
+    }
+    dirs = [write_run(tmp_path / "free", free, outcomes[0])]
+    for b in (64, 128):
+        cfg = EvalConfig(model="m", datasets=["gsm8k"], methods=["cot", "selar"], sets={"force_answer_at": b})
+        dirs.append(write_run(tmp_path / f"at{b}", cfg, outcomes[b]))
+    _, rows, md = report(tmp_path, *dirs)
+    labels = {"cot": (0, "cot"), "selar": (0, "selar")}
+    labels.update({f"{m}@force_answer_at={b}": (b, m) for b in (64, 128) for m in ("cot", "selar")})
+    assert set(rows) == set(labels)
+    for row, (b, m) in labels.items():
+        oks = outcomes[b][m]
+        assert rows[row]["accuracy"] == sum(oks) / len(oks)
+    assert rows["selar@force_answer_at=64"]["baseline"] == "cot@force_answer_at=64"
+    assert (
+        rows["selar@force_answer_at=64"]["delta_vs_cot"] == paired_delta(outcomes[64]["selar"], outcomes[64]["cot"])[0]
+    )
+    assert rows["selar"]["baseline"] == "cot"
+    assert md.index("| selar@force_answer_at=64 |") < md.index("| selar@force_answer_at=128 |")  # numeric order
+    section = md.split("## Accuracy with the answer forced at the budget")[1].split("## ")[0]
+    assert "| dataset | method | @ 64 | @ 128 |" in section
+    assert "| gsm8k | cot | 25.0 | 50.0 |" in section and "| gsm8k | selar | 50.0 | 75.0 |" in section
+    within = md.split("## Accuracy within a token budget")[1].split("## ")[0]
+    assert "| gsm8k | selar |" in within and "force_answer_at" not in within
+
+
+def test_a_lone_forced_run_says_its_budget(tmp_path):
+    cfg = EvalConfig(model="m", datasets=["gsm8k"], methods=["selar"], sets={"selar.force_answer_at": 256})
+    _, rows, md = report(tmp_path, write_run(tmp_path / "run", cfg, {"selar": [1, 0]}))
+    assert set(rows) == {"selar@force_answer_at=256"}
+    assert "| gsm8k | selar | 50.0 |" in md.split("## Accuracy with the answer forced at the budget")[1]
+    assert "## Accuracy within a token budget" not in md

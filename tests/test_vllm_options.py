@@ -182,6 +182,7 @@ def test_set_defaults_reach_vllm(fake_vllm):
         ("bogus=1", "unknown option"),
         ("min_new_tokens=4", "vLLM takes min_tokens from each request only"),
         ("ignore_eos=true", "vLLM takes ignore_eos from each request only"),
+        ("force_answer_at=64", "force_answer_at is not supported with --engine vllm: the answer forced at a token"),
     ],
 )
 def test_defaults_vllm_cannot_carry_are_refused_at_start(fake_vllm, flag, message):
@@ -234,6 +235,7 @@ def test_request_options(env):
         (request_args("selar", {"min_new_tokens": 3}), ConfigError, "the request's own min_tokens"),
         (request_args("selar", {"answer_markers": []}), ConfigError, "answer_markers must be one or more"),
         (request_args("swir", {"max_switch_count": 2}), CapabilityError, "max_switch_count is not supported"),
+        (request_args("cot", {"force_answer_at": 8}), CapabilityError, "selar_force_answer_at: the answer forced"),
         (request_args("adaptive-latent"), CapabilityError, "only the transformers engine"),
         (request_args("nonsense"), ConfigError, "unknown method"),
     ],

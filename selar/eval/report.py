@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -141,9 +142,11 @@ def details_table(summaries: list[Summary]) -> tuple[list[str], list[list[str]]]
     return cols, [[fmt(s.to_dict()[c]) for c in cols] for s in summaries]
 
 
-def _rank(name: str, preferred: list[str]) -> tuple[int, str, str]:
+def _rank(name: str, preferred: list[str]) -> tuple[int, str, list]:
+    """Preferred names first; a label's numbers in numeric order (`force_answer_at=64` before `=128`)."""
     base = name.partition("@")[0]
-    return (preferred.index(base) if base in preferred else len(preferred), base, name)
+    natural = [int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", name))]
+    return (preferred.index(base) if base in preferred else len(preferred), base, natural)
 
 
 def plots(summaries: list[Summary], out: Path) -> list[Path]:
@@ -283,7 +286,7 @@ def write_report(dirs: list[str], out_dir: str | None = None, make_plots: bool =
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(summaries)
     length, details = length_table(summaries), details_table(summaries)
-    budget_lines, budget_images = budget_section(runs.records, out, make_plots)
+    budget_lines, budget_images = budget_section(runs.records, out, make_plots, runs.forced)
     md = [
         "# selar report",
         "",

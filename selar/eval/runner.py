@@ -105,6 +105,8 @@ def run_options(
             f"use soft_scope=all or the {able} engine"
         )
     opts = {(d, m): cfg.method_options(d, m, **protocol.model_facts(model)) for d in datasets for m in cfg.methods}
+    if any(o.get("force_answer_at") for o in opts.values()):
+        model.require("force_answer", "force_answer_at (the answer forced at a token budget)")
     for (d, m), o in opts.items():
         if o.get("tau") != AUTO:
             continue
@@ -114,7 +116,8 @@ def run_options(
         else:
             probs = (problems or {}).get(d, [])[:CALIBRATION_PROMPTS]
             ids = [format_prompt(model, protocol.render_prompt(p.question, cfg.template)) for p in probs]
-            o_cal = {**o, "max_new_tokens": min(o["max_new_tokens"], CALIBRATION_TOKENS)}
+            o_cal = {k: v for k, v in o.items() if k != "force_answer_at"}  # tau's soft share: free decoding
+            o_cal["max_new_tokens"] = min(o["max_new_tokens"], CALIBRATION_TOKENS)
             seeds = [row_seed(cfg.seed, d, p.id, 0) for p in probs]
             res = calibrate_tau(model, m, ids, seeds, o_cal, cfg.batch_size)
         if calibration is not None:
@@ -185,6 +188,8 @@ def run_eval(
             }
             if closed is not None:
                 rec["think_end"] = closed
+            if r.forced_at is not None:  # force_answer_at: this row's answer was forced at its budget
+                rec["forced_at"] = r.forced_at
             rec.update({"prompt": r.prompt, "text": r.text})
             res_f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             res_f.flush()

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from ...config import SAMPLING_FIELDS, GenerationConfig, SamplingConfig, env_json
 from ...errors import CapabilityError, ConfigError
 from ...methods import all_option_names, make_config, option_names
-from ..base import get_engine, refuse_method
+from ..base import engines_with, get_engine, refuse_method
 
 PREFIX = "selar_"
 DEFAULTS_ENV = "SELAR_VLLM_DEFAULTS"  # the server's defaults, handed to vLLM's processes
@@ -34,10 +34,14 @@ VLLM_OWN = {"max_new_tokens": "max_tokens", "stop": "stop", "min_new_tokens": "m
 GENERATION_CONFIG = ("temperature", "top_p", "top_k", "min_p", *PENALTIES, "max_new_tokens")
 # selar settings the plugin cannot apply: name -> why. A sampling setting added to selar but not
 # placed above is refused, not silently dropped
-UNSUPPORTED = {
+FORCING = (
+    "the answer forced at a token budget is a rule of selar's shared decode loop, which vLLM does not run; "
+    "use the " + " or ".join(engines_with("force_answer")) + " engine"
+)
+UNSUPPORTED = {"force_answer_at": FORCING, "forced_answer_tokens": FORCING} | {
     k: "the vLLM plugin does not apply it yet"
     for k in SAMPLING_FIELDS
-    if k not in set(OVERRIDABLE) | set(PLUGIN_ONLY) | set(VLLM_OWN)
+    if k not in set(OVERRIDABLE) | set(PLUGIN_ONLY) | set(VLLM_OWN) | {"force_answer_at", "forced_answer_tokens"}
 }
 # method options the plugin cannot apply when set (not None): name -> why
 UNSUPPORTED_OPTIONS = {
@@ -47,7 +51,12 @@ UNSUPPORTED_OPTIONS = {
 
 
 def refuse_options(cfg: GenerationConfig) -> None:
-    """CapabilityError, in one sentence, when `cfg` sets a method option the plugin cannot apply."""
+    """CapabilityError, in one sentence, when `cfg` sets a method option or (away from its default)
+    a sampling setting the plugin cannot apply."""
+    default = SamplingConfig()
+    for name, why in UNSUPPORTED.items():
+        if getattr(cfg.sampling, name) != getattr(default, name):
+            raise CapabilityError(f"{name} is not supported on the vLLM engine: {why}")
     for name, why in UNSUPPORTED_OPTIONS.items():
         if getattr(cfg.options, name, None) is not None:
             raise CapabilityError(f"{name} is not supported on the vLLM engine: {why}")
