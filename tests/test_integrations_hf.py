@@ -202,3 +202,17 @@ def test_smollm2_cot_greedy_equals_generate_and_selar_equals_selar_generate(smol
     assert got.num_soft_steps.tolist() == [r.num_soft_steps for r in sel]
     assert got.finish_reasons == [r.finish_reason for r in sel]
     assert sum(got.num_soft_steps.tolist()) > 0  # soft inputs were fed through model.generate
+
+
+def test_force_answer_at_through_generate_equals_selar_generate_tiny(tiny):
+    """selar's forced answer (force_answer_at) reaches the decode loop through model.generate."""
+    prompts = same_layout(tiny)
+    ids, mask, _ = left_padded(tiny, prompts)
+    opts = dict(tau=0.5, seed=3, max_new_tokens=40, force_answer_at=8, forced_answer_tokens=4)
+    got = custom(tiny, ids, mask, method="selar", do_sample=True, temperature=0.6, top_p=0.95, top_k=20,
+                 return_dict_in_generate=True, **opts)  # fmt: skip
+    ref = selar.generate(tiny, prompts, "selar", raw=True, temperature=0.6, top_p=0.95, top_k=20, **opts)
+    assert all(r.forced_at == 8 for r in ref)  # every row was forced at its budget
+    assert got.sequences[:, ids.shape[1] :].tolist() == padded(ref, tiny.pad_id)
+    forced = tiny.tokenizer.encode("\n\nThe final answer is", add_special_tokens=False)
+    assert all(r.token_ids[8 : 8 + len(forced)] == forced for r in ref)

@@ -19,7 +19,8 @@ What maps to what:
   set): the eos ids are held off until a row has that many new tokens (selar's `min_new_tokens`;
   beyond `max_new_tokens` it holds them off to the end, as in generate).
 - `method` (default "selar") and that method's options (`tau`, `k`, ...), `seed`, `soft_scope`,
-  `stop`, `answer_markers`: selar's own keywords.
+  `stop`, `answer_markers`, `force_answer_at`/`forced_answer_tokens` (the answer forced at a token
+  budget): selar's own keywords.
 - Returns the `sequences` tensor (inputs followed by the new tokens, rows that finished early
   padded with `pad_token_id`), or with `return_dict_in_generate=True` a `SelarGenerateOutput`:
   `sequences`; `scores` (`output_scores=True`: per step a (rows, vocab) tensor of the scores the
@@ -68,7 +69,8 @@ REFUSED_ARGS = (
     "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model",
     "streamer", "negative_prompt_ids", "negative_prompt_attention_mask",
 )  # fmt: skip
-SELAR_SAMPLING = ("seed", "stop", "soft_scope", "answer_markers")  # sampling fields transformers does not have
+# sampling fields transformers does not have
+SELAR_SAMPLING = ("seed", "stop", "soft_scope", "answer_markers", "force_answer_at", "forced_answer_tokens")
 _TOKENIZERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 

@@ -64,7 +64,8 @@ print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True
   `stop_strings`, `num_return_sequences`, `attention_mask`, `return_dict_in_generate`,
   `output_scores`, `output_logits`. Greedy unless `do_sample=True`.
 - selar's own: `seed` (rows are seeded by it, not by torch's generator), `soft_scope`, `stop`,
-  `tokenizer` (loaded from the model's folder when not given).
+  `force_answer_at` (the answer forced at that many tokens), `tokenizer` (loaded from the model's
+  folder when not given).
 
 Beam search, repetition penalties, logits processors, stopping criteria and streamers are not
 implemented: passing one raises an error.
