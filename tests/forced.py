@@ -309,3 +309,23 @@ def replay(
     finally:
         s.engine.reset()
     return report
+
+
+def joined(s: DecodeSession, enc: list[list[int]], seed: int = 5, waits: tuple[int, int] = (4, 3)) -> list[Any]:
+    """Four rows joining a running batch at different steps (and leaving as they finish): row 0,
+    `waits[0]` steps later rows 1-2, `waits[1]` steps later row 3, then steps until all finished.
+    Returns their outputs in row order."""
+    got: dict[int, Any] = {}
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            got.update({r.id: r for r in s.step()})
+
+    s.add([enc[0]], [0], [seed])
+    steps(waits[0])
+    s.add(enc[1:3], [1, 2], [seed, seed])  # join a running batch of different length
+    steps(waits[1])
+    s.add([enc[3]], [3], [seed])
+    while s.size:
+        steps(1)
+    return [got[i] for i in range(4)]

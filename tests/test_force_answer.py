@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from forced import joined
 from thinking import _RawSoft, _Recorder, chat, dense_input, thinking_model
 
 import selar
@@ -144,19 +145,7 @@ def test_continuous_batching_rows_joining_later_are_forced_at_their_own_budget(t
     enc = [selar.format_prompt(tiny, p) for p in PROMPTS]
     enc.append(selar.format_prompt(tiny, "Natalia sold clips to 48 of her friends in April."))
     s = new_session(tiny, make_config("cot", temperature=0, force_answer_at=B, forced_answer_tokens=A))
-    got = {}
-
-    def steps(n):
-        for _ in range(n):
-            got.update({r.id: r for r in s.step()})
-
-    s.add([enc[0]], [0], [0])
-    steps(3)
-    s.add(enc[1:3], [1, 2], [0, 0])
-    steps(4)  # row 0 is inside its forced text here
-    s.add([enc[3]], [3], [0])
-    while s.size:
-        steps(1)
+    got = joined(s, enc, seed=0, waits=(3, 4))  # row 0 is inside its forced text when row 3 joins
     for i, e in enumerate(enc):
         assert got[i].token_ids == expected(tiny, e, B, A), i
         assert got[i].forced_at == B

@@ -33,24 +33,6 @@ def session(model, method, **kw):
     )
 
 
-def joined(s, enc, seed=5):
-    """Rows joining a running batch at different steps (and leaving as they finish)."""
-    got = {}
-
-    def steps(n):
-        for _ in range(n):
-            got.update({r.id: r for r in s.step()})
-
-    s.add([enc[0]], [0], [seed])
-    steps(4)
-    s.add(enc[1:3], [1, 2], [seed, seed])  # join a running batch of different length
-    steps(3)
-    s.add([enc[3]], [3], [seed])
-    while s.size:
-        steps(1)
-    return [got[i] for i in range(4)]
-
-
 @pytest.mark.parametrize("method", ["cot", "selar", "swir", "soft-thinking"])
 def test_rows_joining_mid_decode_match_solo_runs(tiny_thinking, method):
     """The session's bookkeeping (rows joining and leaving, per-row steps, seeds and method state)
@@ -61,7 +43,7 @@ def test_rows_joining_mid_decode_match_solo_runs(tiny_thinking, method):
     enc = [selar.format_prompt(tiny_thinking, p) for p in PROMPTS]
     s = session(tiny_thinking, method, **kw)
     s.engine = forced.SoloEngine(lambda: TransformersEngine(tiny_thinking.hf_model, pad_id=tiny_thinking.pad_id))
-    got = joined(s, enc)
+    got = forced.joined(s, enc)
     assert [r.token_ids for r in got] == [r.token_ids for r in solo]
     assert [sum(r.soft) for r in got] == [r.num_soft_steps for r in solo]
     assert [r.finish_reason for r in got] == [r.finish_reason for r in solo]
@@ -76,7 +58,7 @@ def test_batched_rows_match_rows_alone_teacher_forced(tiny_thinking, method):
     solo = forced.SoloEngine(lambda: TransformersEngine(tiny_thinking.hf_model, pad_id=tiny_thinking.pad_id))
     kw = {"protect_symbols": False} if method == "selar" else {}
     s, rep = forced.session(tiny_thinking, solo, method, tol=1e-4, temperature=0.7, max_new_tokens=16, seed=5, **kw)
-    joined(s, enc)
+    forced.joined(s, enc)
     print(f"\n{method}, batched vs alone:", rep)
     rep.assert_ok()
 
