@@ -10,6 +10,7 @@ compared on an engine that computes each row alone (tests/forced.py's SoloEngine
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import signal
 import subprocess
@@ -205,3 +206,37 @@ def test_continuous_schedule_same_records_and_resume(setup, tmp_path):
     path.write_bytes(b"".join(lines[: len(lines) // 2]))
     run(tmp_path / "cont", "continuous", resume=True)
     assert sorted(read_results(path), key=key) == sorted(fixed, key=key)
+
+
+def test_a_run_kept_in_the_ledger_resumes_and_reports_as_the_original(setup, tmp_path):
+    """scripts/lib/ledger.py: a run saved without its prompts and gold answers, restored on another
+    machine (runs/ gone) and resumed, finishes with the original's records and gives its report."""
+    ledger = [sys.executable, "scripts/lib/ledger.py"]
+    full = tmp_path / "runs" / "full"
+    cli(eval_args(setup, full))
+    rows = read_results(full / "results.jsonl")
+
+    part = tmp_path / "runs" / "part"  # a run stopped after 15 of its 40 rows
+    part.mkdir()
+    (part / "run.json").write_bytes((full / "run.json").read_bytes())
+    (part / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:15]))
+    subprocess.run([*ledger, "save", tmp_path / "runs", tmp_path / "kept", "part"], check=True)
+    saved = [
+        json.loads(x) for x in gzip.decompress((tmp_path / "kept/part/results.jsonl.gz").read_bytes()).splitlines()
+    ]
+    assert len(saved) == 15 and not any("prompt" in r or "gold" in r for r in saved)
+
+    elsewhere = tmp_path / "elsewhere"
+    subprocess.run([*ledger, "restore", elsewhere, tmp_path / "kept", "part"], check=True)
+    cli(eval_args(setup, elsewhere / "part", "--resume"))
+    resumed = read_results(elsewhere / "part" / "results.jsonl")
+    keys = ("dataset", "problem_id", "method", "sample", "correct", "pred", "num_tokens", "num_soft_steps", "text")
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in rows]
+
+    subprocess.run([*ledger, "save", tmp_path / "runs", tmp_path / "kept", "full"], check=True)
+    subprocess.run([*ledger, "restore", elsewhere, tmp_path / "kept", "full"], check=True)
+    for d in (full, elsewhere / "full"):
+        cli(["report", str(d), "--out", str(d / "report")])
+    assert json.loads((full / "report/report.json").read_text()) == json.loads(
+        (elsewhere / "full/report/report.json").read_text()
+    )
