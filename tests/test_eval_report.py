@@ -181,3 +181,22 @@ def test_a_lone_forced_run_says_its_budget(tmp_path):
     assert set(rows) == {"selar@force_answer_at=256"}
     assert "| gsm8k | selar | 50.0 |" in md.split("## Accuracy with the answer forced at the budget")[1]
     assert "## Accuracy within a token budget" not in md
+
+
+def test_forced_runs_that_differ_in_another_setting_keep_it_in_their_budget_row(tmp_path):
+    """Forced runs at two taus: each label names both settings; the budget table's rows are the
+    labels without the budget (one per tau), each with its own cells."""
+    outcomes = {(0.3, 64): [1, 0], (0.3, 128): [1, 1], (0.5, 64): [0, 0], (0.5, 128): [1, 0]}
+    dirs = [
+        write_run(
+            tmp_path / f"t{tau}b{b}",
+            EvalConfig(model="m", datasets=["gsm8k"], methods=["selar"], sets={"tau": tau, "force_answer_at": b}),
+            {"selar": oks},
+        )
+        for (tau, b), oks in outcomes.items()
+    ]
+    _, rows, md = report(tmp_path, *dirs)
+    assert set(rows) == {f"selar@tau={tau},force_answer_at={b}" for tau, b in outcomes}
+    section = md.split("## Accuracy with the answer forced at the budget")[1].split("## ")[0]
+    assert "| gsm8k | selar@tau=0.3 | 50.0 | 100.0 |" in section
+    assert "| gsm8k | selar@tau=0.5 | 0.0 | 50.0 |" in section

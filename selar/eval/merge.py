@@ -127,38 +127,43 @@ def _show(src: Source, method: str, name: str, value: Any) -> str:
     return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _labels(srcs: list[Source], setting: dict[tuple[int, str], Optional[dict]]) -> dict[tuple[int, str], str]:
+def _labels(
+    srcs: list[Source], setting: dict[tuple[int, str], Optional[dict]]
+) -> dict[tuple[int, str], tuple[str, str]]:
     """The row label of every (source, method): the method's name when all its runs share their
     settings, else the name with the settings that differ (or, without run.json, the folder);
-    a run's budget where its answer was forced (`force_answer_at`) is always in its label."""
+    a run's budget where its answer was forced (`force_answer_at`) is always in its label. Each
+    comes with its label without the budget (`selar@tau=0.3,force_answer_at=256` -> `selar@tau=0.3`):
+    the row of the budget table it is a cell of."""
     groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for (i, m), st in setting.items():
         groups[m][_key(st)].append(i)
-    out: dict[tuple[int, str], str] = {}
+    out: dict[tuple[int, str], tuple[str, str]] = {}
     for m, keyed in groups.items():
         firsts = [setting[(idx[0], m)] for idx in keyed.values()]
         if len(keyed) == 1 and not budget(firsts[0]):
-            out.update({(i, m): m for idx in keyed.values() for i in idx})
+            out.update({(i, m): (m, m) for idx in keyed.values() for i in idx})
             continue
         known = [st for st in firsts if st is not None]
         names = list(dict.fromkeys(n for st in known for n in st or {} if n != FORCE))
         differ = [n for n in names if len({_key(st.get(n, "\0unset")) for st in known if st is not None}) > 1]
         taken: set[str] = set()
         for idx in keyed.values():
-            st, shown = setting[(idx[0], m)], []
+            st, shown, forced = setting[(idx[0], m)], [], []
             if st is not None:
                 shown = [f"{n}={_show(srcs[idx[0]], m, n, st.get(n, _UNSET))}" for n in differ]
-                shown += [f"{FORCE}={budget(st)}"] if budget(st) else []
-            if st is None or not (shown or _only_budgets_differ(firsts)):
+                forced = [f"{FORCE}={budget(st)}"] if budget(st) else []
+            if st is None or not (shown or forced or _only_budgets_differ(firsts)):
                 folders = dict.fromkeys(Path(srcs[i].arg).name or srcs[i].arg for i in idx)
-                label = f"{m}@{'+'.join(folders)}"
+                label = unforced = f"{m}@{'+'.join(folders)}"
             else:
-                label = f"{m}@{','.join(shown)}" if shown else m
-            base, n = label, 2
+                label = f"{m}@{','.join(shown + forced)}" if shown or forced else m
+                unforced = f"{m}@{','.join(shown)}" if shown else m
+            first, n = label, 2
             while label in taken:
-                label, n = f"{base}#{n}", n + 1
+                label, n = f"{first}#{n}", n + 1
             taken.add(label)
-            out.update({(i, m): label for i in idx})
+            out.update({(i, m): (label, unforced) for i in idx})
     return out
 
 
@@ -189,7 +194,8 @@ def read_runs(dirs: list[str]) -> Runs:
     setting = {
         (i, m): settings(s, m) for i, (s, recs) in enumerate(zip(srcs, loaded)) for m in {r["method"] for r in recs}
     }
-    label = _labels(srcs, setting)
+    labelled = _labels(srcs, setting)
+    label = {k: row for k, (row, _) in labelled.items()}
     records: dict[tuple, dict] = {}
     for i, recs in enumerate(loaded):
         for r in recs:
@@ -227,12 +233,5 @@ def read_runs(dirs: list[str]) -> Runs:
         if row != m:
             split[m].append(row)
     calibration = {k: v for s in srcs if s.meta is not None for k, v in (s.meta.get("calibration") or {}).items()}
-    forced = {row: (_without_budget(row), b) for k, row in label.items() if (b := budget(setting[k]))}
+    forced = {row: (unforced, b) for k, (row, unforced) in labelled.items() if (b := budget(setting[k]))}
     return Runs(list(records.values()), timings, baselines, models, dict(split), calibration, forced)
-
-
-def _without_budget(row: str) -> str:
-    """A forced row's label without its budget (`selar@tau=0.3,force_answer_at=256` -> `selar@tau=0.3`)."""
-    head, _, rest = row.partition("@")
-    kept = [part for part in rest.split(",") if not part.startswith(f"{FORCE}=")]
-    return f"{head}@{','.join(kept)}" if kept else head
