@@ -293,6 +293,41 @@ def test_the_answer_guard_in_the_plugin_state():
     assert len(later) > 40 and resumed[first + 1 + len(later) :] == [False] * len(ids)
 
 
+def test_a_preempted_request_that_had_soft_inputs_is_said_and_counted(caplog):
+    """vLLM recomputes a preempted request's prefix from token ids, so its earlier soft inputs are
+    lost: the plugin's state says so (naming the request and the count) when it resumes, once; a
+    request that had none (cot) resumes silently."""
+    import logging
+
+    import torch
+    from conftest import make_tokenizer
+
+    from selar.engines.vllm.state import SoftState
+    from selar.methods.base import VocabInfo
+
+    tok = make_tokenizer()
+    st = SoftState(2, torch.device("cpu"), VocabInfo(size=len(tok), tokenizer=tok))
+    prompt = tok("How many clips?", add_special_tokens=False)["input_ids"]
+    opts = {"selar": {"tau": 0.0, "protect_symbols": False}, "cot": {}}
+    for i, (m, key) in enumerate((("selar", "req-soft"), ("cot", "req-plain"))):
+        st.add(i, params(extra=request_args(m, opts[m], key=key), temperature=0, max_tokens=16), prompt, [])
+    out = []
+    for t in (5, 6, 7):
+        logits = torch.zeros(2, len(tok))
+        logits[:, t] = 2.0  # every step uncertain: selar feeds a mixture at each
+        st.t["last_pos"][:2] = st.t["prompt_len"][:2] + st.t["step"][:2] - 1
+        st.apply(logits)
+        out.append(t)
+    assert st.record(0)["soft"] == [True] * 3 and st.record(1)["soft"] == [False] * 3
+    st.clear(0), st.clear(1)  # preempted: both leave the batch
+    with caplog.at_level(logging.WARNING, logger="selar.engines.vllm.state"):
+        for i, (m, key) in enumerate((("selar", "req-soft"), ("cot", "req-plain"))):
+            st.add(i, params(extra=request_args(m, opts[m], key=key), temperature=0, max_tokens=16), prompt, out)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "req-soft" in said[0] and "its 3 earlier soft inputs" in said[0], said
+    assert st.recomputed == 3
+
+
 # -- penalties in the plugin's state ------------------------------------------------------------
 def _greedy_penalised(z, prompt, out, presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0) -> int:
     """The greedy token under OpenAI's penalties (vLLM's order), in float64, one row."""

