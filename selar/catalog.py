@@ -227,6 +227,29 @@ def _manifest(folder: Path) -> dict:
     }
 
 
+def portable_config(path: Path) -> bool:
+    """Make a converted config read alike by transformers 4 and 5; whether it changed.
+
+    Transformers 5 writes RoPE's settings as `rope_parameters` only; transformers 4 reads
+    `rope_theta` (and `rope_scaling`) and silently takes its default base of 10000 without them,
+    which degrades the model (Qwen2.5's base is 1e6) with no error. The cache is shared by both
+    environments (.venv on 4.x, vLLM's on 5.x), so both forms are written."""
+    cfg = json.loads(path.read_text())
+    rp = cfg.get("rope_parameters")
+    if not isinstance(rp, dict) or not isinstance(rp.get("rope_theta"), (int, float)):
+        return False  # written by transformers 4, or per-layer-type parameters: left as they are
+    want = {"rope_theta": rp["rope_theta"]}
+    if rp.get("rope_type", "default") != "default":
+        want["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
+    if all(cfg.get(k) == v for k, v in want.items()):
+        return False
+    cfg.update(want)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return True
+
+
 def verify_folder(folder: Path, full: bool = False) -> None:
     """Check a converted folder against its manifest: sizes always, hashes when `full` or when
     a file's modification time changed since conversion."""
@@ -262,6 +285,7 @@ def convert(entry: CatalogEntry, gguf: Path, log: Callable[[str], None] = print)
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        portable_config(tmp / "config.json")
         files = _manifest(tmp)
         for name in files:
             files[name]["mtime_ns"] = (tmp / name).stat().st_mtime_ns
@@ -342,6 +366,13 @@ def pull(name: str, force: bool = False, log: Callable[[str], None] = print) -> 
     folder = model_dir(entry)
     if is_pulled(entry) and not force:
         verify_folder(folder)
+        if portable_config(folder / "config.json"):  # converted by an older selar under transformers 5
+            marker = json.loads((folder / MARKER).read_text())
+            st = (folder / "config.json").stat()
+            info = {"size": st.st_size, "sha256": sha256_file(folder / "config.json"), "mtime_ns": st.st_mtime_ns}
+            marker["files"]["config.json"] = info
+            (folder / MARKER).write_text(json.dumps(marker, indent=1))
+            log(f"{entry.name}: its config now also names its RoPE settings as transformers 4 reads them")
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     return convert(entry, gguf_file(name, force, log), log)

@@ -119,3 +119,65 @@ def test_catalog_tokenizer_loads_without_the_mistral_regex_warning(smollm2):
         log.removeHandler(h)
     assert not any("fix_mistral_regex" in m and "selar" in m for m in seen), seen
     assert any("/elsewhere" in m for m in seen)  # other folders still warn
+
+
+def _as_written_by_transformers_5(folder: Path) -> float:
+    """Rewrite a converted folder's config as transformers 5 saves it (RoPE's settings only under
+    `rope_parameters`), its manifest updated as a conversion would; returns the RoPE base."""
+    import json
+
+    cfg_path, marker_path = folder / "config.json", folder / catalog.MARKER
+    cfg = json.loads(cfg_path.read_text())
+    theta = cfg.pop("rope_theta")
+    cfg.pop("rope_scaling", None)
+    cfg["rope_parameters"] = {"rope_theta": theta, "rope_type": "default"}
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    marker = json.loads(marker_path.read_text())
+    st = cfg_path.stat()
+    marker["files"]["config.json"] = {
+        "size": st.st_size,
+        "sha256": catalog.sha256_file(cfg_path),
+        "mtime_ns": st.st_mtime_ns,
+    }
+    marker_path.write_text(json.dumps(marker, indent=1))
+    return theta
+
+
+def test_a_config_written_by_transformers_5_is_made_readable_by_transformers_4(smollm2, capsys):
+    """The model cache is shared by .venv (transformers 4) and vLLM's environment (transformers 5).
+    A folder converted under 5 names its RoPE base only in `rope_parameters`, which 4 ignores,
+    silently taking base 10000 (a degraded model, no error): the next pull adds the keys 4 reads,
+    keeps the manifest valid, and the model decodes as before."""
+    import transformers
+    from transformers import AutoConfig
+
+    folder = catalog.model_dir(catalog.get_entry("smollm2-135m"))
+    theta = _as_written_by_transformers_5(folder)
+    assert theta != 10000.0
+    if int(transformers.__version__.split(".")[0]) < 5:  # the hazard, as this environment reads it
+        assert AutoConfig.from_pretrained(folder).rope_theta == 10000.0
+    assert catalog.pull("smollm2-135m") == folder
+    assert "RoPE settings as transformers 4 reads them" in capsys.readouterr().out
+    assert AutoConfig.from_pretrained(folder).rope_theta == theta
+    catalog.verify_folder(folder, full=True)
+    catalog.pull("smollm2-135m")  # once made portable, left alone
+    assert "RoPE" not in capsys.readouterr().out
+    r = selar.generate(
+        selar.load_model("smollm2-135m", dtype="float32"), "Hello", "cot", temperature=0, max_new_tokens=8
+    )
+    assert r[0].token_ids == selar.generate(smollm2, "Hello", "cot", temperature=0, max_new_tokens=8)[0].token_ids
+
+
+def test_portable_config_names_scaled_rope_both_ways(tmp_path):
+    import json
+
+    p = tmp_path / "config.json"
+    yarn = {"rope_theta": 1e6, "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    p.write_text(json.dumps({"model_type": "qwen2", "rope_parameters": yarn}))
+    assert catalog.portable_config(p)
+    cfg = json.loads(p.read_text())
+    assert cfg["rope_theta"] == 1e6 and cfg["rope_parameters"] == yarn
+    assert cfg["rope_scaling"] == {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    assert not catalog.portable_config(p)  # idempotent
+    p.write_text(json.dumps({"model_type": "llama", "rope_theta": 5e5}))  # as transformers 4 writes it
+    assert not catalog.portable_config(p)
