@@ -219,12 +219,14 @@ def assemble(entry: CatalogEntry, dest: Path) -> Path:
     return target
 
 
+def _file_info(p: Path) -> dict:
+    """A converted file's manifest entry: size, hash and the modification time it was written at."""
+    st = p.stat()
+    return {"size": st.st_size, "sha256": sha256_file(p), "mtime_ns": st.st_mtime_ns}
+
+
 def _manifest(folder: Path) -> dict:
-    return {
-        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != MARKER
-    }
+    return {p.name: _file_info(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MARKER}
 
 
 def portable_config(path: Path) -> bool:
@@ -287,8 +289,6 @@ def convert(entry: CatalogEntry, gguf: Path, log: Callable[[str], None] = print)
         tok.save_pretrained(tmp)
         portable_config(tmp / "config.json")
         files = _manifest(tmp)
-        for name in files:
-            files[name]["mtime_ns"] = (tmp / name).stat().st_mtime_ns
         (tmp / MARKER).write_text(
             json.dumps(
                 {
@@ -368,9 +368,7 @@ def pull(name: str, force: bool = False, log: Callable[[str], None] = print) -> 
         verify_folder(folder)
         if portable_config(folder / "config.json"):  # converted by an older selar under transformers 5
             marker = json.loads((folder / MARKER).read_text())
-            st = (folder / "config.json").stat()
-            info = {"size": st.st_size, "sha256": sha256_file(folder / "config.json"), "mtime_ns": st.st_mtime_ns}
-            marker["files"]["config.json"] = info
+            marker["files"]["config.json"] = _file_info(folder / "config.json")
             (folder / MARKER).write_text(json.dumps(marker, indent=1))
             log(f"{entry.name}: its config now also names its RoPE settings as transformers 4 reads them")
         return folder

@@ -9,6 +9,7 @@ it. Nothing the reports read is dropped: they use the grade, the prediction, the
 """
 
 import gzip
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -25,8 +26,6 @@ def lines(path: Path) -> list[bytes]:
 
 
 def save(run: Path, kept: Path) -> None:
-    import json
-
     rows = lines(run / "results.jsonl")
     if not rows:
         return

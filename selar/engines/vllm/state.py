@@ -161,7 +161,7 @@ class SoftState:
                 if rec is not None:
                     m = min(n, len(rec[k]))
                     t[name][i, :m] = torch.tensor(rec[k][:m], dtype=t[name].dtype, device=self.device)
-            self._warn_recomputed(key, int(t["rec_soft"][i, :n].sum()))  # once per resumed request
+            self._warn_recomputed(key, sum(rec["soft"][:n]) if rec is not None else 0)  # host list: no sync
             if g["guard"] is not None:  # its whole text: the marker may lie before the tail a step checks
                 text = self.vocab.tokenizer.decode(list(output_ids), skip_special_tokens=True)
                 if any(m in text for m in cfg.sampling.answer_markers):
