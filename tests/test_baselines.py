@@ -54,30 +54,72 @@ def test_soft_thinking_cold_stop_after_patience():
     assert not any(row.soft[7:])
 
 
-def swir_run(entropies, window, **opts):
+LINE_BREAK = 10
+
+
+class _LineTok:
+    """A tokenizer whose line break is one token (LINE_BREAK), as a real model's is."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [LINE_BREAK] if text == "\n" else [20, 21, 22]
+
+
+def swir_run(entropies, window, tokenizer=None, **opts):
     """One row whose step t has entropy log(m_t) (uniform over m_t tokens)."""
     steps = [peaked_logits(V, 5, m=m) for m in entropies]
-    m = SwiR(SwiROptions(window=window, protect_symbols=False, **opts), vocab(V, THINK, END, tokenizer=_Tok()))
+    voc = vocab(V, THINK, END, tokenizer=tokenizer or _Tok())
+    m = SwiR(SwiROptions(window=window, protect_symbols=False, **opts), voc)
     return run(m, seq(*steps), think_end=END, temperature=0.0)
+
+
+def _swir_fed64(entropies, window, alpha0=0.6, beta0=0.7):
+    """SwiR's fed inputs, from the reference code's rules (sdc17/SwiReasoning) in float64 pure
+    Python: (per step, the dense weights over the vocabulary) for one row of `swir_run`."""
+    T, fed = len(entropies), []
+    latent, h_ref, last = True, 0.0, 0
+    for t, m in enumerate(entropies):
+        z = [0.0 if 5 <= v < 5 + m else -30.0 for v in range(V)]
+        p = [math.exp(x) / sum(math.exp(y) for y in z) for x in z]
+        h = -sum(q * math.log(q) for q in p if q > 0)
+        to_exp = t > 0 and latent and h < h_ref
+        to_lat = t > 0 and not latent and h > h_ref and t - last >= window
+        if t == 0 or to_exp or to_lat:
+            h_ref, last = h, t
+        latent = latent != (to_exp or to_lat)
+        a, b = alpha0 + (1 - alpha0) * t / T, beta0 + (1 - beta0) * t / T
+        keep, mark = {0: (0.9, LINE_BREAK)}.get(t, (a, THINK) if to_lat else (b, END) if to_exp else (1.0, None))
+        w = list(p) if latent or to_exp else [float(v == 5) for v in range(V)]
+        if mark is not None:
+            w = [keep * x for x in w]
+            w[mark] += 1 - keep
+        fed.append(w)
+    return fed
 
 
 def test_swir_switching_and_window():
     # H: 8 (ref) -> 4 (lower: to explicit) -> 6 (higher, but inside the window) -> 6 -> 8 (window passed:
     # to latent) -> 2 (lower: to explicit) -> 2; a switch to explicit feeds a blend, which is soft (not a token)
     ms = [8, 4, 6, 6, 8, 2, 2]
-    (row,), eng = swir_run(ms, window=3)
+    (row,), eng = swir_run(ms, window=3, tokenizer=_LineTok())
     assert row.soft == [True, True, False, False, True, True, False]
-    # latent input: the dense softmax; at the switch to explicit: a E(y) + (1 - a) E(</think>)
+    # every fed input as the reference code builds it, to 1e-6 relative: the first latent input blended
+    # with E("\n"), the switches to explicit (t = 1, 5) b soft + (1 - b) E(</think>), the switch to
+    # latent (t = 4) a soft + (1 - a) E(<think>), plain tokens in between
+    assert len(eng.fed) == len(ms) - 1  # the last step's input is never fed
+    for t, want in enumerate(_swir_fed64(ms, window=3)[:-1]):
+        mix = eng.fed[t][1]
+        got = torch.zeros(V, dtype=torch.float64)
+        got[mix.ids[0] if mix.ids is not None else slice(None)] += mix.weights[0].double()
+        assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=1e-6, atol=1e-12), t
+    b1 = 0.7 + 0.3 * 1 / 7  # spelled out once: the switch to explicit keeps the soft input, not E(y)
+    assert math.isclose(float(eng.fed[1][1].weights[0][END]), 1 - b1, rel_tol=1e-6)
+    assert math.isclose(float(eng.fed[1][1].weights[0][5]), b1 / 4, rel_tol=1e-6)
+
+
+def test_swir_without_a_one_token_line_break_feeds_the_plain_first_input():
+    (row,), eng = swir_run([8, 8], window=3)  # _Tok: "\n" is not one token
     dense0 = eng.fed[0][1].weights[0]
     assert torch.allclose(dense0, torch.softmax(peaked_logits(V, 5, m=8), -1), atol=1e-6)
-    w1 = eng.fed[1][1].weights[0]
-    a = 0.6 + 0.4 * 1 / 7
-    assert math.isclose(float(w1[5]), a, rel_tol=1e-5) and math.isclose(float(w1[END]), 1 - a, rel_tol=1e-5)
-    # at the switch back to latent (step 4): b * softmax + (1 - b) E(<think>)
-    w4 = eng.fed[4][1].weights[0]
-    b = 0.7 + 0.3 * 4 / 7
-    assert math.isclose(float(w4[THINK]), 1 - b, rel_tol=1e-5)
-    assert torch.allclose(w4[5:13], torch.full((8,), b / 8), atol=1e-6)
 
 
 def test_swir_window_blocks_early_return_to_latent():

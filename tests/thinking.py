@@ -285,9 +285,13 @@ def check_think_end_is_fed_plainly(model, method: str) -> int:
 def check_swir_budget_ends_the_row(model) -> None:
     """SwiR with C = 1 on a prompt that opens <think> (as R1-style templates do), EOS ignored so only
     the budget can end the row: </think> injected, then </think> + the answer prefix, then the row
-    stops ("method"), with no soft input after the first </think>."""
+    stops ("method"), with no soft input after the first </think>. beta0=0: the switch to explicit
+    feeds about E(</think>), after which the fixture writes "\n\n", not </think> (a row whose model
+    writes </think> itself at the injection is locked explicit, as in the reference, and never
+    reaches the budget: the fixture's chain ". -> </think>" would, fed mostly E("."))."""
     prompt = chat(model, QUESTIONS[0], True) + [model.think_start]
-    row, fed, _ = run_recorded(model, prompt, "swir", max_new_tokens=300, max_switch_count=1, window=1, ignore_eos=True)
+    opts = dict(max_switch_count=1, window=1, beta0=0.0, ignore_eos=True)
+    row, fed, _ = run_recorded(model, prompt, "swir", max_new_tokens=300, **opts)
     assert row.finish_reason == "method" and len(row.token_ids) < 100, (row.finish_reason, len(row.token_ids))
     e = row.token_ids.index(model.think_end)
     assert "The final answer is" in model.tokenizer.decode(row.token_ids[e:])

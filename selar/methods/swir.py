@@ -3,9 +3,12 @@
 Per row: start latent with H_ref = H_0 (entropy of the full untempered distribution).
 latent -> explicit as soon as H_t < H_ref; explicit -> latent when H_t > H_ref, at least
 `window` steps after the last switch and still reasoning; each switch sets H_ref = H_t.
-Latent input: softmax(z_t) @ E (dense). At a switch the input is blended with the marker
-token: to explicit, a E(y_t) + (1 - a) E(</think>); to latent, b * soft + (1 - b) E(<think>),
-with a = alpha0 + (1 - alpha0) t / T_max and b = beta0 + (1 - beta0) t / T_max.
+Latent input: softmax(z_t) @ E (dense); the first one is 0.9 softmax(z_0) @ E + 0.1 E("\\n").
+At a switch the latent input is blended with a marker token, as the reference code
+(sdc17/SwiReasoning, generation_utils.py) does: to latent, a soft + (1 - a) E(<think>); to explicit,
+b soft + (1 - b) E(</think>) (the soft input, not the emitted token's embedding), with
+a = alpha0 + (1 - alpha0) t / T_max and b = beta0 + (1 - beta0) t / T_max. (The reference looks up
+its line break as the token spelled backslash-n; this one is the line break its names say.)
 Switch-count control C, as the reference code (sdc17/SwiReasoning) counts it: only latent ->
 explicit switches count, and they go on counting after an injected </think> (a row whose model
 writes </think> itself is locked explicit). From the step after the C-th to the 2C-th such
@@ -64,6 +67,8 @@ class SwiR:
         end = [] if vocab.think_end is None else [vocab.think_end]
         self.close_seq = end
         self.answer_seq = end + (vocab.encode(options.answer_prefix) if options.answer_prefix else [])
+        nl = vocab.encode("\n")
+        self.line_break = nl[0] if len(nl) == 1 else None
 
     def init_state(self, n: int, device: torch.device) -> State:
         if self.symbols is not None:
@@ -94,6 +99,12 @@ class SwiR:
         st["queue"] = torch.where(rows[:, None], row, st["queue"])
         st["q_pos"] = torch.where(rows, 0, st["q_pos"])
         st["q_len"] = torch.where(rows, len(seq), st["q_len"])
+
+    @staticmethod
+    def _blend(w: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor, p: torch.Tensor, token: int) -> None:
+        """In place: `rows` of `w` become keep * p + (1 - keep) * one_hot(token) (p: the dense softmax)."""
+        w.copy_(torch.where(rows[:, None], p * keep[:, None], w))
+        w[:, token] += torch.where(rows, 1 - keep, 0.0)
 
     def step(self, ctx: StepContext, state: State) -> StepOutput:
         o, t, v = self.o, ctx.step, self.vocab
@@ -137,17 +148,16 @@ class SwiR:
         frac = (t.float() / ctx.max_new_tokens.clamp_min(1).float()).clamp(max=1.0)
         a = o.alpha0 + (1 - o.alpha0) * frac
         b = o.beta0 + (1 - o.beta0) * frac
-        w = torch.softmax(ctx.logits, dim=-1)
-        w = torch.where(latent_in[:, None], w, torch.zeros_like(w))
+        p = torch.softmax(ctx.logits, dim=-1)
+        w = torch.where(latent_in[:, None], p, torch.zeros_like(p))
         w.scatter_add_(1, tokens[:, None], torch.where(latent_in, 0.0, 1.0)[:, None])
         soft = latent_in
-        if v.think_end is not None:  # switching to explicit: a E(y) + (1 - a) E(</think>)
+        if self.line_break is not None:  # the first latent input: 0.9 soft + 0.1 E("\n")
+            self._blend(w, first & latent_in, torch.full_like(a, 0.9), p, self.line_break)
+        if v.think_start is not None:  # switching to latent: a soft + (1 - a) E(<think>)
+            self._blend(w, to_lat & latent_in, a, p, v.think_start)
+        if v.think_end is not None:  # switching to explicit: b soft + (1 - b) E(</think>), in place of E(y)
             blend = to_exp & ~forced & ctx.in_scope
-            w = torch.where(blend[:, None], w * a[:, None], w)
-            w[:, v.think_end] += torch.where(blend, 1 - a, 0.0)
-            soft = soft | (blend & (a < 1))  # a blend is not a plain token
-        if v.think_start is not None:  # switching to latent: b soft + (1 - b) E(<think>)
-            blend = to_lat & latent_in
-            w = torch.where(blend[:, None], w * b[:, None], w)
-            w[:, v.think_start] += torch.where(blend, 1 - b, 0.0)
+            self._blend(w, blend, b, p, v.think_end)
+            soft = soft | blend  # a soft input, whatever b
         return StepOutput(tokens=tokens, inputs=Mixture(None, w), soft=soft, entropy=h, stop=stop, state=st)
