@@ -100,12 +100,6 @@ class SwiR:
         st["q_pos"] = torch.where(rows, 0, st["q_pos"])
         st["q_len"] = torch.where(rows, len(seq), st["q_len"])
 
-    @staticmethod
-    def _blend(w: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor, p: torch.Tensor, token: int) -> None:
-        """In place: `rows` of `w` become keep * p + (1 - keep) * one_hot(token) (p: the dense softmax)."""
-        w.copy_(torch.where(rows[:, None], p * keep[:, None], w))
-        w[:, token] += torch.where(rows, 1 - keep, 0.0)
-
     def step(self, ctx: StepContext, state: State) -> StepOutput:
         o, t, v = self.o, ctx.step, self.vocab
         st = dict(state)
@@ -148,16 +142,17 @@ class SwiR:
         frac = (t.float() / ctx.max_new_tokens.clamp_min(1).float()).clamp(max=1.0)
         a = o.alpha0 + (1 - o.alpha0) * frac
         b = o.beta0 + (1 - o.beta0) * frac
-        p = torch.softmax(ctx.logits, dim=-1)
-        w = torch.where(latent_in[:, None], p, torch.zeros_like(p))
-        w.scatter_add_(1, tokens[:, None], torch.where(latent_in, 0.0, 1.0)[:, None])
-        soft = latent_in
-        if self.line_break is not None:  # the first latent input: 0.9 soft + 0.1 E("\n")
-            self._blend(w, first & latent_in, torch.full_like(a, 0.9), p, self.line_break)
-        if v.think_start is not None:  # switching to latent: a soft + (1 - a) E(<think>)
-            self._blend(w, to_lat & latent_in, a, p, v.think_start)
-        if v.think_end is not None:  # switching to explicit: b soft + (1 - b) E(</think>), in place of E(y)
-            blend = to_exp & ~forced & ctx.in_scope
-            self._blend(w, blend, b, p, v.think_end)
-            soft = soft | blend  # a soft input, whatever b
+        # each row's input: coef * softmax(z) + (1 - coef) * E(marker) where it blends (coef 1: latent,
+        # no blend), or E(token) where it is plain (coef 0)
+        none = torch.zeros_like(latent_in)
+        nl = first & latent_in if self.line_break is not None else none  # the first latent input
+        lat = to_lat & latent_in if v.think_start is not None else none  # switching to latent
+        exp = to_exp & ~forced & ctx.in_scope if v.think_end is not None else none  # to explicit, in place of E(y)
+        coef = torch.where(latent_in, 1.0, 0.0)
+        coef = torch.where(nl, 0.9, torch.where(lat, a, torch.where(exp, b, coef)))
+        marker = torch.where(nl, self.line_break or 0, torch.where(lat, v.think_start or 0, v.think_end or 0))
+        w = torch.softmax(ctx.logits, dim=-1) * coef[:, None]
+        w.scatter_add_(1, marker[:, None], torch.where(nl | lat | exp, 1 - coef, 0.0)[:, None])
+        w.scatter_add_(1, tokens[:, None], torch.where(latent_in | exp, 0.0, 1.0)[:, None])
+        soft = latent_in | exp  # a blended switch input is soft, whatever b
         return StepOutput(tokens=tokens, inputs=Mixture(None, w), soft=soft, entropy=h, stop=stop, state=st)
