@@ -100,3 +100,16 @@ def test_a_method_the_engine_cannot_feed_is_refused_before_loading(fake_vllm, me
     res = CliRunner().invoke(main, ["generate", "hi", "--engine", "vllm", "--compare", f"cot,{method}", "--model", "m"])
     assert res.exit_code == 2 and "which the vllm engine cannot feed" in res.stderr
     assert LOADS == []
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].inputs - VLLM_CAPABILITIES.inputs])
+def test_eval_and_serve_refuse_a_method_the_engine_cannot_feed_before_loading(fake_vllm, tmp_path, method):
+    out = tmp_path / "run"
+    args = ["eval", "--engine", "vllm", "--methods", f"cot,{method}", "--datasets", "gsm8k", "--model", "m"]
+    res = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.output
+    assert "which the vllm engine cannot feed" in res.stderr
+    assert LOADS == [] and not out.exists()  # refused before the load and before the run directory
+    res = CliRunner().invoke(main, ["serve", "--engine", "vllm", "--method", method, "--model", "m"])
+    assert res.exit_code == 2 and "which the vllm engine cannot feed" in res.stderr, res.output
+    assert LOADS == []

@@ -88,6 +88,7 @@ def serve(
     Example: selar serve --model smollm2-135m --port 8000
     """
     from ..engines import get_engine, load_model, load_options
+    from ..engines.base import refuse_method
     from ..methods import all_option_names, make_config
 
     defaults = parse_sets(sets)
@@ -95,11 +96,12 @@ def serve(
     if bad:
         fail(f"unknown option(s) {', '.join(bad)}")
     make_config(method, **options_for(method, defaults, False))
+    spec = get_engine(engine)
+    refuse_method(engine, spec.capabilities, method)  # the default method: before anything is loaded
     for name, v in (("max_batch", max_batch), ("max_queue", max_queue), ("max_tokens", max_tokens)):
         if v < 1:
             fail(f"{name} must be at least 1, got {v}")
     api_key = api_key or os.environ.get("SELAR_API_KEY")
-    spec = get_engine(engine)
     if not spec.capabilities.stepwise:  # an engine with its own scheduler and server
         spec.load().serve(
             model,

@@ -80,8 +80,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         from ..engines import get_engine
+        from ..engines.base import refuse_method
 
-        get_engine(self.engine)
+        capabilities = get_engine(self.engine).capabilities  # from the registry: nothing is loaded
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be fixed or continuous, got {self.schedule!r}")
         if not self.datasets and not self.data:
@@ -90,6 +91,7 @@ class EvalConfig:
             raise ConfigError("give at least one method")
         for m in self.methods:
             get_method_spec(m)
+            refuse_method(self.engine, capabilities, m)  # before the slow model load, not after it
         for d in self.datasets:
             ds.get_dataset(d)
         if self.samples < 1:
